@@ -1,0 +1,217 @@
+"""Stateful spiking operators of a converted network.
+
+Every operator keeps its state in spikingjelly ``MemoryModule`` memories, so
+``spikingjelly.activation_based.functional.reset_net`` (which the simulator calls before every
+batch) restores all of it — including the spike count that the original code kept outside the
+neuron.  Each module processes ONE time step per call; the simulator owns time.
+
+- :func:`signed_if_step` / :class:`ScaledNeuron`: the two-sign, spike-capped integrate-and-fire
+  neuron of the QCFS conversion (Bu et al., ICLR 2022; Hu et al., "Fast-SNN", TPAMI 2023, for
+  negative spikes), working in units of the QCFS threshold λ.
+- :class:`MaxPoolNeuron`: max-pool of running input sums (Hu et al., "Quantization framework for
+  fast spiking neural networks", Front. Neurosci. 2023).
+- :class:`SpikeMatMul` / :class:`ECSoftmax`: spike-equivalent product of two spiking operands and
+  expectation-compensated softmax (Huang et al., "ECMT", 2024; You et al., "SpikeZIP-TF",
+  ICML 2024), whose running output sums equal ``n × f(running means)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import base
+from torch import nn
+
+NEG_RULES = ("exact", "seed")
+
+
+class Clock:
+    """Time shared by the operators of one converted network; advanced by the simulator only.
+
+    ``step``: steps taken since the last reset; ``drive``: whether the current step feeds the input
+    (and biases); ``driven``: drive steps so far (the ``n`` by which running sums are averaged).
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.step, self.driven, self.drive = 0, 0, True
+
+    def tick(self, drive: bool) -> None:
+        self.step += 1
+        self.drive = bool(drive)
+        self.driven += int(drive)
+
+    def state(self) -> tuple[int, int, bool]:
+        return self.step, self.driven, self.drive
+
+    def load(self, state: tuple[int, int, bool]) -> None:
+        self.step, self.driven, self.drive = state
+
+
+def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: float = 1.0,
+                   cap: float = math.inf, neg_rule: str = "exact"):
+    """One step of the signed, capped IF neuron; returns ``(spike, v, n)``.
+
+    ``v`` membrane potential, ``n`` net spike count so far, ``u`` input current.  A positive spike
+    needs ``v >= theta`` and ``n < cap``; a negative spike needs ``n > 0`` and ``v < 0``
+    (``neg_rule="exact"``, Fast-SNN / ST-BIF) or ``v <= -theta`` (``"seed"``, the original code).
+    Reset by subtraction: ``v -= spike·theta``.  ``spike`` is in {-1, 0, +1}.
+    """
+    v = v + u
+    pos = (v >= theta) & (n < cap)
+    if neg_rule == "exact":
+        neg = (v < 0) & (n > 0)
+    elif neg_rule == "seed":
+        neg = (v <= -theta) & (n > 0)
+    else:
+        raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
+    if theta > 0 and pos.shape == v.shape:
+        # Same values, fewer passes over memory (this runs at every site on every step): with
+        # θ > 0 a positive and a negative spike exclude each other, so pos − neg is pos with −1
+        # written where neg; ``v`` is the fresh tensor from ``v + u`` (never the caller's state),
+        # so the reset may be done in place; spike·θ is exact, so v − θ·spike rounds the same.
+        spike = pos.to(v.dtype).masked_fill_(neg, -1.0)
+        v.sub_(spike, alpha=theta)
+        return spike, v, n + spike
+    spike = pos.to(v.dtype) - neg.to(v.dtype)
+    return spike, v - spike * theta, n + spike
+
+
+class ScaledNeuron(base.MemoryModule):
+    """Replaces a QCFS site: ``λ · θ · signed_if(x / λ)``; output per step ∈ {−λθ, 0, +λθ}.
+
+    ``theta`` is the threshold in units of λ (1 in the original; the simulator may raise it to
+    t/L so that t steps reproduce the trained L levels), ``cap`` bounds the net count (the
+    original's Tmax).  The membrane starts at θ/2 (the "0.5 precharge").
+    """
+
+    def __init__(self, lam: float, levels: int | None = None, neg_rule: str = "exact",
+                 theta: float = 1.0, cap: float = math.inf):
+        super().__init__()
+        if neg_rule not in NEG_RULES:
+            raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
+        self.lam = float(lam)
+        self.levels = levels  # the trained L of the QCFS site this neuron replaced
+        self.neg_rule = neg_rule
+        self.theta = float(theta)
+        self.cap = float(cap)
+        self.register_memory("v", None)
+        self.register_memory("n", None)
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.v is None:
+            self.v = torch.full_like(x, self.theta / 2)
+            self.n = torch.zeros_like(x)
+        spike, self.v, self.n = signed_if_step(self.v, self.n, x / self.lam, self.theta, self.cap,
+                                               self.neg_rule)
+        return spike.mul_(self.lam * self.theta)  # spike is fresh and not kept: scale in place
+
+    def extra_repr(self) -> str:
+        return (f"lam={self.lam:.4g}, theta={self.theta:g}, cap={self.cap:g}, "
+                f"neg_rule={self.neg_rule}")
+
+
+class MaxPoolNeuron(base.MemoryModule):
+    """Emits ``maxpool(S_t) − maxpool(S_{t−1})`` for the running input sum ``S_t``.
+
+    The outputs then sum to ``maxpool(Σ inputs)``: max-pool of rates, not of individual spikes.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode = dilation, ceil_mode
+        self.register_memory("acc", None)
+        self.register_memory("pooled", None)
+
+    @classmethod
+    def from_maxpool(cls, pool: nn.MaxPool2d) -> "MaxPoolNeuron":
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.acc = x if self.acc is None else self.acc + x
+        pooled = self._pool(self.acc)
+        out = pooled if self.pooled is None else pooled - self.pooled
+        self.pooled = pooled
+        return out
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class _RunningOp(base.MemoryModule):
+    """Base of operators whose running output sum must equal ``R_k = n_k · f(running means)``.
+
+    Each step emits ``R_k − R_{k−1}``, where ``n_k`` is the number of drive steps so far, read from
+    the shared :class:`Clock` (after the drive phase the means are still divided by the drive
+    length, so zero-drive steps only let the result settle).
+    """
+
+    def __init__(self, clock: Clock):
+        super().__init__()
+        self.clock = clock
+        self.register_memory("prev", None)
+
+    def _emit(self, running: torch.Tensor) -> torch.Tensor:
+        out = running if self.prev is None else running - self.prev
+        self.prev = running
+        return out
+
+
+class SpikeMatMul(_RunningOp):
+    """Spike-equivalent ``a @ b`` of two spiking operands: R_k = A_k @ B_k / n_k."""
+
+    def __init__(self, clock: Clock):
+        super().__init__(clock)
+        self.register_memory("acc_a", None)
+        self.register_memory("acc_b", None)
+
+    def single_step_forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.acc_a = a if self.acc_a is None else self.acc_a + a
+        self.acc_b = b if self.acc_b is None else self.acc_b + b
+        n = max(self.clock.driven, 1)
+        return self._emit(self.acc_a @ self.acc_b / n)
+
+    def forward(self, a, b):  # two inputs: bypass MemoryModule's single-input dispatch
+        return self.single_step_forward(a, b)
+
+
+class ECSoftmax(_RunningOp):
+    """Expectation-compensated softmax: R_k = n_k · softmax(X_k / n_k) for the running input X_k."""
+
+    def __init__(self, dim: int, clock: Clock):
+        super().__init__(clock)
+        self.dim = dim
+        self.register_memory("acc", None)
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.acc = x if self.acc is None else self.acc + x
+        n = max(self.clock.driven, 1)
+        return self._emit(n * torch.softmax(self.acc / n, dim=self.dim))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class DriveGate(nn.Module):
+    """Wraps a Linear/Conv so that its bias is injected only on drive steps of the clock.
+
+    With BatchNorm folded into the bias, zero-drive ("extra") steps then inject no current at all.
+    """
+
+    def __init__(self, layer: nn.Module, clock: Clock):
+        super().__init__()
+        self.layer, self.clock = layer, clock
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        bias = layer.bias if self.clock.drive else None
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, layer.weight, bias)
+        return layer._conv_forward(x, layer.weight, bias)
