@@ -1,0 +1,257 @@
+"""Run configuration: one flat dataclass, loaded from YAML, overridden from the command line.
+
+The keys of the original toolkit's ``cifar10.yml`` (seed 003) are all accepted, so a user's
+existing file keeps working.  Values are coerced to the declared type (YAML 1.1 reads ``1e-2``
+as a string; here it is a float), unknown keys are an error that lists the valid ones, and
+ranges are checked before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or a command-line override (printed without traceback)."""
+
+
+@dataclass
+class Config:
+    # --- the original cifar10.yml keys (seed 003) -------------------------------------------
+    action: str = "train"  # kept for old files; the CLI sub-command decides what runs
+    mode: str = "ann"  # kept for old files: ann | snn
+    l: int = 4  # QCFS quantization levels L
+    t: int = 8  # SNN time steps fed with the input; for direct SNNs (spikformer, sdt) also their training T
+    extra_t: int = 0  # extra SNN steps after the input
+    bs: int = 64  # batch size
+    lr: float = 1e-2
+    wd: float = 1e-4
+    epochs: int = 300
+    id: str = "run"  # run name: the run directory is <out_root>/<id>
+    seed: int = 42
+    data: str = "cifar10"
+    dim: int = 384
+    num_heads: int = 12
+    patch_size: int = 4  # accepted for old files; the SPS embedding's patch is fixed by its pools
+    mlp_ratio: float = 4.0
+    save: bool = True  # write checkpoints
+    save_acc: bool = True  # write the per-epoch CSV log
+    model_path: str | None = None  # checkpoint used by convert/table, or to start from (inherit)
+    inherit: bool = False  # start training from model_path's weights
+    use_maxpool: bool = True
+    use_amp: bool = True  # automatic mixed precision (CUDA only; ignored on CPU)
+    # --- model ----------------------------------------------------------------------------
+    model: str = "transformer"  # a name from ann2snn.models.list_models()
+    depth: int = 4
+    attn: str = "softmax"  # softmax | softmax_seed | ssa
+    lambda_init: float = 8.0  # initial QCFS threshold
+    ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
+    # --- training recipe additions (defaults keep the original QCFS recipe) ------------------
+    warmup_epochs: int = 0  # linear LR warmup over this many epochs, then cosine over the rest
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    mixup: float = 0.0  # mixup Beta(alpha, alpha) on every training batch; 0 disables
+    # --- data -----------------------------------------------------------------------------
+    data_dir: str | None = None
+    train_subset: int | None = None  # use only the first N training samples (after shuffling)
+    test_subset: int | None = None
+    augment: bool = True  # dataset-specific augmentation (crop/flip for CIFAR)
+    autoaugment: bool = True  # AutoAugment CIFAR-10 policy (CIFAR only, with augment)
+    cutout: int = 16  # Cutout hole size in px (CIFAR only, with augment); 0 disables
+    workers: int = 0  # DataLoader worker processes
+    # --- conversion / evaluation ----------------------------------------------------------
+    preset: str = "exact"  # exact | seed | rate (see ann2snn.convert.PRESETS)
+    eval_bs: int | None = None  # evaluation batch size (default: bs)
+    # --- runtime --------------------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_root: str = "runs"
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes' batches
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> "Config":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.l >= 1, f"l (QCFS levels) must be >= 1, got {self.l}. Use e.g. `--l 4`.")
+        need(self.t >= 1, f"t (time steps) must be >= 1, got {self.t}. Use e.g. `--t 8`.")
+        need(self.extra_t >= 0, f"extra_t must be >= 0, got {self.extra_t}.")
+        need(self.bs >= 1, f"bs (batch size) must be >= 1, got {self.bs}.")
+        need(self.eval_bs is None or self.eval_bs >= 1, f"eval_bs must be >= 1, got {self.eval_bs}.")
+        need(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}.")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}.")
+        need(self.wd >= 0, f"wd must be >= 0, got {self.wd}.")
+        need(self.dim >= 8 and self.dim % 8 == 0,
+             f"dim must be a positive multiple of 8 (the embedding uses dim/8 channels), got {self.dim}.")
+        need(self.num_heads >= 1 and self.dim % self.num_heads == 0,
+             f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}). "
+             f"Pick num_heads among {[h for h in range(1, 33) if self.dim % h == 0]}.")
+        need(self.depth >= 1, f"depth must be >= 1, got {self.depth}.")
+        need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}.")
+        need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
+        need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
+        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
+        for key in ("train_subset", "test_subset"):
+            v = getattr(self, key)
+            need(v is None or v >= 1, f"{key} must be a positive count or null, got {v}.")
+        need(self.attn in ATTN_CHOICES, f"attn must be one of {ATTN_CHOICES}, got {self.attn!r}.")
+        need(self.ssa_form in SSA_FORM_CHOICES,
+             f"ssa_form must be one of {SSA_FORM_CHOICES}, got {self.ssa_form!r}.")
+        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0 (0 disables), got {self.warmup_epochs}.")
+        need(0.0 <= self.label_smoothing < 1.0,
+             f"label_smoothing must be in [0, 1), got {self.label_smoothing}. The papers use 0.1.")
+        need(self.mixup == 0.0 or self.mixup >= 1e-3,  # tinier alphas underflow Beta's float32 sampling
+             f"mixup (Beta alpha) must be 0 (disabled) or >= 0.001, got {self.mixup}. The papers use 0.8.")
+        need(self.mode in ("ann", "snn"), f"mode must be 'ann' or 'snn', got {self.mode!r}.")
+        need(self.action in ("train", "test"), f"action must be 'train' or 'test', got {self.action!r}.")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+        need(bool(self.id) and "/" not in self.id and self.id not in (".", "..")
+             and "\\" not in self.id and "\0" not in self.id and self.id.strip() == self.id,
+             f"id must be a plain directory name, got {self.id!r}.")
+        need(0 <= self.seed < 2**32, f"seed must be in 0 .. 2**32-1 (NumPy's range), got {self.seed}.")
+        from ann2snn.convert import PRESETS  # late import: convert imports torch
+
+        need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}.")
+        from ann2snn.models import list_models
+
+        need(self.model in list_models(), f"Unknown model {self.model!r}. Registered models: "
+             f"{', '.join(list_models())}. Set `model:` in the config or pass `--model NAME`.")
+        return self
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_root) / self.id
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keys that define the network's shape; a checkpoint must match them to be loaded."""
+        return {k: getattr(self, k) for k in MODEL_KEYS}
+
+
+ATTN_CHOICES = ("softmax", "softmax_seed", "ssa")
+SSA_FORM_CHOICES = ("token_first", "token_last")
+# Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
+MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form")
+FIELD_NAMES = tuple(f.name for f in fields(Config))
+_TYPE_HINTS = typing.get_type_hints(Config)
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(underlying type, optional?) for ``int``, ``int | None`` and friends."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert ``value`` to the declared type of ``key`` or raise a ConfigError saying why."""
+    if key not in _TYPE_HINTS:
+        raise ConfigError(unknown_key_message(key))
+    tp, optional = _base_type(_TYPE_HINTS[key])
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+        if optional:
+            return None
+        raise ConfigError(f"{key} cannot be null; it needs a {tp.__name__}.")
+    bad = ConfigError(f"{key} must be a {tp.__name__}, got {value!r} ({type(value).__name__}).")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                raise bad from None
+            if f.is_integer():
+                return int(f)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value)
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}.")
+        return out
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad  # pragma: no cover
+
+
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"Unknown config key {key!r}.{hint} Valid keys: {', '.join(FIELD_NAMES)}. "
+            "See README.md, section 'Config keys'.")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, coerced and validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file {str(p)!r} does not exist. Pass an existing file with -c, "
+                              "e.g. `-c configs/digits.yml`.")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Config file {str(p)!r} must hold a mapping of key: value, "
+                              f"got a {type(raw).__name__}.")
+        values.update(raw)
+    values.update(overrides or {})
+    kwargs = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"Config keys must be strings, got {key!r}.")
+        kwargs[key] = coerce(key, value)
+    return Config(**kwargs).validate()
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config saved in a checkpoint; keys unknown to this version are dropped."""
+    return Config(**{k: coerce(k, v) for k, v in d.items() if k in FIELD_NAMES}).validate()
+
+
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "coerce",
+           "FIELD_NAMES", "MODEL_KEYS", "ATTN_CHOICES", "field"]

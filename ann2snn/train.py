@@ -1,0 +1,237 @@
+"""Training: the original's recipe (AdamW, cosine per epoch, cross-entropy, AMP on CUDA).
+
+Directly trained SNNs (registry kind ``direct``: spikformer, sdt) skip the QCFS pass, are built
+with T = ``cfg.t`` and have their neurons reset after every batch.  Their papers' recipe adds
+config keys that default to off: ``warmup_epochs`` (linear warmup, then cosine), ``label_smoothing``
+and ``mixup`` (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018).
+
+Writes a run directory: ``config.yaml`` (resolved), ``log.csv`` (one row per epoch), ``last.pt``
+(everything needed to resume) and ``best_model.pt`` (best test top-1, as the original did —
+CIFAR has no separate validation split in its recipe).  ``<out_root>/LATEST`` names the most
+recent run that has a best checkpoint, which `convert`/`table` use by default.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional
+from torch import nn
+
+from ann2snn import distributed, rundir
+from ann2snn.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, check_compatible,
+                                checkpoint_config, load_checkpoint, load_state, rng_state, set_rng_state)
+from ann2snn.config import Config, save_config
+from ann2snn.convert import quantize_activations
+from ann2snn.data import DataInfo, build_loaders
+from ann2snn.models import create_model, model_kind
+from ann2snn.progress import progress
+from ann2snn.simulate import evaluate_ann
+
+log = logging.getLogger("ann2snn")
+LOG_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "epoch_s"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(cfg: Config) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        from ann2snn.config import ConfigError
+
+        raise ConfigError(f"device {cfg.device!r} was asked for but CUDA is not available here. "
+                          "Use `--device cpu` or `--device auto`.")
+    return torch.device(cfg.device)
+
+
+def build_model(cfg: Config, info: DataInfo) -> nn.Module:
+    """The registered model, with QCFS activations when it is meant for conversion."""
+    direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
+    model = create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
+                         mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=info.img_size,
+                         num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
+    if model_kind(cfg.model) == "convertible":
+        quantize_activations(model, cfg.l, cfg.lambda_init)
+    return model
+
+
+def build_scheduler(optimizer, cfg: Config):
+    """Stepped once per epoch: cosine annealing to 0 (the original); with ``warmup_epochs`` = W > 0,
+    epoch k ≤ W uses lr·k/(W+1) (a linear ramp below the base rate, as timm's warmup) and a cosine
+    from the base rate runs over the remaining epochs."""
+    if cfg.warmup_epochs <= 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    W, rest = cfg.warmup_epochs, max(cfg.epochs - cfg.warmup_epochs, 1)
+
+    def factor(done: int) -> float:  # `done` epochs completed: the factor of epoch done + 1
+        return (done + 1) / (W + 1) if done < W else 0.5 * (1 + math.cos(math.pi * (done - W) / rest))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float):
+    """(λ·x + (1−λ)·x[perm], y[perm], λ) with λ ~ Beta(α, α) (mixup, Zhang et al., ICLR 2018)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    return lam * x + (1 - lam) * x[perm], y[perm], lam
+
+
+def _train_one_epoch(model, loader, optimizer, scaler, device, use_amp, epoch, *, label_smoothing: float = 0.0,
+                     mixup: float = 0.0, reset: bool = False) -> tuple[float, float]:
+    model.train()
+    total, loss_sum, correct = 0, 0.0, 0
+    for x, y in progress(loader, desc=f"epoch {epoch}"):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        y_mix, lam = None, 1.0
+        if mixup > 0:
+            x, y_mix, lam = mixup_batch(x, y, mixup)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            if y_mix is not None:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(out, y_mix, label_smoothing=label_smoothing)
+        if not distributed.all_finite(loss):  # agreed by all ranks, so they stop together
+            raise TrainingError(f"The training loss became {float(loss.detach())} in epoch {epoch}. Lower the "
+                                "learning rate (e.g. `--lr 1e-3`), or switch AMP off (`--use_amp false`).")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if reset:  # direct SNNs: no neuron state (nor its graph) is carried into the next batch
+            functional.reset_net(model)
+        b = y.shape[0]
+        total += b
+        loss_sum += float(loss.detach()) * b
+        correct += int((out.argmax(-1) == y).sum())
+    total, loss_sum, correct = distributed.all_reduce_sum(total, loss_sum, correct)  # over ranks
+    return loss_sum / max(total, 1), 100.0 * correct / max(total, 1)
+
+
+def _unique_run_dir(path: Path) -> Path:
+    if not (path / "last.pt").exists() and not (path / "best_model.pt").exists():
+        return path
+    i = 2
+    while (path.parent / f"{path.name}-{i}").exists():
+        i += 1
+    new = path.parent / f"{path.name}-{i}"
+    log.info("run directory %s is taken; writing to %s (use --resume to continue the old run)", path, new)
+    return new
+
+
+def mark_latest(run_dir: Path, out_root: Path) -> None:
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / ".LATEST.tmp"
+    tmp.write_text(str(run_dir.resolve()) + "\n")
+    tmp.replace(out_root / "LATEST")
+
+
+def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
+    """Train ``cfg``; returns {"run_dir", "best_top1", "epochs"}.  Under torchrun: DDP (see
+    ann2snn.distributed).  A run that fails before its first checkpoint is removed again."""
+    with rundir.cleanup_on_failure():
+        return _train(cfg, out, resume)
+
+
+def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
+    ctx = distributed.setup(cfg)  # joins the torchrun process group, if any
+    device = ctx.device
+    run_dir = Path(out) if out else cfg.run_dir
+    if not resume:
+        run_dir = distributed.on_rank0(lambda d=run_dir: _unique_run_dir(d))
+    seed_all(cfg.seed)
+    train_loader, test_loader, info = distributed.build_loaders(cfg, ctx)
+    model = build_model(cfg, info).to(device)
+    distributed.seed_rank(cfg.seed, ctx)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.wd, betas=(0.9, 0.999))
+    scheduler = build_scheduler(optimizer, cfg)
+    use_amp = cfg.use_amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    start, best = 0, -1.0
+
+    ckpt = distributed.on_rank0(lambda: rundir.resume_checkpoint(run_dir)) if resume else None
+    if ckpt is not None:  # None: --resume of a run killed before its first checkpoint
+        ckpt_path = run_dir / "last.pt"
+        check_compatible(checkpoint_config(ckpt, ckpt_path), cfg, ckpt_path)
+        load_state(model, ckpt["model"], ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start, best = int(ckpt["epoch"]), float(ckpt["best"])
+        distributed.restore_rng(ckpt, cfg.seed, ctx)
+        log.info("resuming %s after epoch %d (best test top-1 %.2f%%)", run_dir, start, best)
+    elif cfg.inherit:
+        if not cfg.model_path:
+            raise CheckpointError("inherit: true needs model_path: the checkpoint to start from.")
+        ckpt = load_checkpoint(cfg.model_path)
+        check_compatible(checkpoint_config(ckpt, cfg.model_path), cfg, cfg.model_path)
+        load_state(model, ckpt["model"], cfg.model_path)
+        if hasattr(model, "time_steps"):  # a direct SNN's T comes with its weights; train at cfg.t
+            model.time_steps.fill_(cfg.t)
+
+    log_path = run_dir / "log.csv"
+    if ctx.is_main:  # only rank 0 writes
+        rundir.claim(run_dir)  # removed again if the run fails before its first checkpoint
+        save_config(cfg, run_dir / "config.yaml")
+        if not start or not log_path.exists():
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerow(LOG_FIELDS)
+        else:
+            rundir.truncate_log(log_path, start)  # rows a killed run logged after its last.pt
+    net = distributed.wrap_model(model, cfg, ctx)  # DDP under torchrun; `model` itself otherwise
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("training %s (%.2f M parameters) on %s (%d train / %d test) for %d epochs on %s -> %s",
+             cfg.model, n_params / 1e6, info.name, len(train_loader.dataset), len(test_loader.dataset),
+             cfg.epochs, device, run_dir)
+
+    for epoch in range(start + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        distributed.set_epoch(train_loader, epoch)  # data order depends on (seed, epoch) only
+        tr_loss, tr_top1 = _train_one_epoch(net, train_loader, optimizer, scaler, device, use_amp, epoch,
+                                            label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
+                                            reset=model_kind(cfg.model) == "direct")
+        scheduler.step()
+        distributed.sync_buffers(model)  # every rank evaluates rank 0's model
+        ev = evaluate_ann(model, test_loader, desc="test")
+        dt = time.perf_counter() - t0
+        row = [epoch, f"{lr:.6g}", f"{tr_loss:.4f}", f"{tr_top1:.2f}", f"{ev['loss']:.4f}",
+               f"{ev['top1']:.2f}", f"{ev['top5']:.2f}", f"{dt:.1f}"]
+        if cfg.save_acc and ctx.is_main:
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%% (top-5 %.2f%%)  %.1f s", epoch,
+                 cfg.epochs, tr_loss, tr_top1, ev["top1"], ev["top5"], dt)
+        improved = ev["top1"] > best
+        best = max(best, ev["top1"])
+        if cfg.save:
+            rng = distributed.rng_payload(rng_state())  # every rank's RNG (a collective)
+        if cfg.save and ctx.is_main:
+            state = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
+                     "epoch": epoch, "metrics": {k: float(v) for k, v in ev.items()},
+                     "world_size": ctx.world_size}
+            if improved:
+                atomic_save(state, run_dir / "best_model.pt")
+                mark_latest(run_dir, Path(cfg.out_root))
+            atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict() if use_amp else {}, "best": best, **rng},
+                        run_dir / "last.pt")
+    if math.isinf(best):  # pragma: no cover - epochs == 0
+        best = float("nan")
+    return {"run_dir": str(run_dir), "best_top1": best, "epochs": cfg.epochs}
