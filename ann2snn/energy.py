@@ -1,0 +1,567 @@
+"""Spike activity and estimated energy of a converted SNN, per layer and per image.
+
+Convention (Zhou et al., "Spikformer", ICLR 2023; Yao et al., "Spike-driven Transformer",
+NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm)::
+
+    SOP_l  = r_l × S × FLOPs_l                      (r_l: firing rate of the layer's input)
+    E_ANN  = E_MAC × Σ FLOPs_l
+    E_SNN  = E_MAC × FLOPs_first + E_AC × Σ SOP_l   (+ E_MAC × MACs that spikes cannot remove)
+
+- **FLOPs** are multiply-accumulates of the ANN layer for one image, counted by torch's own
+  ``torch.utils.flop_counter.FlopCounterMode`` per module and halved (torch counts a MAC as two
+  FLOPs; the papers' "FLOPs" and E_MAC = 4.6 pJ = 3.7 pJ mult + 0.9 pJ add are per MAC).
+- **Firing rate**: non-zero entries / (entries × steps), averaged over the batch and the
+  S = t + extra_t steps simulated; a negative spike counts like a positive one (by magnitude).
+  Inputs that are sums of spike trains (the residual stream, max-pool neuron outputs, the head's
+  token mean) count one event per non-zero entry.
+- **Analog inputs cost MACs**: a layer fed the image is counted as MACs.  ``first_layer="once"``
+  (default, the papers' convention) counts its FLOPs once: the image is the same on every drive
+  step, so its output can be computed once and re-injected.  ``"per_step"`` counts
+  r × S × FLOPs MACs (≈ t × FLOPs), what a naive simulator does.  Softmax and product outputs
+  are analog too, and so is anything computed from analog tensors within a step (tracked through
+  every torch op by a ``TorchFunctionMode``) until a spiking layer re-encodes it as spikes: a
+  Linear/Conv reading analog values pays r × S × FLOPs MACs.
+- **Products of two operands** (q·kᵀ, attn·v; :class:`~ann2snn.neurons.SpikeMatMul`) are counted
+  exactly, per step, from the non-zero patterns.  The spike-equivalent product emits
+  A_k·B_k/n − A_{k−1}·B_{k−1}/n', i.e. a_k·B_{k−1} + A_k·b_k for the step increments a_k, b_k and
+  running sums A, B: each (i, j, l) with a_k[i,j] ≠ 0 and B_{k−1}[j,l] ≠ 0 is one operation, and
+  likewise for A_k and b_k.  An operation is an AC when its step operand is a spike and a MAC
+  when it is analog (softmax); rescaling by 1/n costs one MAC per output element per step.  A
+  per-step product of the current operands (``seed`` preset: plain ``MatMul``) costs one op per
+  (i, j, l) with both non-zero: AC if both operands are spikes, else MAC.  A product's output is
+  real-valued (running means, divided by n), so whatever it feeds (attention's output projection)
+  pays MACs.
+- Not counted (on either side): softmax exponentials, BatchNorm left unfolded, residual adds,
+  membrane updates.
+
+Everything is measured with forward hooks (plus the op-level analog tracking) on the converted
+network; the models are not edited.
+Extension point: :data:`NEURON_TYPES` (rate of the output), :data:`SYNAPSE_TYPES`,
+:data:`PRODUCT_TYPES` and :data:`ANALOG_TYPES` are lists of module classes; spikingjelly's
+``BaseNode`` is a neuron type, so directly trained spiking models get firing rates by the same
+hooks.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from spikingjelly.activation_based import functional
+from spikingjelly.activation_based.neuron import BaseNode
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from ann2snn.models.transformer import MatMul
+from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
+
+SYNAPSE_TYPES: list[type] = [nn.Linear, nn.Conv1d, nn.Conv2d, DriveGate]
+PRODUCT_TYPES: list[type] = [SpikeMatMul, MatMul]
+NEURON_TYPES: list[type] = [ScaledNeuron, MaxPoolNeuron, BaseNode]
+ANALOG_TYPES: list[type] = [ECSoftmax, nn.Softmax]  # outputs are real-valued, not spikes
+FIRST_LAYER_MODES = ("once", "per_step")
+LATENCY_FRACTION = 0.999
+
+
+# --------------------------------------------------------------------------------------------
+# constants
+@dataclass(frozen=True)
+class EnergyConstants:
+    """Energy per multiply-accumulate and per accumulate, in pJ (Horowitz, ISSCC 2014, 45 nm)."""
+
+    name: str
+    e_mac_pj: float
+    e_ac_pj: float
+
+
+CONSTANTS: dict[str, EnergyConstants] = {
+    "fp32": EnergyConstants("fp32", 4.6, 0.9),  # 3.7 pJ mult + 0.9 pJ add
+    "fp16": EnergyConstants("fp16", 1.5, 0.4),  # 1.1 + 0.4
+    "int8": EnergyConstants("int8", 0.23, 0.03),  # 0.2 + 0.03
+}
+
+
+def resolve_constants(spec: str | EnergyConstants | tuple[float, float] = "fp32") -> EnergyConstants:
+    """A preset name, ``"MAC,AC"`` in pJ (e.g. ``"4.6,0.9"``), a (mac, ac) pair, or constants."""
+    if isinstance(spec, EnergyConstants):
+        return spec
+    if isinstance(spec, str) and spec in CONSTANTS:
+        return CONSTANTS[spec]
+    try:
+        mac, ac = (float(v) for v in (spec.split(",") if isinstance(spec, str) else spec))
+    except (TypeError, ValueError):
+        raise ValueError(f"energy constants must be one of {sorted(CONSTANTS)} or 'E_MAC,E_AC' in pJ "
+                         f"(e.g. '4.6,0.9'); got {spec!r}") from None
+    if not (mac > 0 and ac > 0):
+        raise ValueError(f"energy constants must be positive, got E_MAC={mac}, E_AC={ac}")
+    return EnergyConstants(f"custom {mac:g}/{ac:g}", mac, ac)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+@torch.no_grad()
+def count_flops(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
+    """MACs for one image of every module of ``model`` (qualified name → MACs; "" = the total).
+
+    Counted by ``FlopCounterMode`` (which includes children in a parent's count) on
+    ``sample[:1]``; torch's FLOPs are halved into MACs.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(sample[:1])
+    finally:
+        model.train(was_training)
+    prefix = type(model).__name__
+    out: dict[str, int] = {}
+    for key, ops in counter.get_flop_counts().items():
+        total = sum(ops.values()) // 2
+        if key == "Global":
+            out[""] = total
+        elif key.startswith(prefix + "."):
+            out[key[len(prefix) + 1:]] = total
+    out.setdefault("", 0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# effective latency
+def settle_steps(preds: torch.Tensor) -> torch.Tensor:
+    """[S, B] predicted classes per step → per sample the first step (1-based) from which the
+    prediction never changes again."""
+    S = preds.shape[0]
+    changed = preds[1:] != preds[:-1]  # [S-1, B]: the prediction changes after step s
+    steps = torch.arange(2, S + 1, device=preds.device).view(-1, 1)
+    return torch.where(changed, steps, torch.ones_like(steps)).amax(0) if S > 1 else \
+        torch.ones(preds.shape[1], dtype=torch.long)
+
+
+def effective_latency(settle: torch.Tensor, fraction: float = LATENCY_FRACTION) -> int:
+    """First step after which the predictions of ≥ ``fraction`` of the samples no longer change."""
+    if settle.numel() == 0:
+        return 0
+    s = settle.sort().values
+    return int(s[max(math.ceil(fraction * s.numel()) - 1, 0)])
+
+
+# --------------------------------------------------------------------------------------------
+# hooks
+def _nz(x: torch.Tensor) -> torch.Tensor:
+    return (x != 0).to(torch.float32)
+
+
+def _ptr(x: torch.Tensor) -> int:
+    return x.untyped_storage().data_ptr()
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+class _AnalogFlow(TorchFunctionMode):
+    """Within a step, any torch op with an analog argument (the image, a softmax or product output,
+    or anything computed from them) yields analog tensors, until a spiking layer re-encodes them:
+    its output is marked as spikes again."""
+
+    def __init__(self, meter: "EnergyMeter"):
+        super().__init__()
+        self.meter = meter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        analog = self.meter._analog
+        if analog and not self.meter._busy and any(_ptr(t) in analog for t in _tensors((args, kwargs))):
+            for t in _tensors(out):
+                analog[_ptr(t)] = t
+        return out
+
+
+
+
+class EnergyMeter:
+    """Forward hooks on a converted network that count spike events and operations.
+
+    ``net`` is stepped once per time step (``SpikingNetwork.net``); ``clock`` (its
+    :class:`~ann2snn.neurons.Clock`) tells where a sample's run starts.  Use as a context manager
+    around any simulation (``evaluate_snn``, ``Simulator.run``), then call :meth:`result`.
+    """
+
+    def __init__(self, net: nn.Module, clock=None):
+        self.net, self.clock = net, clock
+        self.handles: list = []
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.images = self.steps = 0
+        self._analog: dict[int, torch.Tensor] = {}  # storage → tensor, kept alive for the step
+        self._busy = False
+        self._mode: _AnalogFlow | None = None
+        self._root_ptr = None
+        self._cum = None
+        self._preds: list[torch.Tensor] = []
+        self._settle: list[torch.Tensor] = []
+
+    @classmethod
+    def for_simulator(cls, sim) -> "EnergyMeter":
+        return cls(sim.snn.net, sim.snn.clock)
+
+    # -- installation ---------------------------------------------------------------------------
+    def __enter__(self) -> "EnergyMeter":
+        self.handles.append(self.net.register_forward_pre_hook(self._quiet(self._root_pre)))
+        self.handles.append(self.net.register_forward_hook(self._quiet(self._root_post)))
+        gated = [n for n, m in self.net.named_modules() if isinstance(m, DriveGate)]
+        for name, mod in self.net.named_modules():
+            if not name or any(name.startswith(g + ".") for g in gated):
+                continue  # the layer inside a DriveGate is not called: the gate is hooked
+            kind = self._kind(mod)
+            if kind is None:
+                continue
+            inner = mod.layer if isinstance(mod, DriveGate) else mod
+            self.stats[name] = {"name": name, "kind": kind, "type": type(inner).__name__, "nnz": 0.0,
+                                "numel": 0.0, "nnz_b": 0.0, "numel_b": 0.0, "neg": 0.0, "ac": 0.0,
+                                "mac": 0.0, "n_in": 0, "root": False, "analog": False}
+            if kind in ("synapse", "product"):
+                self.handles.append(mod.register_forward_pre_hook(self._quiet(self._make_pre(name, kind))))
+            else:
+                self.handles.append(mod.register_forward_hook(self._quiet(self._make_post(name, kind))))
+            if kind == "product":  # real-valued output (running means, 1/n): not spikes
+                self.handles.append(mod.register_forward_hook(self._quiet(self._mark)))
+        self._mode = _AnalogFlow(self)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self._analog = {}
+        self._close_batch()
+
+    @staticmethod
+    def _kind(mod: nn.Module) -> str | None:
+        for kind, types in (("product", PRODUCT_TYPES), ("synapse", SYNAPSE_TYPES),
+                            ("neuron", NEURON_TYPES), ("nonlinear", ANALOG_TYPES)):
+            if isinstance(mod, tuple(types)):
+                return kind
+        return None
+
+    # -- per-step bookkeeping -------------------------------------------------------------------
+    def _first_step(self) -> bool:
+        return self.clock is None or self.clock.step <= 1
+
+    def _quiet(self, hook):
+        """The hook, run without analog tracking (its own tensor ops are bookkeeping)."""
+        def quiet(*args):
+            self._busy = True
+            try:
+                return hook(*args)
+            finally:
+                self._busy = False
+        return quiet
+
+    def _root_pre(self, module, args):
+        x = args[0]
+        if self._first_step():
+            self._close_batch()
+            self.images += x.shape[0]
+        self.steps += 1
+        self._analog = {_ptr(x): x}
+        self._root_ptr = _ptr(x)
+
+    def _mark(self, module, args, out) -> None:
+        for t in _tensors(out):
+            self._analog[_ptr(t)] = t
+
+    def _root_post(self, module, args, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            self._cum = out.detach().clone() if self._cum is None else self._cum + out
+            self._preds.append(self._cum.argmax(-1))
+
+    def _close_batch(self) -> None:
+        if self._preds:
+            self._settle.append(settle_steps(torch.stack(self._preds)).cpu())
+        self._preds, self._cum = [], None
+
+    def _is_analog(self, x: torch.Tensor) -> bool:
+        return _ptr(x) in self._analog
+
+    def _make_pre(self, name: str, kind: str):
+        st = self.stats[name]
+
+        def synapse(module, args):
+            x = args[0]
+            analog = self._is_analog(x)
+            nnz = float(torch.count_nonzero(x))
+            st["nnz"] += nnz
+            st["numel"] += x.numel()
+            st["n_in"] = x[0].numel()  # entries per sample and step (batch-first input)
+            st["root"] |= _ptr(x) == self._root_ptr
+            st["analog"] |= analog
+            st["mac" if analog else "ac"] += nnz  # events; × fan-out (FLOPs) in result()
+
+        def product(module, args):
+            a, b = args[0], args[1]
+            st["nnz"] += float(torch.count_nonzero(a))
+            st["numel"] += a.numel()
+            st["nnz_b"] += float(torch.count_nonzero(b))
+            st["numel_b"] += b.numel()
+            kind_a = "mac" if self._is_analog(a) else "ac"
+            kind_b = "mac" if self._is_analog(b) else "ac"
+            st["analog"] |= "mac" in (kind_a, kind_b)
+            if isinstance(module, SpikeMatMul):  # running-sum form: a_k·B_{k-1} + A_k·b_k, then ×1/n
+                prev_a, prev_b = module.acc_a, module.acc_b
+                if prev_b is not None:
+                    st[kind_a] += float((_nz(a) @ _nz(prev_b)).sum())
+                acc_a = a if prev_a is None else prev_a + a
+                st[kind_b] += float((_nz(acc_a) @ _nz(b)).sum())
+                st["mac"] += float(a.shape[:-1].numel() * b.shape[-1])  # rescale by 1/n
+            else:  # per-step product of the current operands
+                ops = float((_nz(a) @ _nz(b)).sum())
+                st["mac" if "mac" in (kind_a, kind_b) else "ac"] += ops
+
+        return product if kind == "product" else synapse
+
+    def _make_post(self, name: str, kind: str):
+        st = self.stats[name]
+
+        def post(module, args, out):
+            if not isinstance(out, torch.Tensor):
+                return
+            st["nnz"] += float(torch.count_nonzero(out))
+            st["numel"] += out.numel()
+            st["neg"] += float((out < 0).sum())
+            if kind == "nonlinear":
+                self._analog[_ptr(out)] = out
+            else:  # a spiking layer's output is spikes, whatever its input was
+                self._analog.pop(_ptr(out), None)
+
+        return post
+
+    # -- results ----------------------------------------------------------------------------------
+    def settle(self) -> torch.Tensor:
+        self._close_batch()
+        return torch.cat(self._settle) if self._settle else torch.zeros(0, dtype=torch.long)
+
+    def result(self, flops: dict[str, int], t: int, extra_t: int = 0,
+               constants: str | EnergyConstants = "fp32", first_layer: str = "once") -> dict:
+        """Per-layer rows and per-image totals (see the module docstring for every rule)."""
+        if first_layer not in FIRST_LAYER_MODES:
+            raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {first_layer!r}")
+        c = resolve_constants(constants)
+        images = max(self.images, 1)
+        S = t + extra_t
+        rows, tot = [], {"flops": 0.0, "sops": 0.0, "macs": 0.0, "first_flops": 0.0, "first_macs": 0.0}
+        for name, st in self.stats.items():
+            rate = st["nnz"] / st["numel"] if st["numel"] else 0.0
+            row = {"name": name, "type": st["type"], "kind": st["kind"], "rate": rate}
+            if st["kind"] in ("neuron", "nonlinear"):
+                row["neg_rate"] = st["neg"] / st["numel"] if st["numel"] else 0.0
+                row.update(input="", op="", flops=0, sops=0.0, macs=0.0)
+            else:
+                fl = int(flops.get(name, 0))
+                if st["kind"] == "synapse":  # events × fan-out (FLOPs / inputs) = rate × S × FLOPs
+                    fan_out = fl / st["n_in"] if st["n_in"] else 0.0
+                    sops, macs = st["ac"] * fan_out / images, st["mac"] * fan_out / images
+                    if st["root"]:
+                        tot["first_flops"] += fl
+                        macs = float(fl) if first_layer == "once" and st["mac"] > 0 else macs
+                        tot["first_macs"] += macs
+                    inp = "image" if st["root"] else "analog" if st["analog"] else "spikes"
+                else:
+                    sops, macs = st["ac"] / images, st["mac"] / images
+                    row["rate_b"] = st["nnz_b"] / st["numel_b"] if st["numel_b"] else 0.0
+                    inp = "spikes×analog" if st["analog"] else "spikes×spikes"
+                op = "+".join(k for k, v in (("AC", sops), ("MAC", macs)) if v > 0) or "-"
+                row.update(input=inp, op=op, flops=fl, sops=sops, macs=macs)
+                tot["flops"] += fl
+                tot["sops"] += sops
+                tot["macs"] += macs
+            row["e_ann_mj"] = c.e_mac_pj * row["flops"] * 1e-9
+            row["e_snn_mj"] = (c.e_ac_pj * row["sops"] + c.e_mac_pj * row["macs"]) * 1e-9
+            rows.append(row)
+        model_flops = int(flops.get("", tot["flops"]))
+        e_ann = c.e_mac_pj * model_flops * 1e-9
+        e_snn = (c.e_ac_pj * tot["sops"] + c.e_mac_pj * tot["macs"]) * 1e-9
+        settle = self.settle()
+        totals = {
+            "images": self.images, "t": t, "extra_t": extra_t, "steps": S,
+            "constants": asdict(c), "first_layer": first_layer,
+            "flops": model_flops, "flops_layers": tot["flops"], "first_layer_flops": tot["first_flops"],
+            "first_layer_macs": tot["first_macs"], "other_macs": tot["macs"] - tot["first_macs"],
+            "sops": tot["sops"], "e_ann_mj": e_ann, "e_snn_mj": e_snn,
+            "ann_snn_ratio": e_ann / e_snn if e_snn > 0 else math.inf,
+            "mean_rate": _mean([r["rate"] for r in rows if r["kind"] == "neuron"]),
+        }
+        latency = effective_latency(settle) if settle.numel() else None
+        return {"rows": rows, "totals": totals, "effective_latency": latency}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# one call
+@torch.no_grad()
+def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extra_t: int = 0,
+                   constants: str | EnergyConstants = "fp32", max_batches: int | None = None,
+                   first_layer: str = "once") -> dict:
+    """Firing rates, FLOPs, SOPs and energy per image of a converted network on ``loader``.
+
+    ``snn_or_sim``: a :class:`~ann2snn.simulate.Simulator` or a ``SpikingNetwork``.  FLOPs come
+    from ``model_ann`` (the trained ANN); when it is None or a directly trained SNN (whose forward
+    runs all T steps), from one step of the stepped network (same layers and shapes).  Also
+    returns per-step SNN top-1, the ANN's top-1 on the same batches, and the effective latency.
+    """
+    from ann2snn.simulate import Counts, Simulator, _device_of
+
+    sim = snn_or_sim if isinstance(snn_or_sim, Simulator) else Simulator(snn_or_sim)
+    dev = _device_of(sim.snn)
+    counts, ann_hits, sample = Counts(), 0, None
+    with EnergyMeter.for_simulator(sim) as meter:
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(dev), y.to(dev)
+            sample = x[:1] if sample is None else sample
+            counts.add(sim.run(x, t, extra_t), y, float(t))
+    if sample is None:
+        raise ValueError("measure_energy: the loader yielded no batch")
+    ann = None if _is_direct(model_ann) else model_ann  # a direct SNN has no ANN to compare with
+    if ann is not None:  # after the hooks are gone: the ANN may share modules with the SNN
+        ann.eval()
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            ann_hits += int((ann(x.to(dev)).argmax(-1) == y.to(dev)).sum())
+    res = meter.result(_flops(ann, meter, sample), t, extra_t, constants, first_layer)
+    res["accuracy"] = {"snn_top1": counts.percents()["top1"],
+                       "ann_top1": 100.0 * ann_hits / max(counts.n, 1) if ann is not None else None}
+    return res
+
+
+def energy_from_meter(meter: EnergyMeter, model_ann: nn.Module, loader, t: int, extra_t: int = 0,
+                      constants: str | EnergyConstants = "fp32", first_layer: str = "once") -> dict:
+    """:meth:`EnergyMeter.result` with FLOPs counted on the ANN for one image of ``loader``
+    (for a meter that watched another evaluation, e.g. ``convert``'s)."""
+    from ann2snn.simulate import _device_of
+
+    sample = next(iter(loader))[0][:1].to(_device_of(meter.net))
+    ann = None if _is_direct(model_ann) else model_ann
+    return meter.result(_flops(ann, meter, sample), t, extra_t, constants, first_layer)
+
+
+def summary_line(result: dict) -> str:
+    """One line: energies per image, their ratio, the mean firing rate and the effective latency."""
+    tot = result["totals"]
+    return (f"energy/image ({tot['constants']['name']}): ANN {tot['e_ann_mj']:.4g} mJ, SNN {tot['e_snn_mj']:.4g} mJ "
+            f"(ANN/SNN {tot['ann_snn_ratio']:.2f}x); mean firing rate {tot['mean_rate']:.3f}; "
+            f"effective latency {result['effective_latency']} of {tot['steps']} steps")
+
+
+def _is_direct(model: nn.Module | None) -> bool:
+    """A directly trained SNN (``DirectSNN``): its forward runs all T steps, so it is no ANN."""
+    return model is not None and hasattr(model, "stepwise_copy")
+
+
+def _flops(ann: nn.Module | None, meter: EnergyMeter, sample: torch.Tensor) -> dict[str, int]:
+    """Per-image MACs per module: from the ANN, or else from one step of the stepped network
+    (the same layers and shapes; checked equal for converted networks in the tests)."""
+    if ann is not None:
+        return count_flops(ann, sample)
+    functional.reset_net(meter.net)
+    if meter.clock is not None:
+        meter.clock.reset()
+        meter.clock.tick(True)
+    try:
+        return count_flops(meter.net, sample)
+    finally:
+        functional.reset_net(meter.net)
+        if meter.clock is not None:
+            meter.clock.reset()
+
+
+# --------------------------------------------------------------------------------------------
+# output
+def _si(x: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def format_energy_table(result: dict) -> str:
+    """Per-layer table and totals, for a terminal."""
+    tot, c = result["totals"], result["totals"]["constants"]
+    head = (f"{'layer':<28} {'type':<13} {'input':<14} {'op':<7} {'rate':>11} {'FLOPs':>8} "
+            f"{'SOPs':>8} {'MACs':>8} {'E_ANN µJ':>9} {'E_SNN µJ':>9}")
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        if r["kind"] in ("neuron", "nonlinear"):
+            rate = f"out {r['rate']:.3f}"
+            lines.append(f"{r['name']:<28} {r['type']:<13} {'':<14} {'':<7} {rate:>11}")
+            continue
+        rate = f"{r['rate']:.3f}" + (f"/{r['rate_b']:.3f}" if "rate_b" in r else "")
+        lines.append(f"{r['name']:<28} {r['type']:<13} {r['input']:<14} {r['op']:<7} {rate:>11} "
+                     f"{_si(r['flops']):>8} {_si(r['sops']):>8} {_si(r['macs']):>8} "
+                     f"{r['e_ann_mj'] * 1e3:>9.4f} {r['e_snn_mj'] * 1e3:>9.4f}")
+    once = "once, papers' convention" if tot["first_layer"] == "once" else "on every step"
+    lines += [
+        "-" * len(head),
+        f"per image, S = t + extra_t = {tot['t']} + {tot['extra_t']} steps, {tot['images']} images, "
+        f"{c['name']}: E_MAC = {c['e_mac_pj']:g} pJ, E_AC = {c['e_ac_pj']:g} pJ",
+        f"  ANN  MACs {_si(tot['flops']):>7}   E_ANN = {tot['e_ann_mj']:.4g} mJ",
+        f"  SNN  MACs {_si(tot['first_layer_macs'] + tot['other_macs']):>7}   image-fed layer "
+        f"{_si(tot['first_layer_macs'])} ({once}); analog inputs and 1/n rescaling {_si(tot['other_macs'])}",
+        f"       SOPs {_si(tot['sops']):>7}   E_SNN = {tot['e_snn_mj']:.4g} mJ",
+        f"  E_ANN / E_SNN = {tot['ann_snn_ratio']:.2f}x; mean firing rate over spiking layers {tot['mean_rate']:.3f}",
+    ]
+    acc = result.get("accuracy")
+    if acc and acc.get("snn_top1"):
+        ann = f"ANN top-1 {acc['ann_top1']:.2f}%, " if acc.get("ann_top1") is not None else ""
+        lines.append(f"{ann}SNN top-1 {acc['snn_top1'][-1]:.2f}% after {len(acc['snn_top1'])} steps")
+    if result.get("effective_latency") is not None:
+        lines.append(f"effective latency: {result['effective_latency']} steps (predictions of "
+                     f"≥ {LATENCY_FRACTION:.1%} of samples final)")
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("name", "type", "kind", "input", "op", "rate", "rate_b", "neg_rate", "flops", "sops", "macs",
+              "e_ann_mj", "e_snn_mj")
+
+
+def write_energy_csv(path: str | Path, result: dict) -> Path:
+    """One row per layer (columns :data:`CSV_FIELDS`), then a ``TOTAL`` row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tot = result["totals"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in result["rows"]:
+            w.writerow(r)
+        w.writerow({"name": "TOTAL", "flops": tot["flops"], "sops": tot["sops"],
+                    "macs": tot["first_layer_macs"] + tot["other_macs"], "e_ann_mj": tot["e_ann_mj"],
+                    "e_snn_mj": tot["e_snn_mj"]})
+    return path
+
+
+def write_energy_json(path: str | Path, result: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

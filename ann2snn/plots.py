@@ -1,0 +1,169 @@
+"""PNG plots of conversion results, drawn from the same dicts that are written as JSON.
+
+- :func:`plot_accuracy`: SNN top-1 per time step, the ANN as a horizontal line, the effective
+  latency marked (``convert``'s result dict).
+- :func:`plot_table_heatmap`: the t × (t + extra_t) accuracy table as an annotated heatmap
+  (``evaluate_table``'s dict).
+- :func:`plot_firing_rates`: output firing rate of every spiking layer (``measure_energy``'s dict).
+- :func:`plot_energy`: energy per layer, SNN against ANN (``measure_energy``'s dict).
+
+Figures are rendered with matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), so
+nothing here touches pyplot's global state or the user's backend.  Sizes are fixed by
+:data:`DPI` and :func:`figure_size` so tests (and READMEs) can rely on them.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+WIDTH_IN = 9.0
+NAMES = {"accuracy": "accuracy.png", "heatmap": "table_heatmap.png", "rates": "firing_rates.png",
+         "energy": "energy.png"}
+
+
+def figure_size(kind: str, n: int = 0) -> tuple[float, float]:
+    """(width, height) in inches; per-layer plots grow with the number of layers ``n``."""
+    if kind in ("rates", "energy"):
+        return WIDTH_IN, max(4.5, 1.6 + 0.26 * n)
+    if kind == "heatmap":
+        return WIDTH_IN, 6.0
+    return WIDTH_IN, 5.0
+
+
+def _figure(kind: str, n: int = 0):
+    fig = Figure(figsize=figure_size(kind, n), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+def plot_accuracy(result: dict, path: str | Path, effective_latency: int | None = None) -> Path:
+    """Top-1 (%) per step; ``result`` is ``convert``'s dict: {"ann": {...}, "snn": {"t", "extra_t", "top1"}}."""
+    snn, ann = result["snn"], result["ann"]
+    t, e = snn["t"], snn["extra_t"]
+    steps = np.arange(1, len(snn["top1"]) + 1)
+    fig, ax = _figure("accuracy")
+    if e:
+        ax.axvspan(t + 0.5, t + e + 0.5, color="0.92", label=f"{e} extra steps (zero input)")
+    ax.plot(steps, snn["top1"], "o-", color="C0", label=f"SNN ({snn.get('preset', '?')} preset, input for t = {t})")
+    ax.axhline(ann["top1"], color="C3", ls="--", label=f"ANN {ann['top1']:.2f}%")
+    lat = effective_latency if effective_latency is not None else result.get("effective_latency")
+    if lat:
+        ax.axvline(lat, color="C2", ls=":", label=f"effective latency: {lat} steps")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_xticks(steps)
+    ax.set_xlim(0.5, len(steps) + 0.5)
+    ax.set_title("SNN top-1 accuracy vs time step (cumulative output)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_table_heatmap(ann: dict, table: dict, extras: list[int], path: str | Path, title: str = "") -> Path:
+    """Annotated heatmap of top-1 (%): rows t (input steps), columns t + extra_t (total steps)."""
+    from ann2snn.report import table_grid
+
+    rows, cols, cells = table_grid(table, extras)
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for (r, c), acc in cells.items():
+        grid[rows.index(r), cols.index(c)] = acc
+    fig, ax = _figure("heatmap")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=ax, label="SNN top-1 accuracy (%)")
+    finite = grid[np.isfinite(grid)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    small = len(cols) > 10
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if math.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7 if small else 9,
+                        color="black" if grid[i, j] > mid else "white")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel("total time steps t + extra_t")
+    ax.set_ylabel("input time steps t")
+    ax.set_title(title or f"SNN top-1 (%) per t and t + extra_t  (ANN {ann['top1']:.2f}%)")
+    return _save(fig, path)
+
+
+def plot_firing_rates(energy: dict, path: str | Path) -> Path:
+    """Horizontal bars: output firing rate of every spiking layer, negative spikes shown apart."""
+    rows = [r for r in energy["rows"] if r["kind"] == "neuron"]
+    tot = energy["totals"]
+    fig, ax = _figure("rates", len(rows))
+    y = np.arange(len(rows))
+    rate = np.array([r["rate"] for r in rows])
+    neg = np.array([r.get("neg_rate", 0.0) for r in rows])
+    ax.barh(y, rate - neg, color="C0", label="positive spikes")
+    if neg.any():
+        ax.barh(y, neg, left=rate - neg, color="C1", label="negative spikes")
+    for yi, r in zip(y, rate):
+        ax.text(r, yi, f" {r:.3f}", va="center", fontsize=8)
+    ax.set_yticks(y, [f"{r['name']} ({r['type']})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(rate.max(initial=0) * 1.18, 0.05))
+    ax.set_xlabel("firing rate (non-zero spikes per neuron per step)")
+    ax.set_title(f"Firing rate per spiking layer (t = {tot['t']}, extra_t = {tot['extra_t']}; "
+                 f"mean {tot['mean_rate']:.3f})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def _unit(max_mj: float) -> tuple[str, float]:
+    for unit, scale in (("mJ", 1.0), ("µJ", 1e3), ("nJ", 1e6)):
+        if max_mj * scale >= 1:
+            return unit, scale
+    return "pJ", 1e9
+
+
+def plot_energy(energy: dict, path: str | Path) -> Path:
+    """Grouped horizontal bars: energy per image of each synaptic layer, ANN against SNN."""
+    rows = [r for r in energy["rows"] if r["kind"] in ("synapse", "product")]
+    tot, c = energy["totals"], energy["totals"]["constants"]
+    ann = np.array([r["e_ann_mj"] for r in rows])
+    snn = np.array([r["e_snn_mj"] for r in rows])
+    unit, scale = _unit(max(ann.max(initial=0), snn.max(initial=0)))
+    fig, ax = _figure("energy", len(rows))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, ann * scale, height=0.4, color="C3", label=f"ANN (MAC {c['e_mac_pj']:g} pJ)")
+    ax.barh(y + 0.2, snn * scale, height=0.4, color="C0", label=f"SNN (AC {c['e_ac_pj']:g} pJ, MAC where analog)")
+    ax.set_yticks(y, [f"{r['name']} ({r['op']})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    positive = np.concatenate([ann, snn])
+    positive = positive[positive > 0]
+    if positive.size and positive.max() / positive.min() > 100:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"energy per image ({unit})")
+    ax.set_title(f"Energy per layer, {c['name']}: ANN {tot['e_ann_mj']:.3g} mJ vs SNN "
+                 f"{tot['e_snn_mj']:.3g} mJ per image (t = {tot['t']})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def write_energy_plots(energy: dict, out: str | Path) -> list[Path]:
+    """Firing-rate and energy PNGs into ``out``."""
+    out = Path(out)
+    return [plot_firing_rates(energy, out / NAMES["rates"]), plot_energy(energy, out / NAMES["energy"])]
+
+
+def write_convert_plots(result: dict, energy: dict | None, out: str | Path) -> list[Path]:
+    """``convert``'s PNGs into ``out``: accuracy per step, and firing rates / energy if measured."""
+    out = Path(out)
+    paths = [plot_accuracy(result, out / NAMES["accuracy"], (energy or {}).get("effective_latency"))]
+    return paths + (write_energy_plots(energy, out) if energy else [])
