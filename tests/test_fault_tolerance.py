@@ -234,15 +234,27 @@ def _logged_epoch(run: Path) -> int:
     return max((int(r[0]) for r in rows if len(r) == 8 and r[0].isdigit()), default=0)
 
 
+def _epoch_seconds(run: Path) -> float:
+    """The median wall time of one epoch (training steps + evaluation) of a run; log.csv keeps 0.1 s,
+    so at least 0.05 s."""
+    with open(run / "log.csv", newline="") as f:
+        times = sorted(float(r["epoch_s"]) for r in csv.DictReader(f))
+    return max(0.05, times[len(times) // 2])
+
+
 def test_sigkill_at_random_points_then_resume(reference, tmp_path):
     import json
+    import shutil
 
-    rng = random.Random(6)  # seeded: the same kill points on every run of the test
+    rng = random.Random(6)  # seeded: the same kill points (in epochs) on every run of the test
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANN2SNN_NO_TQDM": "1"}
     helper = subprocess.Popen([sys.executable, "-c", HELPER, DIGITS], cwd=tmp_path, env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=open(tmp_path / "helper.log", "w"))
+    # Delays are drawn in units of one epoch as the reference run measured it on this machine, so
+    # that a fast machine does not finish the run before the kill (an absolute delay did on CI).
+    epoch_s = _epoch_seconds(reference)
 
     def job(args, wait_rows=0, kill_after=None):
         helper.stdin.write(json.dumps({"args": args, "wait_rows": wait_rows, "kill_after": kill_after,
@@ -253,29 +265,35 @@ def test_sigkill_at_random_points_then_resume(reference, tmp_path):
     try:
         assert json.loads(helper.stdout.readline()) == {"ready": True}
         T0 = time.monotonic()
-        last_epoch, kills, history = 0, 0, []
-        # kill k: once log.csv shows epoch targets[k] (0: once the run exists), after a random delay
-        # of up to about one epoch -- in training steps, evaluation, or a checkpoint write
-        targets = sorted(rng.sample(range(EPOCHS - 1), 3))
-        while kills < 3:
-            res = job(train_args(run, EPOCHS, *(["--resume"] if kills else [])), targets[kills],
-                      rng.uniform(0.0, 0.5))
-            epoch, logged = _checkpoint_epoch(run), _logged_epoch(run)
-            history.append((res, logged, epoch, round(time.monotonic() - T0, 1)))
-            if not res["killed"]:  # finished before the kill: start over so that the test kills 3x
-                assert res["code"] == 0, (history, (tmp_path / "helper.log").read_text())
+        kills, history = 0, []
+        for attempt in range(4):  # a run that still finished before its kill is started over
+            last_epoch, kills = 0, 0
+            # kill k: once log.csv shows epoch targets[k] (0: once the run exists), after a random
+            # delay of up to one epoch -- in training steps, evaluation, or a checkpoint write. At
+            # least two epochs remain after each target, so the kill lands before the run ends.
+            targets = sorted(rng.sample(range(EPOCHS - 2), 3))
+            while kills < 3:
+                res = job(train_args(run, EPOCHS, *(["--resume"] if kills else [])), targets[kills],
+                          rng.uniform(0.0, 1.0) * epoch_s)
+                epoch, logged = _checkpoint_epoch(run), _logged_epoch(run)
+                history.append((attempt, res, logged, epoch, round(time.monotonic() - T0, 1)))
+                if not res["killed"]:
+                    assert res["code"] == 0, (history, (tmp_path / "helper.log").read_text())
+                    break
+                kills += 1
+                assert epoch >= last_epoch, f"the checkpoint went backwards: {history}"
+                assert epoch >= logged - 1, f"lost more than one epoch: {history}"
+                last_epoch = epoch
+            if kills == 3:
                 break
-            kills += 1
-            assert epoch >= last_epoch, f"the checkpoint went backwards: {history}"
-            assert epoch >= logged - 1, f"lost more than one epoch: {history}"
-            last_epoch = epoch
+            shutil.rmtree(run)
         res = job(train_args(run, EPOCHS, "--resume"))
         assert res == {"killed": False, "code": 0}, (history, (tmp_path / "helper.log").read_text())
     finally:
         helper.stdin.close()
         helper.wait(timeout=60)
-    print(history)
-    assert kills == 3, history
+    print(epoch_s, history)
+    assert kills == 3, (epoch_s, history)
     assert "Traceback" not in (tmp_path / "helper.log").read_text()
     assert metrics(run) == metrics(reference)
     assert_same_weights(run / "last.pt", reference / "last.pt")
