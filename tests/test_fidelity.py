@@ -5,7 +5,7 @@ Claims tested here, with their tolerances:
   (cumulative sum / t) equals the quantized ANN's logits to 1e-4 absolute, for every attention
   variant and for t = 1, 2, L and 2L (t = 1 being sum coding).
 - The converted ``ssa`` transformer holds no softmax, LayerNorm or other float non-linearity.
-- On a trained model, for rows t >= L, extra steps never take a row's accuracy below both its
+- On a trained model, for every row, extra steps never take a row's accuracy below both its
   diagonal value and the ANN's (by more than one sample); every row ends exactly at the ANN's
   accuracy once the network has settled.
 - The ``seed`` preset keeps the original's behaviour: BatchNorm unfolded, so zero-input steps
@@ -139,12 +139,13 @@ def test_trained_model_rows_rise_with_extra_steps(trained_digits):
     table = evaluate_table(Simulator(convert(model, "exact")), loader, [1, 2, L, L + 2, 2 * L], 12)
     for t, row in table.items():
         acc = row["top1"]
-        if t >= L:
-            # Neurons keep up with the drive; extra steps only deliver late spikes, moving the SNN
-            # onto the ANN.  The unsettled diagonal can beat the ANN by luck (seen: 95.67 vs 94.33
-            # on a 6-epoch model), so the bound is: never below both the diagonal and the ANN.
-            floor = min(acc[0], ann["top1"]) - one_sample - 1e-9
-            for e in range(1, 5):
-                assert acc[e] >= floor, f"row t={t} fell at +{e}: {acc[:5]} (ANN {ann['top1']:.2f})"
+        # Extra steps only deliver late spikes, moving the SNN onto the ANN.  Where the diagonal
+        # is at or below the ANN this is the bound, acc[t+e] >= acc[t] - one sample.  The
+        # unsettled diagonal can beat the ANN by luck (seen: 97.00 vs 95.67 at t = 8 on this
+        # fixture), and an SNN that converges to its ANN must then come down to it, so the bound
+        # is: never below both the diagonal and the ANN.
+        floor = min(acc[0], ann["top1"]) - one_sample - 1e-9
+        for e in range(1, 5):
+            assert acc[e] >= floor, f"row t={t} fell at +{e}: {acc[:5]} (ANN {ann['top1']:.2f})"
         # every row settles on the ANN's accuracy (exactly the ANN's predictions, see above)
         assert abs(acc[-1] - ann["top1"]) < 1e-9, f"row t={t} ends at {acc[-1]} vs ANN {ann['top1']}"
