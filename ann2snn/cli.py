@@ -222,13 +222,15 @@ def cmd_run(args, overrides) -> int:
     cfg = load_config(args.config, overrides)
     if cfg.action == "train":
         return cmd_train(args, overrides)
-    if cfg.model_path is None:
-        raise ConfigError("action: test needs model_path: the checkpoint to evaluate.")
-    args.checkpoint = cfg.model_path
+    # --checkpoint on the command line wins over the config's model_path
+    args.checkpoint = getattr(args, "checkpoint", None) or cfg.model_path
+    if args.checkpoint is None:
+        raise ConfigError("action: test needs a checkpoint to evaluate: set model_path in the config "
+                          "or pass --checkpoint PATH.")
     if cfg.mode == "ann":
         from ann2snn.simulate import evaluate_ann
 
-        model, loader, _ = load_trained(cfg, Path(cfg.model_path))
+        model, loader, _ = load_trained(cfg, Path(args.checkpoint))
         ann = evaluate_ann(model, loader)
         if _is_main():
             print(f"ANN top-1 {ann['top1']:.2f}%  top-5 {ann['top5']:.2f}%  loss {ann['loss']:.4f}")

@@ -262,3 +262,24 @@ def test_seed_003_config_loads(tmp_path):
     assert cfg.save is True and cfg.save_acc is True and cfg.inherit is False
     assert cfg.use_maxpool is True and cfg.use_amp is True
     assert cfg.model_path == "./mymodel1/best_model.pt"
+
+
+def test_run_action_test_evaluates_the_checkpoint_flag_over_model_path(trained, capsys, tmp_path):
+    """`ann2snn run` with an original-style config: action test, mode ann/snn; --checkpoint wins."""
+    ckpt = trained / "run" / "best_model.pt"
+    cfg = yaml.safe_load(DIGITS.read_text())
+    cfg.update(action="test", mode="ann", model_path=str(tmp_path / "missing.pt"), out_root=str(trained))
+    path = tmp_path / "test.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    rc, out, err = run_main(capsys, ["run", "-c", path])
+    assert rc == 2 and "missing.pt" in err and "Traceback" not in err  # model_path is used ...
+    rc, out, err = run_main(capsys, ["run", "-c", path, "--checkpoint", ckpt])  # ... unless overridden
+    assert rc == 0, err
+    best = torch.load(ckpt, weights_only=True)["metrics"]["top1"]  # its test top-1 when saved
+    assert f"ANN top-1 {best:.2f}%" in out
+    cfg.update(mode="snn", model_path=str(ckpt), t=2)
+    path.write_text(yaml.safe_dump(cfg))
+    rc, out, err = run_main(capsys, ["run", "-c", path, "--json", tmp_path / "snn.json"])
+    assert rc == 0, err
+    snn = json.loads((tmp_path / "snn.json").read_text())["snn"]
+    assert snn["t"] == 2 and len(snn["top1"]) == 2 + cfg["extra_t"]
