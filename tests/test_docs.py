@@ -24,3 +24,11 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one():
     assert commands == ["make quickstart", "make test"]
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_every_subcommand_option_is_documented():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    missing = [f"{name} {opt}" for name, sp in sub.choices.items() for a in sp._actions
+               for opt in a.option_strings if opt.startswith("--") and opt != "--help"
+               and f"{opt}" not in README and opt.replace("-", "_") not in README]
+    assert not missing, f"command-line options missing from README: {missing}"
