@@ -9,6 +9,11 @@ calibrated on the batch, so that neurons spike):
     original does it (one full ``Simulator.run(x, 8, e)`` per cell e = 0..4); then the whole
     1..8 × 0..4 table.  Target: ≥ 3× for the row.  Branched and cell-by-cell results are checked
     to be identical.
+(c) the design question: layer-wise multi-step (each stateless layer applied once to a [T·B]
+    batch, as spikingjelly's ``step_mode='m'`` with ``SeqToANNContainer``) vs per-step calls (the
+    whole network once per step, this package's choice).  The stateless layers are all of an ANN
+    forward, so their cost is measured directly: one ANN forward on the [T·B] batch vs T forwards
+    on [B].  A ratio near 1 means multi-step buys no GEMM efficiency here.
 
 Timings: warm-up, then the median of the repeats (time.perf_counter); in (a) the ANN forward and
 the two steps take turns within every repeat.  Prints a Markdown
@@ -137,7 +142,12 @@ def bench(args) -> dict:
         sim.reset()
     jobs = {"ann_s": torch.no_grad()(lambda: model(x))}
     jobs.update({f"step_{p}_s": (lambda s=sim: s.step(x, drive=True)) for p, sim in sims.items()})
+    xs = x.repeat(args.t, *([1] * (x.dim() - 1)))  # [T·B, ...]
+    jobs["ann_TB_s"] = torch.no_grad()(lambda: model(xs))
+    jobs["ann_T_calls_s"] = torch.no_grad()(lambda: [model(x) for _ in range(args.t)])
     res.update(interleaved_medians(jobs, args.repeats))
+    note("(c) one forward on [T·B] {:.1f} ms, T forwards on [B] {:.1f} ms".format(
+        res["ann_TB_s"] * 1e3, res["ann_T_calls_s"] * 1e3))
     for p, sim in sims.items():
         res[f"rate_{p}"] = spike_rate(sim, x, args.t)
     note("(a) ANN {:.1f} ms, exact step {:.1f} ms, seed step {:.1f} ms".format(
@@ -240,6 +250,11 @@ def markdown(res: dict, command: str) -> str:
             lines.append(f"| {p} | table t = 1–{t} × extra 0–{E} | {ms(res[f'table_cells_{p}_s'])} | "
                          f"{ms(res[f'table_branch_{p}_s'])} | "
                          f"{res[f'table_cells_{p}_s'] / res[f'table_branch_{p}_s']:.2f}× | {b} vs {c} |")
+    lines += ["", f"(c) layer-wise multi-step over [T·B] vs per-step calls: the stateless layers (one ANN "
+              f"forward's worth), T = {t}", "", "| | time | ratio |", "|---|---|---|",
+              f"| T forwards on [B] (per-step) | {ms(res['ann_T_calls_s'])} | 1.00 |",
+              f"| one forward on [T·B] (multi-step) | {ms(res['ann_TB_s'])} | "
+              f"{res['ann_TB_s'] / res['ann_T_calls_s']:.2f} |"]
     return "\n".join(lines) + "\n"
 
 
