@@ -1,9 +1,9 @@
-"""Spike activity and estimated energy of a converted SNN, per layer and per image.
+"""Spike activity and estimated energy of a converted or directly trained SNN, per layer and image.
 
 Convention (Zhou et al., "Spikformer", ICLR 2023; Yao et al., "Spike-driven Transformer",
 NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm)::
 
-    SOP_l  = r_l × S × FLOPs_l                      (r_l: firing rate of the layer's input)
+    SOP_l  = r_l × S × FLOPs_l                      (r_l: firing rate of the layer's spike input)
     E_ANN  = E_MAC × Σ FLOPs_l
     E_SNN  = E_MAC × FLOPs_first + E_AC × Σ SOP_l   (+ E_MAC × MACs that spikes cannot remove)
 
@@ -14,6 +14,13 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
   S = t + extra_t steps simulated; a negative spike counts like a positive one (by magnitude).
   Inputs that are sums of spike trains (the residual stream, max-pool neuron outputs, the head's
   token mean) count one event per non-zero entry.
+- **Event-driven counting**: every operation count is (events of the operand that drives the
+  layer) × (its fan-out), where an event is a non-zero entry and the fan-out is the number of
+  MACs of the dense layer that one input entry takes part in (FLOPs / entries).  The other
+  operand, a weight matrix or a held activation, is read densely: its zeros are not skipped (the
+  papers' FLOPs are dense).  So the count is r × S × FLOPs for the rate r of the driving operand.
+  Driven by spikes it is ACs (each event adds a row of the other operand); driven by analog
+  values it is MACs.
 - **Analog inputs cost MACs**: a layer fed the image is counted as MACs.  ``first_layer="once"``
   (default, the papers' convention) counts its FLOPs once: the image is the same on every drive
   step, so its output can be computed once and re-injected.  ``"per_step"`` counts
@@ -21,20 +28,39 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
   are analog too, and so is anything computed from analog tensors within a step (tracked through
   every torch op by a ``TorchFunctionMode``) until a spiking layer re-encodes it as spikes: a
   Linear/Conv reading analog values pays r × S × FLOPs MACs.
-- **Products of two operands** (q·kᵀ, attn·v; :class:`~ann2snn.neurons.SpikeMatMul`) are counted
-  exactly, per step, from the non-zero patterns.  The spike-equivalent product emits
-  A_k·B_k/n − A_{k−1}·B_{k−1}/n', i.e. a_k·B_{k−1} + A_k·b_k for the step increments a_k, b_k and
-  running sums A, B: each (i, j, l) with a_k[i,j] ≠ 0 and B_{k−1}[j,l] ≠ 0 is one operation, and
-  likewise for A_k and b_k.  An operation is an AC when its step operand is a spike and a MAC
-  when it is analog (softmax); rescaling by 1/n costs one MAC per output element per step.  A
-  per-step product of the current operands (``seed`` preset: plain ``MatMul``) costs one op per
-  (i, j, l) with both non-zero: AC if both operands are spikes, else MAC.  A product's output is
-  real-valued (running means, divided by n), so whatever it feeds (attention's output projection)
-  pays MACs.
-- Not counted (on either side): softmax exponentials, BatchNorm left unfolded, residual adds,
-  membrane updates.
+- **Products of two operands** (q·kᵀ, attn·v; ``MatMul``, :class:`~ann2snn.neurons.SpikeMatMul`).
+  An operand is *spikes* unless it is analog in the sense above: a spiking layer's output or a
+  view of it — binary {0, 1}, signed {−1, 0, 1}, or either times the layer's fixed scale λ
+  (converted neurons emit ±λθ; a constant that folds into the rescaling or the next layer's
+  weights) — or a sum of spike trains (one event per non-zero entry, as for synapses).  Softmax
+  outputs and product outputs (Spikformer's integer-valued q·kᵀ, running means) are analog.
+  Rule: a product term with a spike operand costs ACs, driven by that operand — each spike adds
+  (±) a row or column of the other operand into the output, so x·s with binary s is a masked
+  accumulation whatever x holds; only a term with no spike operand costs MACs.
 
-Everything is measured with forward hooks (plus the op-level analog tracking) on the converted
+  * A per-step product ``a_k @ b_k`` (``MatMul``: Spikformer's SSA, the ``seed`` preset) has
+    SOPs = r × S × FLOPs with r the firing rate of its spike operand.  When both operands are
+    spikes (q·kᵀ; v·kᵀ in the token-last form) either can drive; a layer's dataflow is fixed,
+    so the operand with fewer events over the measured run is taken:
+    SOPs = min(r_a, r_b) × S × FLOPs (events × fan-out is r × S × FLOPs for either operand).
+    Counting only coincidences (both factors non-zero) would assume that the held operand's
+    zeros are skipped as well, which the convention does not credit for weights either, and
+    would no longer be rate × FLOPs.  Two analog operands: min(r_a, r_b) × S × FLOPs MACs.
+    Spikformer's SSA is thus AC-only: q·kᵀ at min(r_q, r_k), (q·kᵀ)·v at r_v.
+  * The spike-equivalent product (``SpikeMatMul``) emits A_k·B_k/n − A_{k−1}·B_{k−1}/n', i.e.
+    a_k·B_{k−1} + A_k·b_k for the step increments a_k, b_k and running sums A, B.  Each term is
+    driven by its step operand (the held running sum is multi-valued, read densely): a_k's
+    events × fan-out from step 2 on, and b_k's on every step; ACs when that step operand is
+    spikes, MACs when it is analog (softmax increments).  Rescaling by 1/n costs one MAC per
+    output element per step.  Hence q·kᵀ is AC + MAC (the rescaling) and softmax·v is
+    AC (v's spikes) + MAC (the softmax increments and the rescaling).
+  * A product's output is real-valued (running means divided by n, or integer counts), so
+    whatever it feeds (attention's output projection) pays MACs, until a spiking layer
+    re-encodes it.
+- Not counted (on either side): softmax exponentials, BatchNorm left unfolded, residual adds,
+  membrane updates, fixed scalings (Spikformer's ×0.125 after SSA, a shift).
+
+Everything is measured with forward hooks (plus the op-level analog tracking) on the stepped
 network; the models are not edited.
 Extension point: :data:`NEURON_TYPES` (rate of the output), :data:`SYNAPSE_TYPES`,
 :data:`PRODUCT_TYPES` and :data:`ANALOG_TYPES` are lists of module classes; spikingjelly's
@@ -152,12 +178,16 @@ def effective_latency(settle: torch.Tensor, fraction: float = LATENCY_FRACTION) 
 
 # --------------------------------------------------------------------------------------------
 # hooks
-def _nz(x: torch.Tensor) -> torch.Tensor:
-    return (x != 0).to(torch.float32)
-
-
 def _ptr(x: torch.Tensor) -> int:
     return x.untyped_storage().data_ptr()
+
+
+def _matmul_macs(a: torch.Tensor, b: torch.Tensor) -> int:
+    """MACs of the dense ``a @ b`` (batch dimensions broadcast, as ``torch.matmul``)."""
+    a = a.unsqueeze(0) if a.dim() == 1 else a
+    b = b.unsqueeze(-1) if b.dim() == 1 else b
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return math.prod(batch) * a.shape[-2] * a.shape[-1] * b.shape[-1]
 
 
 def _tensors(obj):
@@ -230,7 +260,9 @@ class EnergyMeter:
             inner = mod.layer if isinstance(mod, DriveGate) else mod
             self.stats[name] = {"name": name, "kind": kind, "type": type(inner).__name__, "nnz": 0.0,
                                 "numel": 0.0, "nnz_b": 0.0, "numel_b": 0.0, "neg": 0.0, "ac": 0.0,
-                                "mac": 0.0, "n_in": 0, "root": False, "analog": False}
+                                "mac": 0.0, "n_in": 0, "root": False, "analog": False,
+                                "ev_a": 0.0, "ev_b": 0.0, "spike_a": True, "spike_b": True,
+                                "per_step": False}
             if kind in ("synapse", "product"):
                 self.handles.append(mod.register_forward_pre_hook(self._quiet(self._make_pre(name, kind))))
             else:
@@ -315,23 +347,28 @@ class EnergyMeter:
 
         def product(module, args):
             a, b = args[0], args[1]
-            st["nnz"] += float(torch.count_nonzero(a))
+            nnz_a, nnz_b = float(torch.count_nonzero(a)), float(torch.count_nonzero(b))
+            st["nnz"] += nnz_a
             st["numel"] += a.numel()
-            st["nnz_b"] += float(torch.count_nonzero(b))
+            st["nnz_b"] += nnz_b
             st["numel_b"] += b.numel()
-            kind_a = "mac" if self._is_analog(a) else "ac"
-            kind_b = "mac" if self._is_analog(b) else "ac"
-            st["analog"] |= "mac" in (kind_a, kind_b)
+            spike_a, spike_b = not self._is_analog(a), not self._is_analog(b)
+            st["spike_a"] &= spike_a
+            st["spike_b"] &= spike_b
+            macs = _matmul_macs(a, b)
+            # events × fan-out: each non-zero of a meets a row of b (macs / a.numel() MACs), and
+            # each non-zero of b a column of a; the other operand is read densely
+            ev_a = nnz_a * macs / a.numel() if a.numel() else 0.0
+            ev_b = nnz_b * macs / b.numel() if b.numel() else 0.0
             if isinstance(module, SpikeMatMul):  # running-sum form: a_k·B_{k-1} + A_k·b_k, then ×1/n
-                prev_a, prev_b = module.acc_a, module.acc_b
-                if prev_b is not None:
-                    st[kind_a] += float((_nz(a) @ _nz(prev_b)).sum())
-                acc_a = a if prev_a is None else prev_a + a
-                st[kind_b] += float((_nz(acc_a) @ _nz(b)).sum())
-                st["mac"] += float(a.shape[:-1].numel() * b.shape[-1])  # rescale by 1/n
-            else:  # per-step product of the current operands
-                ops = float((_nz(a) @ _nz(b)).sum())
-                st["mac" if "mac" in (kind_a, kind_b) else "ac"] += ops
+                if module.acc_b is not None:  # a_k drives a_k·B_{k-1} (from the second step on)
+                    st["ac" if spike_a else "mac"] += ev_a
+                st["ac" if spike_b else "mac"] += ev_b  # b_k drives A_k·b_k
+                st["mac"] += float(macs // a.shape[-1]) if a.shape[-1] else 0.0  # 1/n: per output entry
+            else:  # per-step a_k·b_k: driven by a spike operand, chosen per layer in result()
+                st["per_step"] = True
+                st["ev_a"] += ev_a
+                st["ev_b"] += ev_b
 
         return product if kind == "product" else synapse
 
@@ -382,9 +419,10 @@ class EnergyMeter:
                         tot["first_macs"] += macs
                     inp = "image" if st["root"] else "analog" if st["analog"] else "spikes"
                 else:
-                    sops, macs = st["ac"] / images, st["mac"] / images
+                    sops, macs = _product_ops(st)
+                    sops, macs = sops / images, macs / images
                     row["rate_b"] = st["nnz_b"] / st["numel_b"] if st["numel_b"] else 0.0
-                    inp = "spikes×analog" if st["analog"] else "spikes×spikes"
+                    inp = "×".join("spikes" if st[k] else "analog" for k in ("spike_a", "spike_b"))
                 op = "+".join(k for k, v in (("AC", sops), ("MAC", macs)) if v > 0) or "-"
                 row.update(input=inp, op=op, flops=fl, sops=sops, macs=macs)
                 tot["flops"] += fl
@@ -408,6 +446,19 @@ class EnergyMeter:
         }
         latency = effective_latency(settle) if settle.numel() else None
         return {"rows": rows, "totals": totals, "effective_latency": latency}
+
+
+def _product_ops(st: dict) -> tuple[float, float]:
+    """(ACs, MACs) of a product layer over the run (see the module docstring).
+
+    A per-step product is driven by its spike operand: the sparser one (fewer events × fan-out
+    over the whole run) when both are spikes; with no spike operand, MACs driven alike."""
+    if not st["per_step"]:  # SpikeMatMul: counted term by term in the hook
+        return st["ac"], st["mac"]
+    ev = [st["ev_a"]] * st["spike_a"] + [st["ev_b"]] * st["spike_b"]
+    if ev:
+        return min(ev), 0.0
+    return 0.0, min(st["ev_a"], st["ev_b"])
 
 
 def _mean(xs: list[float]) -> float:

@@ -1,6 +1,7 @@
 """Energy accounting against numbers computed by hand: FLOPs (torch's counter), SOPs, the counting
-rules for products, the firing rate of a constant-driven neuron (SPEC §2), effective latency, and
-the ``energy`` / ``convert --energy`` commands end to end."""
+rules for products (events of the driving operand × fan-out), the firing rate of a constant-driven
+neuron (SPEC §2), effective latency, the ``energy`` / ``convert --energy`` commands end to end, and
+directly trained models (LIF rates against spikingjelly's monitor, Spikformer's SSA products)."""
 from __future__ import annotations
 
 import csv
@@ -105,8 +106,9 @@ def run_two_operands(product_factory, analog_b=False, t=2):
 
 def test_spike_equivalent_product_counts_by_hand():
     # a: inputs 1, 0.5 → steps a1 = [1, 1], a2 = [1, 0]; b: inputs 1, 0 → b1 = b2 = [1, 0]ᵀ.
-    # Running-sum form a_k·B_{k-1} + A_k·b_k, one AC per (i, j, l) with both factors non-zero:
-    #   step 1: (no B_0) + A1=[1,1]·b1=[1,0]ᵀ → 1 ;  step 2: a2=[1,0]·B1=[1,0]ᵀ → 1, A2=[2,1]·b2 → 1.
+    # a @ b is [1×2]·[2×1]: 2 MACs, so an entry of a meets 1 entry of b and vice versa (fan-out 1).
+    # Running-sum form a_k·B_{k-1} + A_k·b_k, each term driven by its step operand (events × fan-out):
+    #   step 1: (no B_0) + b1's 1 event → 1 AC;  step 2: a2's 1 event + b2's 1 event → 2 ACs.
     # Rescaling by 1/n: 1 output element × 2 steps = 2 MACs.
     row = run_two_operands(SpikeMatMul)
     assert row["type"] == "SpikeMatMul" and row["input"] == "spikes×spikes"
@@ -114,18 +116,73 @@ def test_spike_equivalent_product_counts_by_hand():
     assert row["rate"] == pytest.approx(3 / 4) and row["rate_b"] == pytest.approx(2 / 4)
 
 
-def test_per_step_product_counts_coincidences():
-    # Per-step a_k·b_k: step 1 [1,1]·[1,0]ᵀ → 1 AC; step 2 [1,0]·[1,0]ᵀ → 1 AC; nothing to rescale.
+def test_per_step_product_of_two_spike_operands_is_driven_by_the_sparser():
+    # Per-step a_k·b_k, both operands spikes: a has 2 + 1 = 3 events, b 1 + 1 = 2 (fan-out 1 each);
+    # the layer is driven by b, the operand with fewer events: 2 ACs = r_b 0.5 × S 2 × FLOPs 2.
     row = run_two_operands(lambda clock: MatMul())
     assert row["sops"] == pytest.approx(2) and row["macs"] == 0 and row["op"] == "AC"
+    assert row["sops"] == pytest.approx(min(row["rate"], row["rate_b"]) * 2 * 2)
 
 
-def test_product_with_an_analog_operand_is_counted_as_macs():
-    # b = softmax over its 2 entries: dense and real-valued on both steps; a as above.
-    # Per-step (a_k ≠ 0)·(b ≠ 0): step 1 2 ops, step 2 1 op, all MACs.
+def test_product_with_one_spike_operand_is_counted_as_acs():
+    # b = softmax over its 2 entries: dense and real-valued on both steps; a spikes as above.
+    # a drives: each spike adds one (real) entry of b: 2 + 1 = 3 ACs = r_a 0.75 × S 2 × FLOPs 2.
     row = run_two_operands(lambda clock: MatMul(), analog_b=True)
-    assert row["input"] == "spikes×analog" and row["op"] == "MAC"
-    assert row["macs"] == pytest.approx(3) and row["sops"] == 0
+    assert row["input"] == "spikes×analog" and row["op"] == "AC"
+    assert row["sops"] == pytest.approx(3) and row["macs"] == 0
+    assert row["sops"] == pytest.approx(row["rate"] * 2 * 2)
+
+
+class Shaped(nn.Module):
+    """x = [xa (4), xb (6)] → a [1, 2, 2], b [1, 2, 3]: each IF spikes (threshold 1, v0 = ½) or softmax
+    over the last axis (dense, analog)."""
+
+    def __init__(self, product: nn.Module, analog_a: bool, analog_b: bool):
+        super().__init__()
+        self.na = nn.Softmax(dim=-1) if analog_a else ScaledNeuron(1.0)
+        self.nb = nn.Softmax(dim=-1) if analog_b else ScaledNeuron(1.0)
+        self.mm = product
+
+    def forward(self, x):
+        return self.mm(self.na(x[:, :4].reshape(1, 2, 2)), self.nb(x[:, 4:].reshape(1, 2, 3))).flatten(1)
+
+
+# Inputs 1 spike on every step, 0 never: a = [[1, 0], [0, 0]] (1 of 4 entries, rate ¼),
+# b = [[0, 0, 0], [1, 1, 1]] (3 of 6, rate ½).  a @ b is 2·2·3 = 12 MACs: an entry of a meets a row
+# of b (fan-out 3), an entry of b a column of a (fan-out 2).  a·b = 0 (a's spike meets b's zero row):
+# a coincidence count would give 0 operations; the convention reads the held operand densely.
+@pytest.mark.parametrize("product, analog_a, analog_b, t, label, acs, macs", [
+    # both spikes: a drives (1 event × 3 = 3 per step) rather than b (3 × 2 = 6): min(r_a, r_b)·S·FLOPs
+    ("per_step", False, False, 1, "spikes×spikes", 0.25 * 1 * 12, 0),
+    ("per_step", False, False, 3, "spikes×spikes", 0.25 * 3 * 12, 0),
+    # one spike operand drives, however dense the analog one is: r × S × FLOPs ACs
+    ("per_step", False, True, 2, "spikes×analog", 0.25 * 2 * 12, 0),
+    ("per_step", True, False, 2, "analog×spikes", 0.5 * 2 * 12, 0),
+    # no spike operand: MACs, driven by the operand with fewer events (both dense here: FLOPs per step)
+    ("per_step", True, True, 2, "analog×analog", 0, 2 * 12),
+    # running-sum form, t = 2: a_k·B_{k-1} on step 2 (1 × 3) + A_k·b_k on both steps (2 × 3 × 2)
+    # = 15 ACs; rescaling 6 output entries × 2 steps = 12 MACs
+    ("running", False, False, 2, "spikes×spikes", 3 + 12, 12),
+    # softmax a: its increments drive a_k·B_{k-1} as MACs (4 × 3 on step 2), b's spikes A_k·b_k as ACs
+    ("running", True, False, 2, "analog×spikes", 12, 12 + 12),
+], ids=["per_step-spikes-spikes-t1", "per_step-spikes-spikes-t3", "per_step-spikes-analog",
+        "per_step-analog-spikes", "per_step-analog-analog", "running-spikes-spikes", "running-analog-spikes"])
+def test_products_count_events_of_the_driving_operand_times_fan_out(product, analog_a, analog_b, t, label,
+                                                                     acs, macs):
+    clock = Clock()
+    net = Shaped(SpikeMatMul(clock) if product == "running" else MatMul(), analog_a, analog_b)
+    sim = spiking(net, clock)
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]])
+    with EnergyMeter.for_simulator(sim) as meter:
+        sim.run(x, t)
+    row = rows_by_name(meter.result(count_flops(net, x), t))["mm"]
+    assert row["flops"] == 12 and row["input"] == label
+    if not analog_a:
+        assert row["rate"] == pytest.approx(0.25)
+    if not analog_b:
+        assert row["rate_b"] == pytest.approx(0.5)
+    assert row["sops"] == pytest.approx(acs) and row["macs"] == pytest.approx(macs)
+    assert row["op"] == "+".join(k for k, v in (("AC", acs), ("MAC", macs)) if v)
 
 
 # ------------------------------------------------------------------------------ firing rate
@@ -164,7 +221,8 @@ def test_transformer_rows_totals_and_flops_from_either_side(qcfs_transformer, tm
     rows = rows_by_name(res)
     assert rows["embed.proj.0.0"]["input"] == "image"
     assert rows["blocks.0.attn.qk"]["input"] == "spikes×spikes"
-    assert rows["blocks.0.attn.av"]["input"] == "spikes×analog"  # softmax output × v spikes
+    av = rows["blocks.0.attn.av"]  # softmax increments drive MACs, v's spikes ACs, + 1/n rescaling
+    assert av["input"] == "analog×spikes" and av["op"] == "AC+MAC"
     proj = rows["blocks.0.attn.proj.linear"]  # reads attention's real-valued output: MACs
     assert proj["input"] == "analog" and proj["op"] == "MAC" and proj["sops"] == 0
     assert rows["blocks.0.attn.q.linear"]["type"] == "Linear"  # bias-gated layer reported by its type
@@ -233,24 +291,96 @@ def test_convert_and_table_leave_the_four_plots(tiny_run, capsys):
         assert png.is_file() and png.stat().st_size > 1000, png
 
 
-@pytest.mark.parametrize("name", ["spikformer", "sdt"])
-def test_direct_models_get_per_step_flops_and_lif_rates(name):
-    from ann2snn.models import create_model, list_models
-
-    if name not in list_models():
-        pytest.skip(f"{name} is not registered")
-    DirectNetwork = getattr(pytest.importorskip("ann2snn.simulate"), "DirectNetwork", None)
-    if DirectNetwork is None:
-        pytest.skip("the simulator has no DirectNetwork yet")
+# ------------------------------------------------------------------------------ directly trained SNNs
+def firing_direct_model(name: str, **kwargs) -> nn.Module:
+    """A tiny untrained direct model whose every LIF fires: with eval-mode BatchNorm at rest
+    (mean 0, variance 1), γ = 4 amplifies each conv/linear output and β = 0.5 adds a steady drive
+    (untouched, the network falls silent after its first LIF)."""
+    from ann2snn.models import create_model
 
     torch.manual_seed(0)
     model = create_model(name, T=4, dim=32, num_heads=2, depth=1, in_channels=1, img_size=8,
-                         num_classes=10).eval()
+                         num_classes=10, **kwargs).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.fill_(4.0)
+                m.bias.fill_(0.5)
+    return model
+
+
+def lif_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every LIF's output [T, B, ...] in the model's own multi-step forward (spikingjelly's
+    monitor): independent of the energy meter, which hooks the stepped copy one step at a time."""
+    from spikingjelly.activation_based import monitor, neuron
+
+    with monitor.OutputMonitor(model, neuron.LIFNode, lambda s: s.detach().clone()) as mon:
+        model(x)
+    return {name: mon[name][0] for name in mon.monitored_layers}
+
+
+def rate_of(s: torch.Tensor) -> float:
+    return float(torch.count_nonzero(s)) / s.numel()
+
+
+@pytest.mark.parametrize("name", ["spikformer", "sdt"])
+def test_direct_models_get_per_step_flops_and_lif_rates(name):
+    from ann2snn.simulate import DirectNetwork
+
+    model = firing_direct_model(name)
     x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
     res = measure_energy(model, Simulator(DirectNetwork(model)), [(x, y)], t=4)
     rows = rows_by_name(res)
     # First conv, one step: 32/8 = 4 output channels × 8×8 positions × 1×3×3 taps = 2304 MACs
     # (the model's own forward would run all T = 4 steps).
     assert rows["embed.proj.0.0"]["flops"] == 2304 and rows["embed.proj.0.0"]["input"] == "image"
-    assert any(r["type"] == "LIFNode" for r in res["rows"])
     assert res["accuracy"]["ann_top1"] is None  # no ANN to compare with
+    ref = lif_outputs(model, x)
+    lifs = {r["name"]: r for r in res["rows"] if r["type"] == "LIFNode"}
+    assert sorted(lifs) == sorted(ref) and len(lifs) >= 10
+    for lif_name, row in lifs.items():
+        assert row["kind"] == "neuron" and 0.0 < row["rate"] <= 1.0, (lif_name, row["rate"])
+        assert ref[lif_name].shape[0] == 4  # T steps
+        assert row["rate"] == pytest.approx(rate_of(ref[lif_name]), abs=1e-12), lif_name
+    # every synapse reads spikes (binary LIF outputs, or SEW sums of them) except the image-fed conv
+    for r in res["rows"]:
+        if r["kind"] == "synapse" and r["name"] != "embed.proj.0.0":
+            assert r["input"] == "spikes" and r["macs"] == 0, r["name"]
+
+
+@pytest.mark.parametrize("ssa_form", ["token_first", "token_last"])
+def test_spikformer_attention_products_are_acs_at_the_spike_operands_rate(ssa_form):
+    """SSA's q, k, v are binary spikes: q·kᵀ (both spikes) is driven by the sparser of q and k, and
+    (q·kᵀ)·v — integer counts times spikes — by v; token-last computes v·kᵀ then (v·kᵀ)·q alike.
+    SOPs = rate × S × FLOPs, with rates from the model's own forward (monitor) and FLOPs by hand."""
+    from ann2snn.simulate import DirectNetwork
+
+    model = firing_direct_model("spikformer", ssa_form=ssa_form)
+    x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
+    T = S = 4
+    res = measure_energy(model, Simulator(DirectNetwork(model)), [(x, y)], t=T)
+    rows = rows_by_name(res)
+    ref = lif_outputs(model, x)
+    H, d, N = 2, 16, 4  # 2 heads of 32/2 channels; 8×8 image → 2×2 = 4 tokens
+    if ssa_form == "token_first":
+        r = {k: rate_of(ref[f"blocks.0.attn.{k}_lif"]) for k in "qkv"}
+        first, second = rows["blocks.0.attn.qk"], rows["blocks.0.attn.attn_v"]
+        flops = H * N * d * N  # q·kᵀ: [N×d]·[d×N] per head; (q·kᵀ)·v: [N×N]·[N×d] per head — both 512
+        first_rate, second_rate = min(r["q"], r["k"]), r["v"]
+    else:
+        qkv = ref["blocks.0.attn.qkv_lif"]  # [T, B, 3C, N] → q, k, v chunks [T, B, H, d, N]
+        q, k, v = qkv.reshape(T, qkv.shape[1], 3 * H, d, N).chunk(3, dim=2)
+        r = {"q": rate_of(q), "k": rate_of(k), "v": rate_of(v)}
+        first, second = rows["blocks.0.attn.vk"], rows["blocks.0.attn.vk_q"]
+        flops = H * d * N * d  # v·kᵀ: [d×N]·[N×d]; (v·kᵀ)·q: [d×d]·[d×N] — both 2048
+        first_rate, second_rate = min(r["v"], r["k"]), r["q"]
+    assert all(0.0 < rate < 1.0 for rate in r.values()), r
+    assert first["flops"] == second["flops"] == flops
+    assert first["input"] == "spikes×spikes" and second["input"] == "analog×spikes"
+    for row, rate in ((first, first_rate), (second, second_rate)):
+        assert row["op"] == "AC" and row["macs"] == 0, row
+        assert row["sops"] == pytest.approx(rate * S * flops, rel=1e-9), row["name"]
+    # the spike operand's rate as the table reports it
+    assert second["rate_b"] == pytest.approx(second_rate)
+    # Spikformer is multiplication-free beyond the image-fed conv
+    assert res["totals"]["first_layer_macs"] == 2304 and res["totals"]["other_macs"] == 0
