@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ann2snn.config import MODEL_KEYS, Config, ConfigError, config_from_dict
+from ann2snn.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict
 
 FORMAT_VERSION = 1
 
@@ -67,6 +69,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")  # CSI sequences (colours, bold) and ESC+char
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _reason(err: BaseException, limit: int = 200) -> str:
+    """One clean line saying why a file could not be read: no ANSI escapes (torch's unpickling
+    error prints some in bold), no control characters, at most ``limit`` characters.  For a
+    weights-only refusal, the line naming the refused global, not torch's advice to unpickle."""
+    lines = [_CONTROL.sub(" ", _ANSI.sub("", ln)).strip() for ln in str(err).splitlines()]
+    lines = [ln for ln in lines if ln] or [""]
+    line = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0])
+    line = line.split(" was not an allowed global", 1)[0]  # "... Unsupported global: GLOBAL x.y"
+    return f"{type(err).__name__}: {line[:limit]}".rstrip(": ")
+
+
+def _foreign(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{str(path)!r} is a torch file but not an ann2snn checkpoint ({what}). Pass a "
+                           "checkpoint written by `ann2snn train` (a run's best_model.pt or last.pt).")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -76,21 +98,43 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle with foreign objects, not a torch file …
         raise CheckpointError(
-            f"Checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"Checkpoint {str(path)!r} cannot be read ({_reason(err)}). "
             "It is truncated, corrupt, or not an ann2snn checkpoint. Use another checkpoint (e.g. the "
             "run's best_model.pt or last.pt) or retrain.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{str(path)!r} is a torch file but not an ann2snn checkpoint (it lacks "
-                              "'model' and 'config'). Pass a checkpoint written by `ann2snn train`.")
-    if ckpt.get("format", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{str(path)!r} was written by a newer ann2snn (format {ckpt['format']}); "
+        raise _foreign(path, "it lacks 'model' and 'config'")
+    fmt = ckpt.get("format", 0)
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise _foreign(path, f"its 'format' is {_short(fmt)}, not a version number")
+    if fmt > FORMAT_VERSION:
+        raise CheckpointError(f"{str(path)!r} was written by a newer ann2snn (format {fmt}); "
                               "upgrade ann2snn to read it.")
+    if not isinstance(ckpt["config"], Mapping):
+        raise _foreign(path, f"its 'config' is {_short(ckpt['config'])}, not a mapping of config keys")
+    if not isinstance(ckpt["model"], Mapping):
+        raise _foreign(path, f"its 'model' is {_short(ckpt['model'])}, not a state dict")
     return ckpt
 
 
+def _short(value: Any) -> str:
+    """A value named for an error message: its type, and a short repr of small plain values."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    text = repr(value)
+    return f"{text[:60]}{'…' if len(text) > 60 else ''} ({type(value).__name__})"
+
+
 def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> Config:
+    stored = ckpt["config"]
+    if not isinstance(stored, Mapping):
+        raise _foreign(Path(path), f"its 'config' is {_short(stored)}, not a mapping of config keys")
+    known = [k for k in stored if k in FIELD_NAMES]
+    if not known:  # config_from_dict would drop every key and silently return the defaults
+        keys = ", ".join(repr(k) for k in list(stored)[:5]) + (", …" if len(stored) > 5 else "")
+        raise _foreign(Path(path), f"its config holds none of ann2snn's config keys: "
+                       f"{'it is empty' if not stored else 'it has ' + keys}")
     try:
-        return config_from_dict(ckpt["config"])
+        return config_from_dict(dict(stored))
     except ConfigError as err:
         raise CheckpointError(f"The config stored in {str(path)!r} is invalid: {err}") from None
 
@@ -107,9 +151,15 @@ def check_compatible(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "c
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    if not isinstance(state, Mapping):
+        raise _foreign(Path(path), f"its 'model' is {_short(state)}, not a state dict")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise _foreign(Path(path), f"its 'model' is not a state dict: entry {bad[0]!r} is "
+                       f"{_short(state[bad[0]])}, not a named tensor")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()
+    except Exception as err:  # RuntimeError for missing/unexpected keys and shape mismatches
+        first = [_CONTROL.sub(" ", _ANSI.sub("", ln)) for ln in str(err).splitlines()]
         raise CheckpointError(f"Checkpoint {str(path)!r} does not fit this model: "
                               f"{' '.join(first[:3])[:400]}. Use the config it was trained with.") from None

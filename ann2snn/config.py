@@ -90,11 +90,18 @@ class Config:
         need(self.wd >= 0, f"wd must be >= 0, got {self.wd}.")
         need(self.dim >= 8 and self.dim % 8 == 0,
              f"dim must be a positive multiple of 8 (the embedding uses dim/8 channels), got {self.dim}.")
+        need(self.dim <= MAX_WIDTH, f"dim must be at most {MAX_WIDTH}, got {self.dim}. Use e.g. `--dim 384`.")
         need(self.num_heads >= 1 and self.dim % self.num_heads == 0,
              f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}). "
              f"Pick num_heads among {[h for h in range(1, 33) if self.dim % h == 0]}.")
         need(self.depth >= 1, f"depth must be >= 1, got {self.depth}.")
         need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}.")
+        hidden = self.dim * self.mlp_ratio  # every model's MLP is dim -> int(dim * mlp_ratio) -> dim
+        need(hidden >= 1, f"mlp_ratio {self.mlp_ratio:g} is too small for dim {self.dim}: the MLP hidden size "
+             f"int(dim * mlp_ratio) = int({hidden:g}) is 0. Use an mlp_ratio with dim * mlp_ratio >= 1 "
+             "(e.g. `--mlp_ratio 4`, the usual value).")
+        need(hidden < MAX_WIDTH + 1, f"mlp_ratio {self.mlp_ratio:g} is too large for dim {self.dim}: the MLP "
+             f"hidden size int(dim * mlp_ratio) = {hidden:g} is over {MAX_WIDTH}. Use e.g. `--mlp_ratio 4`.")
         need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
         need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
@@ -143,6 +150,10 @@ ATTN_CHOICES = ("softmax", "softmax_seed", "ssa")
 SSA_FORM_CHOICES = ("token_first", "token_last")
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
 MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form")
+# Largest layer width (dim, and the MLP hidden size int(dim * mlp_ratio)) accepted: far above any
+# real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
+# torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).
+MAX_WIDTH = 2**20
 FIELD_NAMES = tuple(f.name for f in fields(Config))
 _TYPE_HINTS = typing.get_type_hints(Config)
 
@@ -167,8 +178,8 @@ def coerce(key: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
         if optional:
             return None
-        raise ConfigError(f"{key} cannot be null; it needs a {tp.__name__}.")
-    bad = ConfigError(f"{key} must be a {tp.__name__}, got {value!r} ({type(value).__name__}).")
+        raise ConfigError(f"{key} cannot be null; it needs {_article(tp.__name__)}.")
+    bad = ConfigError(f"{key} must be {_article(tp.__name__)}, got {value!r} ({type(value).__name__}).")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -210,6 +221,11 @@ def coerce(key: str, value: Any) -> Any:
             return str(value)
         raise bad
     raise bad  # pragma: no cover
+
+
+def _article(noun: str) -> str:
+    """'an int', 'a float': the indefinite article by the first letter (enough for type names)."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def unknown_key_message(key: str) -> str:
@@ -254,4 +270,4 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "coerce",
-           "FIELD_NAMES", "MODEL_KEYS", "ATTN_CHOICES", "field"]
+           "FIELD_NAMES", "MODEL_KEYS", "MAX_WIDTH", "ATTN_CHOICES", "field"]

@@ -4,12 +4,20 @@
   ``best_model.pt`` after the first epoch.  Checkpoints are written atomically
   (:func:`ann2snn.checkpoint.atomic_save`), so a killed process leaves either the previous or the
   new file, never a partial one; a stale ``.*.tmp`` left by a kill is removed on the next start.
-- A run that fails with an error before it wrote any checkpoint (bad data, NaN loss in the first
-  epoch, Ctrl-C) is removed again (:func:`cleanup_on_failure`), so no half-made run remains for a
-  later ``convert`` to find.  Only the files training itself writes are deleted, and the folder
-  only if that leaves it empty.  A run killed by a signal cannot clean up; what it leaves
-  (``config.yaml``, ``log.csv``) is not picked up by ``convert`` (``LATEST`` and ``-c`` both need a
+- A run that fails with an error before it wrote any checkpoint (bad data, Ctrl-C) is removed
+  again (:func:`cleanup_on_failure`), so no half-made run remains for a later ``convert`` to find.
+  Only the files training itself writes are deleted, and the folder only if that leaves it empty.
+  A failure in a later epoch keeps the checkpoints of the epochs before it (``--resume`` continues
+  from them).  A run killed by a signal cannot clean up; what it leaves (``config.yaml``,
+  ``log.csv``) is not picked up by ``convert`` (``LATEST`` and ``-c`` both need a
   ``best_model.pt``) and ``--resume`` starts it from the beginning.
+- A run that *diverged* (an exception of ``discard_on``: a NaN/inf loss or weights) is discarded
+  at any epoch when it held no checkpoint before this invocation: its ``best_model.pt`` and
+  ``last.pt`` are deleted too, then the rest as above, and ``LATEST`` is put back as it was (or
+  removed) if it names the run.  Its checkpoints are of a run the user has to redo with other
+  settings, and ``--resume`` would only repeat the same steps.  A ``--resume`` of a run with
+  checkpoints keeps them all: they are finite (training never saves non-finite weights), so
+  ``LATEST`` never names a diverged model.
 - ``--resume`` continues from ``last.pt``; ``log.csv`` rows of epochs after it (written before a
   kill, but not checkpointed) are dropped, so the log matches an uninterrupted run's.
 """
@@ -19,16 +27,34 @@ import contextlib
 import csv
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger("ann2snn")
 _WRITTEN = ("config.yaml", "log.csv")  # what training writes before its first checkpoint
-_CLAIMED: list[list[Path]] = []  # one list per active cleanup_on_failure()
+CHECKPOINTS = ("best_model.pt", "last.pt")  # what it writes after each epoch
+
+
+@dataclass
+class _Claim:
+    run_dir: Path
+    foreign: bool  # it held other files (a folder of the user's): training's files are left there
+    had_checkpoint: bool  # it held a run's checkpoint before this invocation (a --resume)
+    latest: Path | None  # the LATEST marker training may update, and its text before
+    latest_before: str | None
+
+
+_CLAIMED: list[list[_Claim]] = []  # one list per active cleanup_on_failure()
 
 
 def has_checkpoint(run_dir: Path) -> bool:
     return any(p.is_file() for p in Path(run_dir).glob("*.pt"))
+
+
+def has_run_checkpoint(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a checkpoint written by training (best_model.pt or last.pt)."""
+    return any((Path(run_dir) / name).is_file() for name in CHECKPOINTS)
 
 
 def remove_stale_temps(run_dir: Path) -> None:
@@ -38,17 +64,24 @@ def remove_stale_temps(run_dir: Path) -> None:
             p.unlink()
 
 
-def claim(run_dir: Path) -> None:
+def claim(run_dir: Path, latest: Path | None = None) -> None:
     """Create ``run_dir`` for writing and remember it, so a failure before its first checkpoint
     removes it again -- unless it already held other files (e.g. ``--out`` pointing at a folder
-    of the user's), which are never touched.  Call on the rank that writes (rank 0)."""
+    of the user's), which are never touched.  ``latest``: the LATEST marker this run may update,
+    put back if the run is discarded after diverging.  Call on the rank that writes (rank 0)."""
     run_dir = Path(run_dir)
-    foreign = run_dir.is_dir() and any(p.name not in _WRITTEN and not p.name.endswith(".tmp")
+    had_checkpoint = has_run_checkpoint(run_dir)
+    foreign = run_dir.is_dir() and any(p.name not in _WRITTEN + CHECKPOINTS and not p.name.endswith(".tmp")
                                        for p in run_dir.iterdir())
+    before = None
+    if latest is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            before = Path(latest).read_text()
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run_dir)
-    if _CLAIMED and not foreign:
-        _CLAIMED[-1].append(run_dir)
+    if _CLAIMED:
+        _CLAIMED[-1].append(_Claim(run_dir, foreign, had_checkpoint, None if latest is None else Path(latest),
+                                   before))
 
 
 def discard_unfinished(run_dir: Path) -> bool:
@@ -65,18 +98,63 @@ def discard_unfinished(run_dir: Path) -> bool:
     return True
 
 
+def _same_path(a: str | Path, b: Path) -> bool:
+    try:
+        return Path(str(a).strip()).resolve() == b.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def discard_diverged(claim: _Claim) -> None:
+    """Delete the checkpoints of a run that diverged in its first invocation, and put ``LATEST``
+    back as it was before the run (or remove it) when it names this run."""
+    run_dir = claim.run_dir
+    for name in CHECKPOINTS:
+        with contextlib.suppress(OSError):
+            (run_dir / name).unlink()
+    remove_stale_temps(run_dir)
+    marker = claim.latest
+    if marker is None or not marker.is_file():
+        return
+    try:
+        names_this_run = _same_path(marker.read_text(), run_dir)
+    except (OSError, UnicodeDecodeError):
+        return
+    if not names_this_run:
+        return  # another run's (e.g. a concurrent one): not ours to change
+    before = claim.latest_before
+    if (before is not None and not _same_path(before, run_dir)
+            and (Path(before.strip()) / "best_model.pt").is_file()):
+        tmp = marker.with_name(f".{marker.name}.tmp")
+        tmp.write_text(before)
+        tmp.replace(marker)
+        log.warning("%s names %s again (as before the diverged run)", marker, before.strip())
+    else:
+        with contextlib.suppress(OSError):
+            marker.unlink()
+        log.warning("removed %s: it named the diverged run", marker)
+
+
 @contextlib.contextmanager
-def cleanup_on_failure() -> Iterator[None]:
-    """On any exception, discard the run directories claimed inside that have no checkpoint."""
-    claimed: list[Path] = []
+def cleanup_on_failure(discard_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """On any exception, discard the run directories claimed inside that have no checkpoint.
+
+    An exception of a type in ``discard_on`` (a diverged run) first deletes the checkpoints of
+    the claimed runs that had none before this invocation (:func:`discard_diverged`), so those
+    runs are removed whatever epoch they reached; runs that had checkpoints keep them."""
+    claimed: list[_Claim] = []
     _CLAIMED.append(claimed)
     try:
         yield
-    except BaseException:
-        for d in claimed:
-            if discard_unfinished(d):
-                log.warning("removed the unfinished run directory %s (the run stopped before its first "
-                            "checkpoint)", d)
+    except BaseException as err:
+        diverged = isinstance(err, discard_on)
+        for c in claimed:
+            if diverged and not c.had_checkpoint:
+                discard_diverged(c)
+            if not c.foreign and discard_unfinished(c.run_dir):
+                log.warning("removed the unfinished run directory %s (%s)", c.run_dir,
+                            "its training diverged" if diverged else
+                            "the run stopped before its first checkpoint")
         raise
     finally:
         _CLAIMED.remove(claimed)
@@ -134,5 +212,5 @@ def truncate_log(log_path: Path, epoch: int) -> None:
     os.replace(tmp, log_path)
 
 
-__all__ = ["claim", "cleanup_on_failure", "discard_unfinished", "has_checkpoint", "remove_stale_temps",
-           "resume_checkpoint", "truncate_log"]
+__all__ = ["CHECKPOINTS", "claim", "cleanup_on_failure", "discard_diverged", "discard_unfinished",
+           "has_checkpoint", "has_run_checkpoint", "remove_stale_temps", "resume_checkpoint", "truncate_log"]

@@ -43,6 +43,16 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
+class DivergedError(TrainingError):
+    """The training or test loss, or the weights, became NaN/inf.  Nothing non-finite is saved; a
+    run that had no checkpoint before this invocation is removed, whatever epoch it reached
+    (:func:`ann2snn.rundir.cleanup_on_failure`)."""
+
+
+DIVERGED_FIX = ("Lower the learning rate (e.g. `--lr 1e-3`), switch AMP off (`--use_amp false`), or warm the "
+                "learning rate up (`--warmup_epochs 5`).")
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -107,8 +117,9 @@ def _train_one_epoch(model, loader, optimizer, scaler, device, use_amp, epoch, *
             if y_mix is not None:
                 loss = lam * loss + (1 - lam) * F.cross_entropy(out, y_mix, label_smoothing=label_smoothing)
         if not distributed.all_finite(loss):  # agreed by all ranks, so they stop together
-            raise TrainingError(f"The training loss became {float(loss.detach())} in epoch {epoch}. Lower the "
-                                "learning rate (e.g. `--lr 1e-3`), or switch AMP off (`--use_amp false`).")
+            value = float(loss.detach())
+            what = value if not math.isfinite(value) else "non-finite on another process"
+            raise DivergedError(f"The training loss became {what} in epoch {epoch}. {DIVERGED_FIX}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -141,10 +152,36 @@ def mark_latest(run_dir: Path, out_root: Path) -> None:
     tmp.replace(out_root / "LATEST")
 
 
+def _non_finite(tr_loss: float, ev: dict, model: nn.Module, epoch: int) -> str | None:
+    """What became non-finite in ``epoch`` (the epoch's mean training loss, the test loss, a
+    weight or buffer), or None.  The same on every rank: the losses are reduced over ranks and
+    the weights are kept equal (DDP, :func:`ann2snn.distributed.sync_buffers`)."""
+    if not math.isfinite(tr_loss):
+        return f"The training loss became {tr_loss} in epoch {epoch}."
+    if not math.isfinite(ev["loss"]):
+        return f"The test loss became {ev['loss']} after epoch {epoch} (the model's outputs are not finite)."
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"The model's {name} became non-finite in epoch {epoch}."
+    return None
+
+
+def _after_divergence(run_dir: Path, kept: bool, epoch: int) -> str:
+    """What happens to the run after it diverged in ``epoch`` (see :func:`rundir.cleanup_on_failure`)."""
+    if not kept:
+        return (f"Nothing of this run is kept for `convert`: its checkpoints in {str(run_dir)!r} are removed "
+                "and LATEST is put back as it was before this run.")
+    return (f"The checkpoints in {str(run_dir)!r} are kept (nothing of epoch {epoch} was saved, and nothing "
+            "non-finite ever is), but `--resume` would repeat the same steps (the learning rate comes from "
+            "last.pt): start a new run with other settings, or one from these weights with "
+            f"`--inherit true --model_path {run_dir / 'best_model.pt'} --lr 1e-3` (without --resume).")
+
+
 def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
     """Train ``cfg``; returns {"run_dir", "best_top1", "epochs"}.  Under torchrun: DDP (see
-    ann2snn.distributed).  A run that fails before its first checkpoint is removed again."""
-    with rundir.cleanup_on_failure():
+    ann2snn.distributed).  A run that fails before its first checkpoint is removed again, and
+    so is a new run whose loss becomes non-finite at any epoch (DivergedError)."""
+    with rundir.cleanup_on_failure(discard_on=(DivergedError,)):
         return _train(cfg, out, resume)
 
 
@@ -165,16 +202,25 @@ def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
     start, best = 0, -1.0
 
     ckpt = distributed.on_rank0(lambda: rundir.resume_checkpoint(run_dir)) if resume else None
+    # a run with checkpoints from before keeps them if it diverges now (a new run never has any)
+    kept = resume and distributed.on_rank0(lambda: rundir.has_run_checkpoint(run_dir))
     if ckpt is not None:  # None: --resume of a run killed before its first checkpoint
         ckpt_path = run_dir / "last.pt"
         check_compatible(checkpoint_config(ckpt, ckpt_path), cfg, ckpt_path)
         load_state(model, ckpt["model"], ckpt_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start, best = int(ckpt["epoch"]), float(ckpt["best"])
-        distributed.restore_rng(ckpt, cfg.seed, ctx)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            start, best = int(ckpt["epoch"]), float(ckpt["best"])
+            distributed.restore_rng(ckpt, cfg.seed, ctx)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"{str(ckpt_path)!r} cannot be resumed from: its training state does not fit "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). "
+                                  "It is not a last.pt written by `ann2snn train` for this config. Start a new "
+                                  "run without --resume, or use `inherit: true` with `model_path:` to start from "
+                                  "its weights.") from None
         log.info("resuming %s after epoch %d (best test top-1 %.2f%%)", run_dir, start, best)
     elif cfg.inherit:
         if not cfg.model_path:
@@ -187,7 +233,7 @@ def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
 
     log_path = run_dir / "log.csv"
     if ctx.is_main:  # only rank 0 writes
-        rundir.claim(run_dir)  # removed again if the run fails before its first checkpoint
+        rundir.claim(run_dir, Path(cfg.out_root) / "LATEST")  # removed again if the run fails early
         save_config(cfg, run_dir / "config.yaml")
         if not start or not log_path.exists():
             with open(log_path, "w", newline="") as f:
@@ -204,12 +250,19 @@ def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         distributed.set_epoch(train_loader, epoch)  # data order depends on (seed, epoch) only
-        tr_loss, tr_top1 = _train_one_epoch(net, train_loader, optimizer, scaler, device, use_amp, epoch,
-                                            label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
-                                            reset=model_kind(cfg.model) == "direct")
-        scheduler.step()
-        distributed.sync_buffers(model)  # every rank evaluates rank 0's model
-        ev = evaluate_ann(model, test_loader, desc="test")
+        try:
+            tr_loss, tr_top1 = _train_one_epoch(net, train_loader, optimizer, scaler, device, use_amp, epoch,
+                                                label_smoothing=cfg.label_smoothing, mixup=cfg.mixup,
+                                                reset=model_kind(cfg.model) == "direct")
+            scheduler.step()
+            distributed.sync_buffers(model)  # every rank evaluates rank 0's model
+            ev = evaluate_ann(model, test_loader, desc="test")
+            bad = _non_finite(tr_loss, ev, model, epoch)  # checked before anything of the epoch is saved
+            if not distributed.all_finite(torch.tensor(0.0 if bad is None else float("nan"))):
+                bad = bad or f"The weights became non-finite on another process in epoch {epoch}."
+                raise DivergedError(f"{bad} {DIVERGED_FIX}")
+        except DivergedError as err:
+            raise DivergedError(f"{err} {_after_divergence(run_dir, kept, epoch)}") from None
         dt = time.perf_counter() - t0
         row = [epoch, f"{lr:.6g}", f"{tr_loss:.4f}", f"{tr_top1:.2f}", f"{ev['loss']:.4f}",
                f"{ev['top1']:.2f}", f"{ev['top5']:.2f}", f"{dt:.1f}"]

@@ -161,7 +161,7 @@ def test_wrong_type_override(tmp_path, capsys):
     rc, _, err = run_main(capsys, ["train", "-c", DIGITS, "--lr", "abc", "--out_root", tmp_path])
     assert_user_error(rc, err, "lr must be a float", "'abc'")
     rc, _, err = run_main(capsys, ["train", "-c", DIGITS, "--epochs", "2.5", "--out_root", tmp_path])
-    assert_user_error(rc, err, "epochs must be a int")
+    assert_user_error(rc, err, "epochs must be an int")
 
 
 def test_missing_data_no_network(tmp_path, capsys, monkeypatch):
