@@ -235,12 +235,13 @@ def test_simulator_steps_the_model_as_trained(name, kw):
         torch.testing.assert_close(model(x), cum[1] / 2, rtol=1e-5, atol=1e-5)  # prediction at trained T
 
 
-def test_cli_trains_and_convert_prints_accuracy_per_step(tmp_path, capsys):
+@pytest.mark.parametrize("config_name", ["spikformer_digits.yml", "sdt_digits.yml"])
+def test_cli_trains_and_convert_prints_accuracy_per_step(tmp_path, capsys, config_name):
     from ann2snn.cli import main
 
     small = ["--dim", "16", "--num_heads", "2", "--epochs", "1", "--warmup_epochs", "0", "--train_subset", "64",
              "--test_subset", "48", "--t", "2", "--out_root", str(tmp_path)]
-    config = Path(__file__).resolve().parents[1] / "configs" / "spikformer_digits.yml"
+    config = Path(__file__).resolve().parents[1] / "configs" / config_name
     assert main(["train", "-c", str(config), "--out", str(tmp_path / "run"), *small]) == 0
     capsys.readouterr()
     out_json = tmp_path / "convert.json"
