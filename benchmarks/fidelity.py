@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--test_subset", type=int, default=2000)
     ap.add_argument("--runs", default="runs/fidelity")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--also-cached", action="store_true",
+                    help="also report the other presets' tables where --runs already holds them (computes nothing more)")
     ap.add_argument("--write", action="store_true", help="write the summary into benchmarks/RESULTS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,7 +95,11 @@ def main() -> int:
             print(f"[{attn}] trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         model, loader, _ = load_trained(cfg, ckpt)
         ann = evaluate_ann(model, loader)
-        for preset in args.presets:
+        presets = list(args.presets)
+        if args.also_cached:
+            presets += [p for p in ("exact", "rate", "seed") if p not in presets
+                        and _cached(runs / attn / f"table-{p}" / "table.json", rows, args.extra, ann["n"])]
+        for preset in presets:
             cfg.preset = preset
             out = runs / attn / f"table-{preset}"
             table, dt = _cached(out / "table.json", rows, args.extra, ann["n"]), 0.0
