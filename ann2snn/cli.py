@@ -7,7 +7,6 @@ Every config key can be overridden as ``--key value`` (dashes or underscores).  
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -94,20 +93,23 @@ def resolve(args, overrides: dict[str, Any]):
 
 def load_trained(cfg: Config, ckpt_path: Path):
     """Data loaders and the trained model of ``ckpt_path`` (checked against ``cfg``)."""
+    from ann2snn import distributed
     from ann2snn.checkpoint import check_compatible, checkpoint_config, load_checkpoint, load_state
-    from ann2snn.data import build_loaders
-    from ann2snn.train import build_model, select_device
+    from ann2snn.train import build_model
 
     ckpt = load_checkpoint(ckpt_path)
     check_compatible(checkpoint_config(ckpt, ckpt_path), cfg, ckpt_path)
-    from ann2snn import distributed
-
     ctx = distributed.setup(cfg)  # under torchrun: rank r evaluates test batches r, r+W, ...
-    _, test_loader, info = build_loaders(cfg)
-    test_loader = distributed.shard_eval_loader(test_loader, ctx)
+    _, test_loader, info = distributed.build_loaders(cfg, ctx)
     model = build_model(cfg, info)
     load_state(model, ckpt["model"], ckpt_path)
     return model.to(ctx.device).eval(), test_loader, info
+
+
+def eval_dir(run_dir: Path, ckpt: Path, kind: str, preset: str) -> Path:
+    """Where an evaluation of checkpoint ``ckpt`` writes by default: ``<its folder>/<kind>-<its
+    name>-<preset>``, so that two checkpoints in one folder never overwrite each other's results."""
+    return run_dir / f"{kind}-{ckpt.stem}-{preset}"
 
 
 def _is_main() -> bool:
@@ -115,11 +117,6 @@ def _is_main() -> bool:
     from ann2snn import distributed
 
     return distributed.is_main()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,51 +132,56 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_convert(args, overrides) -> int:
-    from ann2snn.energy import EnergyMeter, energy_from_meter, format_energy_table, summary_line
+    from ann2snn.energy import EnergyMeter, flops_per_module
+    from ann2snn.metrics import device_of, evaluate
     from ann2snn.plots import write_convert_plots
-    from ann2snn.report import print_steps
-    from ann2snn.simulate import evaluate_ann, evaluate_snn, simulator_for
+    from ann2snn.report import format_energy_table, format_steps, summary_line, write_json
+    from ann2snn.simulate import simulator_for
 
     cfg, ckpt, run_dir = resolve(args, overrides)
+    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "eval", cfg.preset)
     model, loader, _ = load_trained(cfg, ckpt)
-    ann = evaluate_ann(model, loader)
     sim = simulator_for(model, cfg)
-    with EnergyMeter.for_simulator(sim) as meter:  # firing rates, operations, latency: by hooks
-        snn = evaluate_snn(sim, loader, cfg.t, cfg.extra_t)
-    result = {"ann": {"top1": ann["top1"], "top5": ann["top5"], "loss": ann["loss"]},
-              "snn": {"t": cfg.t, "extra_t": cfg.extra_t, "preset": cfg.preset, **snn},
-              "checkpoint": str(ckpt), "n": ann["n"]}
+    latency_extra = getattr(args, "latency_extra", 0)  # `run` has no --latency-extra
+    with EnergyMeter.for_simulator(sim) as meter:  # firing rates and operations of the t-step run
+        res = evaluate(sim, loader, cfg.t, cfg.extra_t, ann=model, meter=meter, latency_extra=latency_extra)
+    result = {"ann": res["ann"],
+              "snn": {"t": cfg.t, "extra_t": cfg.extra_t, "preset": cfg.preset, "k_step": res["k_step"],
+                      "k_step_is_prefix": res["k_step_is_prefix"], "within_run": res["within_run"]},
+              "effective_latency": res["effective_latency"], "checkpoint": str(ckpt), "n": res["n"]}
     if not _is_main():  # under torchrun only rank 0 reports and writes
         return 0
-    energy = energy_from_meter(meter, model, loader, cfg.t, cfg.extra_t, getattr(args, "constants", "fp32"),
-                               getattr(args, "first_layer", "once"))  # rank 0's shard under torchrun
+    sample = next(iter(loader))[0][:1].to(device_of(model))
+    energy = meter.result(flops_per_module(sim, model, sample), cfg.t, cfg.extra_t,
+                          getattr(args, "constants", "fp32"), getattr(args, "first_layer", "once"))
+    energy["effective_latency"] = res["effective_latency"]  # (rank 0's shard under torchrun)
     full = getattr(args, "energy", False)  # `run` has no --energy
-    result["effective_latency"] = energy["effective_latency"]
     result.update({"energy": energy} if full else {"energy_totals": energy["totals"]})
-    print_steps(result)
+    print(format_steps(result))
     print(format_energy_table(energy) if full else summary_line(energy))
-    out = Path(args.out) if args.out else run_dir / f"eval-{cfg.preset}"
-    _write_json(out / f"convert_t{cfg.t}_e{cfg.extra_t}.json", result)
+    write_json(out / f"convert_t{cfg.t}_e{cfg.extra_t}.json", result)
     write_convert_plots(result, energy, out)
     if args.json:
-        _write_json(Path(args.json), result)
+        write_json(Path(args.json), result)
+    print(f"written: {out}")
     return 0
 
 
 def cmd_energy(args, overrides) -> int:
-    from ann2snn.energy import format_energy_table, measure_energy, write_energy_csv, write_energy_json
+    from ann2snn.energy import measure_energy
     from ann2snn.plots import write_energy_plots
+    from ann2snn.report import format_energy_table, write_energy_csv, write_energy_json
     from ann2snn.simulate import simulator_for
 
     cfg, ckpt, run_dir = resolve(args, overrides)
+    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "energy", cfg.preset)
     model, loader, _ = load_trained(cfg, ckpt)
     res = measure_energy(model, simulator_for(model, cfg), loader, cfg.t, cfg.extra_t, args.constants,
-                         args.max_batches, args.first_layer)
+                         args.max_batches, args.first_layer, latency_extra=args.latency_extra)
     if not _is_main():
         return 0
     res.update(checkpoint=str(ckpt), preset=cfg.preset)
     print(format_energy_table(res))
-    out = Path(args.out) if args.out else run_dir / f"energy-{cfg.preset}"
     write_energy_json(out / f"energy_t{cfg.t}_e{cfg.extra_t}.json", res)
     write_energy_csv(out / f"energy_t{cfg.t}_e{cfg.extra_t}.csv", res)
     write_energy_plots(res, out)
@@ -191,12 +193,14 @@ def cmd_energy(args, overrides) -> int:
 
 
 def cmd_table(args, overrides) -> int:
+    from ann2snn.metrics import evaluate_ann, evaluate_table
     from ann2snn.report import write_table
-    from ann2snn.simulate import evaluate_ann, evaluate_table, simulator_for
+    from ann2snn.simulate import simulator_for
 
     rows = parse_range(args.t, "--t", 1)
     extras = parse_range(args.extra_t, "--extra-t", 0)
     cfg, ckpt, run_dir = resolve(args, overrides)
+    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "table", cfg.preset)
     model, loader, _ = load_trained(cfg, ckpt)
     t0 = time.perf_counter()
     ann = evaluate_ann(model, loader)
@@ -205,7 +209,6 @@ def cmd_table(args, overrides) -> int:
     t2 = time.perf_counter()
     timing = {"ann_eval_s": round(t1 - t0, 3), "table_s": round(t2 - t1, 3),
               "table_over_ann_eval": round((t2 - t1) / max(t1 - t0, 1e-9), 2)}
-    out = Path(args.out) if args.out else run_dir / f"table-{cfg.preset}"
     if _is_main():  # under torchrun only rank 0 writes
         write_table(out, ann, table, extras, meta={"checkpoint": str(ckpt), "preset": cfg.preset, "n": ann["n"],
                                                     "timing": timing})
@@ -228,7 +231,7 @@ def cmd_run(args, overrides) -> int:
         raise ConfigError("action: test needs a checkpoint to evaluate: set model_path in the config "
                           "or pass --checkpoint PATH.")
     if cfg.mode == "ann":
-        from ann2snn.simulate import evaluate_ann
+        from ann2snn.metrics import evaluate_ann
 
         model, loader, _ = load_trained(cfg, Path(args.checkpoint))
         ann = evaluate_ann(model, loader)
@@ -264,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--first-layer", dest="first_layer", choices=("once", "per_step"), default="once",
                         help="image-fed layer's MACs: once (papers' convention) or on every input step")
 
+    def latency_option(sp):
+        sp.add_argument("--latency-extra", dest="latency_extra", type=int, default=0, metavar="N",
+                        help="observe N more zero-input steps after t + extra_t for the effective latency only "
+                             "(accuracy and energy stay at t + extra_t)")
+
     sp = sub.add_parser("train", help="train a model (QCFS ANN or direct SNN)")
     common(sp, config_required=True)
     sp.add_argument("--resume", action="store_true", help="continue the run in --out / runs/<id> from last.pt")
@@ -274,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="checkpoint (default: the config's run, or the latest run)")
     sp.add_argument("--json", help="also write the results to this JSON file")
     sp.add_argument("--energy", action="store_true", help="print the per-layer energy table (see `energy`)")
+    latency_option(sp)
     energy_options(sp)
     sp.set_defaults(func=cmd_convert)
 
@@ -283,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", help="also write the results to this JSON file")
     sp.add_argument("--csv", help="also write the per-layer rows to this CSV file")
     sp.add_argument("--max-batches", dest="max_batches", type=int, help="measure on the first N test batches")
+    latency_option(sp)
     energy_options(sp)
     sp.set_defaults(func=cmd_energy)
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ann2snn.models.transformer import LinearBN, MatMul
+from ann2snn.layers import LinearBN, MatMul
 from ann2snn.neurons import Clock, DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
 from ann2snn.quant import QCFS
 
@@ -71,11 +71,6 @@ def _replace(model: nn.Module, match: Callable[[nn.Module], bool],
 
 # --------------------------------------------------------------------------------------------
 # passes
-def quantize_activations(model: nn.Module, levels: int, lambda_init: float = 8.0) -> list[str]:
-    """ReLU → QCFS(levels) everywhere (done before training: "replace activation by floor")."""
-    return _replace(model, lambda m: isinstance(m, nn.ReLU), lambda m: QCFS(levels, lambda_init))
-
-
 def _fold_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Fold an eval-mode BN that follows ``layer`` (Linear or Conv) into its weight and bias."""
     w = layer.weight
@@ -151,7 +146,7 @@ def convert(ann: nn.Module, options: ConversionOptions | str = "exact") -> Spiki
     """Copy a trained QCFS ANN and convert the copy; the ANN is left untouched."""
     opts = PRESETS[options] if isinstance(options, str) else options
     if not any(isinstance(m, QCFS) for m in ann.modules()):
-        raise ValueError("convert() needs a QCFS-quantized ANN (run quantize_activations before "
+        raise ValueError("convert() needs a QCFS-quantized ANN (run ann2snn.quantize before "
                          "training); this model has no QCFS activation sites.")
     net = copy.deepcopy(ann).eval()
     for p in net.parameters():
@@ -170,6 +165,3 @@ def convert(ann: nn.Module, options: ConversionOptions | str = "exact") -> Spiki
         log.info("convert: %s replaced %d module(s)", step, len(names))
     return SpikingNetwork(net, clock, opts, report).eval()
 
-
-def options_dict(opts: ConversionOptions) -> dict:
-    return asdict(opts)

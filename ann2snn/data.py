@@ -1,4 +1,7 @@
-"""Datasets and loaders: a small registry of image-classification sets held in memory.
+"""Datasets: a small registry of image-classification sets held in memory.
+
+Loaders (samplers, batch sizes, sharding under torchrun) are made in one place,
+:func:`ann2snn.distributed.build_loaders`.
 
 Every dataset yields ``(float tensor [C, H, W], normalized; int label)``.  Registered sets:
 
@@ -22,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import Dataset, Subset
 
 from ann2snn._compat import import_torchvision
 
@@ -148,50 +151,6 @@ def build_datasets(cfg, download: bool | None = None) -> tuple[Dataset, Dataset,
     train = take_subset(train, cfg.train_subset, cfg.seed)
     test = take_subset(test, cfg.test_subset, TEST_SUBSET_SEED)
     return train, test, info
-
-
-class ShardSampler(Sampler[int]):
-    """Rank ``r`` of ``world`` gets indices r, r+world, r+2*world, ... in order, with no padding.
-
-    Unlike DistributedSampler (which pads with duplicates), the shards are disjoint and cover the
-    set exactly, so correct counts summed over ranks equal the single-process result.
-    """
-
-    def __init__(self, length: int, num_replicas: int | None = None, rank: int | None = None):
-        if num_replicas is None or rank is None:
-            import torch.distributed as dist
-
-            num_replicas = dist.get_world_size() if num_replicas is None else num_replicas
-            rank = dist.get_rank() if rank is None else rank
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
-        self.length, self.num_replicas, self.rank = int(length), int(num_replicas), int(rank)
-
-    def __iter__(self):
-        return iter(range(self.rank, self.length, self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.num_replicas))
-
-    def set_epoch(self, epoch: int) -> None:  # same interface as DistributedSampler
-        pass
-
-
-def build_loaders(cfg, distributed: bool = False) -> tuple[DataLoader, DataLoader, DataInfo]:
-    """(train loader, test loader, info).  The training loop must call
-    ``train_loader.sampler.set_epoch(epoch)`` when ``distributed``, as with any DistributedSampler."""
-    train, test, info = build_datasets(cfg)
-    common = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=cfg.workers > 0)
-    if distributed:
-        train_kw = dict(sampler=DistributedSampler(train, shuffle=True, seed=cfg.seed))
-        test_kw = dict(sampler=ShardSampler(len(test)))
-    else:
-        train_kw = dict(shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
-        test_kw = dict(shuffle=False)
-    train_loader = DataLoader(train, batch_size=cfg.bs, **train_kw, **common)
-    test_loader = DataLoader(test, batch_size=cfg.eval_bs or cfg.bs, **test_kw, **common)
-    return train_loader, test_loader, info
 
 
 def _root(cfg) -> Path:
@@ -406,4 +365,4 @@ def build_cifar100(cfg, download: bool | None = None):
 
 
 __all__ = ["DataError", "DataInfo", "DATASETS", "register_dataset", "list_datasets", "build_datasets",
-           "build_loaders", "ShardSampler", "Cutout", "InMemoryDataset", "FASHION_MNIST_SYSTEM_DIR"]
+           "Cutout", "InMemoryDataset", "FASHION_MNIST_SYSTEM_DIR"]

@@ -68,6 +68,18 @@ class Context:
 _GROUP: Context | None = None  # set once this process has joined a process group
 
 
+def select_device(cfg) -> torch.device:
+    """The device ``cfg.device`` names (``auto``: CUDA when available, else the CPU)."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        from ann2snn.config import ConfigError
+
+        raise ConfigError(f"device {cfg.device!r} was asked for but CUDA is not available here. "
+                          "Use `--device cpu` or `--device auto`.")
+    return torch.device(cfg.device)
+
+
 def launched() -> bool:
     """True when started by torchrun (or another launcher) with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
@@ -80,8 +92,6 @@ def setup(cfg) -> Context:
     distributed run each take GPU ``LOCAL_RANK``.  Idempotent; the group is destroyed at exit.
     """
     global _GROUP
-    from ann2snn.train import select_device  # late: train imports this module
-
     device = select_device(cfg)
     if not launched():
         return Context(device=device)
@@ -203,14 +213,12 @@ def is_sharded(loader) -> bool:
     sampler = getattr(loader, "batch_sampler", None)
     if isinstance(sampler, BatchShardSampler):
         return sampler.num_replicas > 1
-    from ann2snn.data import ShardSampler
-
     inner = getattr(loader, "sampler", None)
-    return isinstance(inner, (ShardSampler, DistributedSampler)) and inner.num_replicas > 1
+    return isinstance(inner, DistributedSampler) and inner.num_replicas > 1
 
 
 def reduce_counts(counts, loader, steps: int):
-    """Sum a :class:`ann2snn.simulate.Counts` over ranks, in place, when ``loader`` is sharded.
+    """Sum a :class:`ann2snn.metrics.Counts` over ranks, in place, when ``loader`` is sharded.
 
     ``steps`` is the number of per-step entries (needed on a rank that saw no batch).  Correct
     counts are integers, so the sum equals the single-process count exactly.
@@ -298,24 +306,26 @@ def local_batch(cfg, ctx: Context) -> int:
 
 
 def build_loaders(cfg, ctx: Context | None = None):
-    """(train loader, test loader, info) for this rank (see the module docstring).
+    """(train loader, test loader, info) for this rank (see the module docstring); the one
+    place where loaders are made, single-process (W = 1) included.
 
-    Built from :func:`ann2snn.data.build_loaders` (its datasets, collate function and worker
-    settings), with the train sampler replaced by a DistributedSampler over ``W`` replicas (W = 1
-    single-process) and the test loader dealt out by batches.  ``set_epoch`` must be called before
-    each epoch (:func:`set_epoch`).  The train loader has no generator of its own, so the worker
-    seeds come from the global torch RNG, which checkpoints save and ``--resume`` restores.
+    Training: a DistributedSampler over W replicas, seeded with ``cfg.seed``; :func:`set_epoch`
+    must be called before each epoch.  The train loader has no generator of its own, so the
+    worker seeds come from the global torch RNG, which checkpoints save and ``--resume``
+    restores.  Test: the batches of a plain in-order loader, dealt out round robin.
     """
-    from ann2snn import data
+    from ann2snn.data import build_datasets
 
     ctx = ctx or context()
     bs = local_batch(cfg, ctx)
-    train, test, info = data.build_loaders(cfg)
-    sampler = DistributedSampler(train.dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+    train, test, info = build_datasets(cfg)
+    common = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=cfg.workers > 0)
+    sampler = DistributedSampler(train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=False)
-    train = DataLoader(train.dataset, batch_size=bs, sampler=sampler, drop_last=train.drop_last,
-                       **_loader_kwargs(train))
-    return train, shard_eval_loader(test, ctx), info
+    train_loader = DataLoader(train, batch_size=bs, sampler=sampler, **common)
+    test_loader = DataLoader(test, batch_size=cfg.eval_bs or cfg.bs, shuffle=False, **common)
+    return train_loader, shard_eval_loader(test_loader, ctx), info
 
 
 def set_epoch(loader, epoch: int) -> None:

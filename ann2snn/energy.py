@@ -61,7 +61,9 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
   membrane updates, fixed scalings (Spikformer's ×0.125 after SSA, a shift).
 
 Everything is measured with forward hooks (plus the op-level analog tracking) on the stepped
-network; the models are not edited.
+network while :class:`ann2snn.simulate.Simulator` runs it; the models are not edited, and
+nothing here advances time or resets a network.  Measurement only: the tables, CSV and JSON
+are written by :mod:`ann2snn.report`, the plots by :mod:`ann2snn.plots`.
 Extension point: :data:`NEURON_TYPES` (rate of the output), :data:`SYNAPSE_TYPES`,
 :data:`PRODUCT_TYPES` and :data:`ANALOG_TYPES` are lists of module classes; spikingjelly's
 ``BaseNode`` is a neuron type, so directly trained spiking models get firing rates by the same
@@ -69,21 +71,20 @@ hooks.
 """
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
-from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from ann2snn.models.transformer import MatMul
+from ann2snn.layers import MatMul
+from ann2snn.metrics import device_of, evaluate
+from ann2snn.models.direct import is_direct
 from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
 
 SYNAPSE_TYPES: list[type] = [nn.Linear, nn.Conv1d, nn.Conv2d, DriveGate]
@@ -91,7 +92,6 @@ PRODUCT_TYPES: list[type] = [SpikeMatMul, MatMul]
 NEURON_TYPES: list[type] = [ScaledNeuron, MaxPoolNeuron, BaseNode]
 ANALOG_TYPES: list[type] = [ECSoftmax, nn.Softmax]  # outputs are real-valued, not spikes
 FIRST_LAYER_MODES = ("once", "per_step")
-LATENCY_FRACTION = 0.999
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,20 +131,22 @@ def resolve_constants(spec: str | EnergyConstants | tuple[float, float] = "fp32"
 # --------------------------------------------------------------------------------------------
 # FLOPs
 @torch.no_grad()
-def count_flops(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
-    """MACs for one image of every module of ``model`` (qualified name → MACs; "" = the total).
+def count_flops(model: nn.Module, sample: torch.Tensor, run: Callable[[torch.Tensor], Any] | None = None,
+                scope: str = "") -> dict[str, int]:
+    """MACs for one image of every module (qualified name → MACs; "" = the total).
 
-    Counted by ``FlopCounterMode`` (which includes children in a parent's count) on
-    ``sample[:1]``; torch's FLOPs are halved into MACs.
+    Counted by ``FlopCounterMode`` (which includes children in a parent's count) while
+    ``run(sample[:1])`` runs (default: ``model(sample[:1])``); torch's FLOPs are halved into MACs.
+    Names are relative to the sub-module ``scope`` of ``model`` (``model`` is what ``run`` calls).
     """
     was_training = model.training
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            model(sample[:1])
+            (run or model)(sample[:1])
     finally:
         model.train(was_training)
-    prefix = type(model).__name__
+    prefix = type(model).__name__ + (f".{scope}" if scope else "")
     out: dict[str, int] = {}
     for key, ops in counter.get_flop_counts().items():
         total = sum(ops.values()) // 2
@@ -156,24 +158,13 @@ def count_flops(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# effective latency
-def settle_steps(preds: torch.Tensor) -> torch.Tensor:
-    """[S, B] predicted classes per step → per sample the first step (1-based) from which the
-    prediction never changes again."""
-    S = preds.shape[0]
-    changed = preds[1:] != preds[:-1]  # [S-1, B]: the prediction changes after step s
-    steps = torch.arange(2, S + 1, device=preds.device).view(-1, 1)
-    return torch.where(changed, steps, torch.ones_like(steps)).amax(0) if S > 1 else \
-        torch.ones(preds.shape[1], dtype=torch.long)
-
-
-def effective_latency(settle: torch.Tensor, fraction: float = LATENCY_FRACTION) -> int:
-    """First step after which the predictions of ≥ ``fraction`` of the samples no longer change."""
-    if settle.numel() == 0:
-        return 0
-    s = settle.sort().values
-    return int(s[max(math.ceil(fraction * s.numel()) - 1, 0)])
+def flops_per_module(sim, model_ann: nn.Module | None, sample: torch.Tensor) -> dict[str, int]:
+    """Per-image MACs per module of the stepped network ``sim.snn.net``: counted on the trained
+    ANN when there is one (same module names), else on one step of the stepped network, which the
+    simulator runs (same layers and shapes; checked equal for converted networks in the tests)."""
+    if model_ann is not None and not is_direct(model_ann):
+        return count_flops(model_ann, sample)
+    return count_flops(sim.snn, sample, run=sim.first_step, scope="net")
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +204,7 @@ class _AnalogFlow(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         analog = self.meter._analog
-        if analog and not self.meter._busy and any(_ptr(t) in analog for t in _tensors((args, kwargs))):
+        if analog and not self.meter._busy and not self.meter._off and any(_ptr(t) in analog for t in _tensors((args, kwargs))):
             for t in _tensors(out):
                 analog[_ptr(t)] = t
         return out
@@ -222,11 +213,13 @@ class _AnalogFlow(TorchFunctionMode):
 
 
 class EnergyMeter:
-    """Forward hooks on a converted network that count spike events and operations.
+    """Forward hooks on a stepped network that count spike events and operations.
 
-    ``net`` is stepped once per time step (``SpikingNetwork.net``); ``clock`` (its
-    :class:`~ann2snn.neurons.Clock`) tells where a sample's run starts.  Use as a context manager
-    around any simulation (``evaluate_snn``, ``Simulator.run``), then call :meth:`result`.
+    ``net`` is the network the simulator steps once per time step (``SpikingNetwork.net``);
+    ``clock`` (its :class:`~ann2snn.neurons.Clock`) tells where a sample's run starts.  Use as a
+    context manager around any simulation (:func:`ann2snn.metrics.evaluate`,
+    ``Simulator.run``), then call :meth:`result`.  :meth:`paused` (or :meth:`pause` /
+    :meth:`resume`) leaves steps out of the count, e.g. other runs in the same loop.
     """
 
     def __init__(self, net: nn.Module, clock=None):
@@ -235,12 +228,10 @@ class EnergyMeter:
         self.stats: dict[str, dict[str, Any]] = {}
         self.images = self.steps = 0
         self._analog: dict[int, torch.Tensor] = {}  # storage → tensor, kept alive for the step
-        self._busy = False
+        self._busy = False  # inside a hook: its own tensor ops are bookkeeping
+        self._off = False  # paused: nothing is counted
         self._mode: _AnalogFlow | None = None
         self._root_ptr = None
-        self._cum = None
-        self._preds: list[torch.Tensor] = []
-        self._settle: list[torch.Tensor] = []
 
     @classmethod
     def for_simulator(cls, sim) -> "EnergyMeter":
@@ -249,7 +240,6 @@ class EnergyMeter:
     # -- installation ---------------------------------------------------------------------------
     def __enter__(self) -> "EnergyMeter":
         self.handles.append(self.net.register_forward_pre_hook(self._quiet(self._root_pre)))
-        self.handles.append(self.net.register_forward_hook(self._quiet(self._root_post)))
         gated = [n for n, m in self.net.named_modules() if isinstance(m, DriveGate)]
         for name, mod in self.net.named_modules():
             if not name or any(name.startswith(g + ".") for g in gated):
@@ -281,7 +271,6 @@ class EnergyMeter:
             h.remove()
         self.handles.clear()
         self._analog = {}
-        self._close_batch()
 
     @staticmethod
     def _kind(mod: nn.Module) -> str | None:
@@ -291,13 +280,34 @@ class EnergyMeter:
                 return kind
         return None
 
+    # -- pausing ----------------------------------------------------------------------------------
+    def pause(self) -> None:
+        self._off = True
+        self._analog = {}
+
+    def resume(self) -> None:
+        self._off = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing run inside is counted (hooks and analog tracking are off)."""
+        was = self._off
+        self.pause()
+        try:
+            yield
+        finally:
+            self._off = was
+
     # -- per-step bookkeeping -------------------------------------------------------------------
     def _first_step(self) -> bool:
         return self.clock is None or self.clock.step <= 1
 
     def _quiet(self, hook):
-        """The hook, run without analog tracking (its own tensor ops are bookkeeping)."""
+        """The hook, run without analog tracking (its own tensor ops are bookkeeping), and not at
+        all while the meter is paused."""
         def quiet(*args):
+            if self._off:
+                return None
             self._busy = True
             try:
                 return hook(*args)
@@ -308,7 +318,6 @@ class EnergyMeter:
     def _root_pre(self, module, args):
         x = args[0]
         if self._first_step():
-            self._close_batch()
             self.images += x.shape[0]
         self.steps += 1
         self._analog = {_ptr(x): x}
@@ -317,16 +326,6 @@ class EnergyMeter:
     def _mark(self, module, args, out) -> None:
         for t in _tensors(out):
             self._analog[_ptr(t)] = t
-
-    def _root_post(self, module, args, out):
-        if isinstance(out, torch.Tensor) and out.dim() == 2:
-            self._cum = out.detach().clone() if self._cum is None else self._cum + out
-            self._preds.append(self._cum.argmax(-1))
-
-    def _close_batch(self) -> None:
-        if self._preds:
-            self._settle.append(settle_steps(torch.stack(self._preds)).cpu())
-        self._preds, self._cum = [], None
 
     def _is_analog(self, x: torch.Tensor) -> bool:
         return _ptr(x) in self._analog
@@ -389,10 +388,6 @@ class EnergyMeter:
         return post
 
     # -- results ----------------------------------------------------------------------------------
-    def settle(self) -> torch.Tensor:
-        self._close_batch()
-        return torch.cat(self._settle) if self._settle else torch.zeros(0, dtype=torch.long)
-
     def result(self, flops: dict[str, int], t: int, extra_t: int = 0,
                constants: str | EnergyConstants = "fp32", first_layer: str = "once") -> dict:
         """Per-layer rows and per-image totals (see the module docstring for every rule)."""
@@ -434,7 +429,6 @@ class EnergyMeter:
         model_flops = int(flops.get("", tot["flops"]))
         e_ann = c.e_mac_pj * model_flops * 1e-9
         e_snn = (c.e_ac_pj * tot["sops"] + c.e_mac_pj * tot["macs"]) * 1e-9
-        settle = self.settle()
         totals = {
             "images": self.images, "t": t, "extra_t": extra_t, "steps": S,
             "constants": asdict(c), "first_layer": first_layer,
@@ -444,8 +438,7 @@ class EnergyMeter:
             "ann_snn_ratio": e_ann / e_snn if e_snn > 0 else math.inf,
             "mean_rate": _mean([r["rate"] for r in rows if r["kind"] == "neuron"]),
         }
-        latency = effective_latency(settle) if settle.numel() else None
-        return {"rows": rows, "totals": totals, "effective_latency": latency}
+        return {"rows": rows, "totals": totals}
 
 
 def _product_ops(st: dict) -> tuple[float, float]:
@@ -470,149 +463,33 @@ def _mean(xs: list[float]) -> float:
 @torch.no_grad()
 def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extra_t: int = 0,
                    constants: str | EnergyConstants = "fp32", max_batches: int | None = None,
-                   first_layer: str = "once") -> dict:
+                   first_layer: str = "once", latency_extra: int = 0) -> dict:
     """Firing rates, FLOPs, SOPs and energy per image of a converted network on ``loader``.
 
     ``snn_or_sim``: a :class:`~ann2snn.simulate.Simulator` or a ``SpikingNetwork``.  FLOPs come
     from ``model_ann`` (the trained ANN); when it is None or a directly trained SNN (whose forward
-    runs all T steps), from one step of the stepped network (same layers and shapes).  Also
-    returns per-step SNN top-1, the ANN's top-1 on the same batches, and the effective latency.
+    runs all T steps), from one step of the stepped network (same layers and shapes).  One loop
+    over the loader (:func:`ann2snn.metrics.evaluate`) also gives the within-run top-1 per step,
+    the ANN's top-1 on the same batches and the effective latency (observed over ``t + extra_t
+    + latency_extra`` steps; the energy covers ``t + extra_t``).
     """
-    from ann2snn.simulate import Counts, Simulator, _device_of
+    from ann2snn.simulate import Simulator
 
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1 (or None for the whole loader), got {max_batches}")
     sim = snn_or_sim if isinstance(snn_or_sim, Simulator) else Simulator(snn_or_sim)
-    dev = _device_of(sim.snn)
-    counts, ann_hits, sample = Counts(), 0, None
+    ann = None if is_direct(model_ann) else model_ann  # a direct SNN has no ANN to compare with
     with EnergyMeter.for_simulator(sim) as meter:
-        for i, (x, y) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = x.to(dev), y.to(dev)
-            sample = x[:1] if sample is None else sample
-            counts.add(sim.run(x, t, extra_t), y, float(t))
-    if sample is None:
-        raise ValueError("measure_energy: the loader yielded no batch")
-    ann = None if _is_direct(model_ann) else model_ann  # a direct SNN has no ANN to compare with
-    if ann is not None:  # after the hooks are gone: the ANN may share modules with the SNN
-        ann.eval()
-        for i, (x, y) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            ann_hits += int((ann(x.to(dev)).argmax(-1) == y.to(dev)).sum())
-    res = meter.result(_flops(ann, meter, sample), t, extra_t, constants, first_layer)
-    res["accuracy"] = {"snn_top1": counts.percents()["top1"],
-                       "ann_top1": 100.0 * ann_hits / max(counts.n, 1) if ann is not None else None}
+        run = evaluate(sim, loader, t, extra_t, k_step=False, ann=ann, meter=meter,
+                       latency_extra=latency_extra, max_batches=max_batches, desc="energy")
+    sample = next(iter(loader))[0][:1].to(device_of(sim.snn))
+    res = meter.result(flops_per_module(sim, ann, sample), t, extra_t, constants, first_layer)
+    res["accuracy"] = {"snn_top1": run["within_run"]["top1"],
+                       "ann_top1": run["ann"]["top1"] if run["ann"] is not None else None}
+    res["effective_latency"] = run["effective_latency"]
     return res
 
 
-def energy_from_meter(meter: EnergyMeter, model_ann: nn.Module, loader, t: int, extra_t: int = 0,
-                      constants: str | EnergyConstants = "fp32", first_layer: str = "once") -> dict:
-    """:meth:`EnergyMeter.result` with FLOPs counted on the ANN for one image of ``loader``
-    (for a meter that watched another evaluation, e.g. ``convert``'s)."""
-    from ann2snn.simulate import _device_of
-
-    sample = next(iter(loader))[0][:1].to(_device_of(meter.net))
-    ann = None if _is_direct(model_ann) else model_ann
-    return meter.result(_flops(ann, meter, sample), t, extra_t, constants, first_layer)
-
-
-def summary_line(result: dict) -> str:
-    """One line: energies per image, their ratio, the mean firing rate and the effective latency."""
-    tot = result["totals"]
-    return (f"energy/image ({tot['constants']['name']}): ANN {tot['e_ann_mj']:.4g} mJ, SNN {tot['e_snn_mj']:.4g} mJ "
-            f"(ANN/SNN {tot['ann_snn_ratio']:.2f}x); mean firing rate {tot['mean_rate']:.3f}; "
-            f"effective latency {result['effective_latency']} of {tot['steps']} steps")
-
-
-def _is_direct(model: nn.Module | None) -> bool:
-    """A directly trained SNN (``DirectSNN``): its forward runs all T steps, so it is no ANN."""
-    return model is not None and hasattr(model, "stepwise_copy")
-
-
-def _flops(ann: nn.Module | None, meter: EnergyMeter, sample: torch.Tensor) -> dict[str, int]:
-    """Per-image MACs per module: from the ANN, or else from one step of the stepped network
-    (the same layers and shapes; checked equal for converted networks in the tests)."""
-    if ann is not None:
-        return count_flops(ann, sample)
-    functional.reset_net(meter.net)
-    if meter.clock is not None:
-        meter.clock.reset()
-        meter.clock.tick(True)
-    try:
-        return count_flops(meter.net, sample)
-    finally:
-        functional.reset_net(meter.net)
-        if meter.clock is not None:
-            meter.clock.reset()
-
-
-# --------------------------------------------------------------------------------------------
-# output
-def _si(x: float) -> str:
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def format_energy_table(result: dict) -> str:
-    """Per-layer table and totals, for a terminal."""
-    tot, c = result["totals"], result["totals"]["constants"]
-    head = (f"{'layer':<28} {'type':<13} {'input':<14} {'op':<7} {'rate':>11} {'FLOPs':>8} "
-            f"{'SOPs':>8} {'MACs':>8} {'E_ANN µJ':>9} {'E_SNN µJ':>9}")
-    lines = [head, "-" * len(head)]
-    for r in result["rows"]:
-        if r["kind"] in ("neuron", "nonlinear"):
-            rate = f"out {r['rate']:.3f}"
-            lines.append(f"{r['name']:<28} {r['type']:<13} {'':<14} {'':<7} {rate:>11}")
-            continue
-        rate = f"{r['rate']:.3f}" + (f"/{r['rate_b']:.3f}" if "rate_b" in r else "")
-        lines.append(f"{r['name']:<28} {r['type']:<13} {r['input']:<14} {r['op']:<7} {rate:>11} "
-                     f"{_si(r['flops']):>8} {_si(r['sops']):>8} {_si(r['macs']):>8} "
-                     f"{r['e_ann_mj'] * 1e3:>9.4f} {r['e_snn_mj'] * 1e3:>9.4f}")
-    once = "once, papers' convention" if tot["first_layer"] == "once" else "on every step"
-    lines += [
-        "-" * len(head),
-        f"per image, S = t + extra_t = {tot['t']} + {tot['extra_t']} steps, {tot['images']} images, "
-        f"{c['name']}: E_MAC = {c['e_mac_pj']:g} pJ, E_AC = {c['e_ac_pj']:g} pJ",
-        f"  ANN  MACs {_si(tot['flops']):>7}   E_ANN = {tot['e_ann_mj']:.4g} mJ",
-        f"  SNN  MACs {_si(tot['first_layer_macs'] + tot['other_macs']):>7}   image-fed layer "
-        f"{_si(tot['first_layer_macs'])} ({once}); analog inputs and 1/n rescaling {_si(tot['other_macs'])}",
-        f"       SOPs {_si(tot['sops']):>7}   E_SNN = {tot['e_snn_mj']:.4g} mJ",
-        f"  E_ANN / E_SNN = {tot['ann_snn_ratio']:.2f}x; mean firing rate over spiking layers {tot['mean_rate']:.3f}",
-    ]
-    acc = result.get("accuracy")
-    if acc and acc.get("snn_top1"):
-        ann = f"ANN top-1 {acc['ann_top1']:.2f}%, " if acc.get("ann_top1") is not None else ""
-        lines.append(f"{ann}SNN top-1 {acc['snn_top1'][-1]:.2f}% after {len(acc['snn_top1'])} steps")
-    if result.get("effective_latency") is not None:
-        lines.append(f"effective latency: {result['effective_latency']} steps (predictions of "
-                     f"≥ {LATENCY_FRACTION:.1%} of samples final)")
-    return "\n".join(lines)
-
-
-CSV_FIELDS = ("name", "type", "kind", "input", "op", "rate", "rate_b", "neg_rate", "flops", "sops", "macs",
-              "e_ann_mj", "e_snn_mj")
-
-
-def write_energy_csv(path: str | Path, result: dict) -> Path:
-    """One row per layer (columns :data:`CSV_FIELDS`), then a ``TOTAL`` row."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tot = result["totals"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in result["rows"]:
-            w.writerow(r)
-        w.writerow({"name": "TOTAL", "flops": tot["flops"], "sops": tot["sops"],
-                    "macs": tot["first_layer_macs"] + tot["other_macs"], "e_ann_mj": tot["e_ann_mj"],
-                    "e_snn_mj": tot["e_snn_mj"]})
-    return path
-
-
-def write_energy_json(path: str | Path, result: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+__all__ = ["ANALOG_TYPES", "CONSTANTS", "EnergyConstants", "EnergyMeter", "FIRST_LAYER_MODES", "NEURON_TYPES",
+           "PRODUCT_TYPES", "SYNAPSE_TYPES", "count_flops", "flops_per_module", "measure_energy",
+           "resolve_constants"]

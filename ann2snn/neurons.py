@@ -8,8 +8,8 @@ neuron.  Each module processes ONE time step per call; the simulator owns time.
 - :func:`signed_if_step` / :class:`ScaledNeuron`: the two-sign, spike-capped integrate-and-fire
   neuron of the QCFS conversion (Bu et al., ICLR 2022; Hu et al., "Fast-SNN", TPAMI 2023, for
   negative spikes), working in units of the QCFS threshold λ.
-- :class:`MaxPoolNeuron`: max-pool of running input sums (Hu et al., "Quantization framework for
-  fast spiking neural networks", Front. Neurosci. 2023).
+- :class:`MaxPoolNeuron`: max-pool of running input sums (Li, Ma & Furber, "Quantization framework
+  for fast spiking neural networks", Front. Neurosci. 16:918793, 2022).
 - :class:`SpikeMatMul` / :class:`ECSoftmax`: spike-equivalent product of two spiking operands and
   expectation-compensated softmax (Huang et al., "ECMT", 2024; You et al., "SpikeZIP-TF",
   ICML 2024), whose running output sums equal ``n × f(running means)``.

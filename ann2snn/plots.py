@@ -1,7 +1,7 @@
 """PNG plots of conversion results, drawn from the same dicts that are written as JSON.
 
-- :func:`plot_accuracy`: SNN top-1 per time step, the ANN as a horizontal line, the effective
-  latency marked (``convert``'s result dict).
+- :func:`plot_accuracy`: SNN top-1 of the k-step runs and within the t-step run, the ANN as a
+  horizontal line, the effective latency marked (``convert``'s result dict).
 - :func:`plot_table_heatmap`: the t × (t + extra_t) accuracy table as an annotated heatmap
   (``evaluate_table``'s dict).
 - :func:`plot_firing_rates`: output firing rate of every spiking layer (``measure_energy``'s dict).
@@ -50,24 +50,37 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-def plot_accuracy(result: dict, path: str | Path, effective_latency: int | None = None) -> Path:
-    """Top-1 (%) per step; ``result`` is ``convert``'s dict: {"ann": {...}, "snn": {"t", "extra_t", "top1"}}."""
+def plot_accuracy(result: dict, path: str | Path, effective_latency: dict | None = None) -> Path:
+    """Top-1 (%) against steps, from ``convert``'s dict: the k-step runs (each its own run of k
+    input steps, plus extra_t zero steps: plotted at k + extra_t total steps) and, when they differ,
+    the steps within the one t-step run; the ANN as a horizontal line, the effective latency of the
+    t-step run marked when it settled."""
     snn, ann = result["snn"], result["ann"]
     t, e = snn["t"], snn["extra_t"]
-    steps = np.arange(1, len(snn["top1"]) + 1)
+    within = snn["within_run"]
     fig, ax = _figure("accuracy")
     if e:
-        ax.axvspan(t + 0.5, t + e + 0.5, color="0.92", label=f"{e} extra steps (zero input)")
-    ax.plot(steps, snn["top1"], "o-", color="C0", label=f"SNN ({snn.get('preset', '?')} preset, input for t = {t})")
+        ax.axvspan(t + 0.5, t + e + 0.5, color="0.92", label=f"{e} extra steps of the t = {t} run (zero input)")
+    ks = snn.get("k_step")
+    preset = snn.get("preset", "?")
+    if ks is not None:
+        label = f"k-step runs, k = 1..{t}" + (f" (+{e} zero steps)" if e else "") + f" ({preset} preset)"
+        ax.plot(ks["total_steps"], ks["top1"], "s-", color="C1", label=label)
+    if ks is None or not (snn.get("k_step_is_prefix") and e == 0):
+        ax.plot(within["steps"], within["top1"], "o-", color="C0", ms=4,
+                label=f"within the one t = {t} run (cumulative output after each step)")
     ax.axhline(ann["top1"], color="C3", ls="--", label=f"ANN {ann['top1']:.2f}%")
     lat = effective_latency if effective_latency is not None else result.get("effective_latency")
-    if lat:
-        ax.axvline(lat, color="C2", ls=":", label=f"effective latency: {lat} steps")
-    ax.set_xlabel("time step")
+    if isinstance(lat, dict) and lat.get("settled") and lat.get("steps"):
+        ax.axvline(lat["steps"], color="C2", ls=":", label=f"effective latency of the t = {t} run: {lat['steps']} steps")
+    elif isinstance(lat, dict) and lat:
+        ax.plot([], [], " ", label=f"effective latency: not settled within {lat['observed_steps']} steps")
+    n = max(within["steps"][-1], max(ks["total_steps"]) if ks else 0)
+    ax.set_xlabel("total time steps")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_xticks(steps)
-    ax.set_xlim(0.5, len(steps) + 0.5)
-    ax.set_title("SNN top-1 accuracy vs time step (cumulative output)")
+    ax.set_xticks(np.arange(1, n + 1))
+    ax.set_xlim(0.5, n + 0.5)
+    ax.set_title("SNN top-1 accuracy vs time steps")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     return _save(fig, path)
@@ -165,5 +178,5 @@ def write_energy_plots(energy: dict, out: str | Path) -> list[Path]:
 def write_convert_plots(result: dict, energy: dict | None, out: str | Path) -> list[Path]:
     """``convert``'s PNGs into ``out``: accuracy per step, and firing rates / energy if measured."""
     out = Path(out)
-    paths = [plot_accuracy(result, out / NAMES["accuracy"], (energy or {}).get("effective_latency"))]
+    paths = [plot_accuracy(result, out / NAMES["accuracy"])]
     return paths + (write_energy_plots(energy, out) if energy else [])

@@ -13,8 +13,12 @@ intermediates of five elementwise ops.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+log = logging.getLogger("ann2snn")
 
 
 def qcfs(x: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:
@@ -60,3 +64,22 @@ class QCFS(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, lam={float(self.lam.detach()):.4g}"
+
+
+def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0) -> nn.Module:
+    """Replace every ``nn.ReLU`` module of ``model`` by its own :class:`QCFS` site with ``levels``
+    levels and initial threshold ``lambda_init``, in place (done before training: QCFS's
+    "replace the activation by the quantization-clip-floor-shift function").  Returns ``model``;
+    the replaced module names are logged.  A model with no ReLU module is refused."""
+    names = [name for name, m in model.named_modules() if name and isinstance(m, nn.ReLU)]
+    if not names:
+        raise ValueError(f"quantize: {type(model).__name__} has no nn.ReLU module to replace by QCFS")
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, QCFS(levels, lambda_init))
+    log.info("quantize: %d ReLU site(s) -> QCFS(L=%d)", len(names), levels)
+    return model
+
+
+__all__ = ["QCFS", "qcfs", "quantize"]

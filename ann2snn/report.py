@@ -1,6 +1,9 @@
-"""Results as data: per-step accuracy listings and t × (t + extra_t) tables as Markdown, CSV, JSON.
+"""Presentation of results: per-step listings, t × (t + extra_t) tables and energy tables, as
+text, Markdown, CSV and JSON.
 
-All accuracies are percentages.  Plots (ann2snn.plots) are drawn from the same dicts.
+All accuracies are percentages.  Plots (:mod:`ann2snn.plots`) are drawn from the same dicts.
+What each per-step figure means is defined in :mod:`ann2snn.metrics`; every listing here says
+which one it shows.
 """
 from __future__ import annotations
 
@@ -9,21 +12,51 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ann2snn.metrics import latency_text
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
+
 
 def format_steps(result: dict[str, Any]) -> str:
+    """``convert``'s listing: the k-step curve, then the steps within the t-step run (one listing
+    when the two coincide)."""
     ann, snn = result["ann"], result["snn"]
     t, e = snn["t"], snn["extra_t"]
     lines = [f"ANN   top-1 {ann['top1']:6.2f}%   top-5 {ann['top5']:6.2f}%   ({result.get('n', '?')} test samples)",
-             f"SNN   preset {snn.get('preset', '?')}, t = {t}, extra_t = {e}  (input for t steps, then zeros)",
-             "  step   top-1    top-5   Δtop-1 vs ANN"]
-    for k, (a1, a5) in enumerate(zip(snn["top1"], snn["top5"]), 1):
-        mark = "" if k <= t else "  (extra)"
-        lines.append(f"  {k:4d}  {a1:6.2f}%  {a5:6.2f}%   {a1 - ann['top1']:+6.2f}{mark}")
+             f"SNN   preset {snn.get('preset', '?')}, t = {t}, extra_t = {e}"]
+    ks, within = snn.get("k_step"), snn["within_run"]
+    same = ks is not None and snn.get("k_step_is_prefix") and e == 0
+    if ks is not None:
+        extra = f", then {e} zero steps" if e else ""
+        lines.append(f"k-step runs (each a run of its own: input for k steps{extra}, thresholds set for k; "
+                     "output sum / k) = the table's cells (k, k + extra_t)")
+        head = "     k  steps   top-1    top-5   Δtop-1 vs ANN"
+        lines.append(head + ("   top-1 at k (no extra)" if e else ""))
+        for i, k in enumerate(ks["k"]):
+            a1, a5 = ks["top1"][i], ks["top5"][i]
+            row = f"  {k:4d}  {ks['total_steps'][i]:5d}  {a1:6.2f}%  {a5:6.2f}%   {a1 - ann['top1']:+6.2f}"
+            if e:
+                row += f"         {ks['top1_no_extra'][i]:6.2f}%"
+            lines.append(row)
+    if same:
+        lines.append(f"(under this preset a k-step run is the first k steps of the {t}-step run, so the steps "
+                     f"within the {t}-step run are the same numbers)")
+    else:
+        lines.append(f"within the one {t}-step run (thresholds set for t = {t}; cumulative output after step s, "
+                     f"divided by min(s, {t})):")
+        lines.append("  step   top-1    top-5   Δtop-1 vs ANN")
+        for s, a1, a5 in zip(within["steps"], within["top1"], within["top5"]):
+            mark = "" if s <= t else "  (extra, zero input)"
+            lines.append(f"  {s:4d}  {a1:6.2f}%  {a5:6.2f}%   {a1 - ann['top1']:+6.2f}{mark}")
+        if snn.get("k_step_is_prefix") is False and t > 1:
+            lines.append(f"  (under the {snn.get('preset', '?')} preset step s < {t} here is not the accuracy of an "
+                         "s-step run: its neurons integrate towards thresholds set for t; see the k-step runs)")
     return "\n".join(lines)
-
-
-def print_steps(result: dict[str, Any]) -> None:
-    print(format_steps(result))
 
 
 def table_grid(table: dict[int, dict], extras: list[int]) -> tuple[list[int], list[int], dict]:
@@ -72,3 +105,80 @@ def write_table(out: Path, ann: dict, table: dict[int, dict], extras: list[int],
         print(md)
         print(f"written: {paths['md']}, {paths['csv']}, {paths['json']}")
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# energy (the dicts of ann2snn.energy.measure_energy / EnergyMeter.result)
+def _si(x: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def format_energy_table(result: dict) -> str:
+    """Per-layer table and totals, for a terminal."""
+    tot, c = result["totals"], result["totals"]["constants"]
+    head = (f"{'layer':<28} {'type':<13} {'input':<14} {'op':<7} {'rate':>11} {'FLOPs':>8} "
+            f"{'SOPs':>8} {'MACs':>8} {'E_ANN µJ':>9} {'E_SNN µJ':>9}")
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        if r["kind"] in ("neuron", "nonlinear"):
+            rate = f"out {r['rate']:.3f}"
+            lines.append(f"{r['name']:<28} {r['type']:<13} {'':<14} {'':<7} {rate:>11}")
+            continue
+        rate = f"{r['rate']:.3f}" + (f"/{r['rate_b']:.3f}" if "rate_b" in r else "")
+        lines.append(f"{r['name']:<28} {r['type']:<13} {r['input']:<14} {r['op']:<7} {rate:>11} "
+                     f"{_si(r['flops']):>8} {_si(r['sops']):>8} {_si(r['macs']):>8} "
+                     f"{r['e_ann_mj'] * 1e3:>9.4f} {r['e_snn_mj'] * 1e3:>9.4f}")
+    once = "once, papers' convention" if tot["first_layer"] == "once" else "on every step"
+    lines += [
+        "-" * len(head),
+        f"per image, S = t + extra_t = {tot['t']} + {tot['extra_t']} steps, {tot['images']} images, "
+        f"{c['name']}: E_MAC = {c['e_mac_pj']:g} pJ, E_AC = {c['e_ac_pj']:g} pJ",
+        f"  ANN  MACs {_si(tot['flops']):>7}   E_ANN = {tot['e_ann_mj']:.4g} mJ",
+        f"  SNN  MACs {_si(tot['first_layer_macs'] + tot['other_macs']):>7}   image-fed layer "
+        f"{_si(tot['first_layer_macs'])} ({once}); analog inputs and 1/n rescaling {_si(tot['other_macs'])}",
+        f"       SOPs {_si(tot['sops']):>7}   E_SNN = {tot['e_snn_mj']:.4g} mJ",
+        f"  E_ANN / E_SNN = {tot['ann_snn_ratio']:.2f}x; mean firing rate over spiking layers {tot['mean_rate']:.3f}",
+    ]
+    acc = result.get("accuracy")
+    if acc and acc.get("snn_top1"):
+        ann = f"ANN top-1 {acc['ann_top1']:.2f}%, " if acc.get("ann_top1") is not None else ""
+        lines.append(f"{ann}SNN top-1 {acc['snn_top1'][-1]:.2f}% after the {len(acc['snn_top1'])} steps "
+                     f"of the t = {tot['t']} run")
+    if result.get("effective_latency") is not None:
+        lines.append(latency_text(result["effective_latency"]))
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("name", "type", "kind", "input", "op", "rate", "rate_b", "neg_rate", "flops", "sops", "macs",
+              "e_ann_mj", "e_snn_mj")
+
+
+def write_energy_csv(path: str | Path, result: dict) -> Path:
+    """One row per layer (columns :data:`CSV_FIELDS`), then a ``TOTAL`` row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tot = result["totals"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in result["rows"]:
+            w.writerow(r)
+        w.writerow({"name": "TOTAL", "flops": tot["flops"], "sops": tot["sops"],
+                    "macs": tot["first_layer_macs"] + tot["other_macs"], "e_ann_mj": tot["e_ann_mj"],
+                    "e_snn_mj": tot["e_snn_mj"]})
+    return path
+
+
+def write_energy_json(path: str | Path, result: dict) -> Path:
+    return write_json(path, result)
+
+
+def summary_line(result: dict) -> str:
+    """One line: energies per image, their ratio, the mean firing rate and the effective latency."""
+    tot = result["totals"]
+    return (f"energy/image ({tot['constants']['name']}): ANN {tot['e_ann_mj']:.4g} mJ, SNN {tot['e_snn_mj']:.4g} mJ "
+            f"(ANN/SNN {tot['ann_snn_ratio']:.2f}x); mean firing rate {tot['mean_rate']:.3f}; "
+            f"{latency_text(result.get('effective_latency'))}")

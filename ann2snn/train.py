@@ -29,11 +29,11 @@ from ann2snn import distributed, rundir
 from ann2snn.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, check_compatible,
                                 checkpoint_config, load_checkpoint, load_state, rng_state, set_rng_state)
 from ann2snn.config import Config, save_config
-from ann2snn.convert import quantize_activations
-from ann2snn.data import DataInfo, build_loaders
+from ann2snn.data import DataInfo
+from ann2snn.metrics import evaluate_ann
 from ann2snn.models import create_model, model_kind
 from ann2snn.progress import progress
-from ann2snn.simulate import evaluate_ann
+from ann2snn.quant import quantize
 
 log = logging.getLogger("ann2snn")
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "epoch_s"]
@@ -59,17 +59,6 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def select_device(cfg: Config) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        from ann2snn.config import ConfigError
-
-        raise ConfigError(f"device {cfg.device!r} was asked for but CUDA is not available here. "
-                          "Use `--device cpu` or `--device auto`.")
-    return torch.device(cfg.device)
-
-
 def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     """The registered model, with QCFS activations when it is meant for conversion."""
     direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
@@ -77,7 +66,7 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
                          mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=info.img_size,
                          num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
     if model_kind(cfg.model) == "convertible":
-        quantize_activations(model, cfg.l, cfg.lambda_init)
+        quantize(model, cfg.l, cfg.lambda_init)
     return model
 
 

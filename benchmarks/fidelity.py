@@ -25,7 +25,8 @@ import torch
 from ann2snn.cli import load_trained, parse_range
 from ann2snn.config import load_config
 from ann2snn.report import table_markdown, write_table
-from ann2snn.simulate import evaluate_ann, evaluate_table, simulator_for
+from ann2snn.metrics import evaluate_ann, evaluate_table
+from ann2snn.simulate import simulator_for
 from ann2snn.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from ann2snn.convert import convert, quantize_activations
+from ann2snn.convert import convert
+from ann2snn.quant import quantize
 from ann2snn.models import create_model
 from ann2snn.quant import QCFS
 from ann2snn.simulate import Simulator
@@ -86,7 +87,7 @@ def build_model(args) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = create_model("transformer", dim=args.dim, num_heads=args.heads, depth=args.depth,
                          in_channels=IN_CHANNELS[args.img], img_size=args.img, num_classes=10)
-    quantize_activations(model, args.levels)
+    quantize(model, args.levels)
     x = torch.randn(args.batch, IN_CHANNELS[args.img], args.img, args.img)
     # BN statistics from this batch, then λ = 99th percentile of each site's input (two passes,
     # since a site's input depends on the λ upstream): a network that actually spikes.

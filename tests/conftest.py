@@ -53,7 +53,7 @@ def randomize_lambdas(model: nn.Module, low: float = 0.5, high: float = 2.0,
 def small_transformer(levels: int | None = 4, seed: int = 0, **kw) -> nn.Module:
     """The brief's small random transformer (dim 32, 2 heads, depth 1, 8×8×1 input), QCFS-quantized
     with ``levels`` unless None, random BN statistics and λ, in eval mode."""
-    from ann2snn.convert import quantize_activations
+    from ann2snn.quant import quantize
     from ann2snn.models import create_model
 
     torch.manual_seed(seed)
@@ -61,7 +61,7 @@ def small_transformer(levels: int | None = 4, seed: int = 0, **kw) -> nn.Module:
     args.update(kw)
     model = create_model("transformer", **args)
     if levels is not None:
-        quantize_activations(model, levels)
+        quantize(model, levels)
         randomize_lambdas(model, gen=torch.Generator().manual_seed(seed + 1))
     randomize_bn(model, torch.Generator().manual_seed(seed + 2))
     return model.eval()

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from ann2snn.convert import PRESETS, convert, fold_bn, quantize_activations
-from ann2snn.models.transformer import MatMul
+from ann2snn.convert import PRESETS, convert, fold_bn
+from ann2snn.quant import quantize
+from ann2snn.layers import MatMul
 from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
 from ann2snn.quant import QCFS
 from ann2snn.simulate import Simulator
@@ -191,10 +192,10 @@ def test_converted_model_contents(preset, qcfs_transformer):
         assert DriveGate not in k and ECSoftmax not in k and SpikeMatMul not in k
 
 
-def test_quantize_activations_replaces_every_relu():
+def test_quantize_replaces_every_relu():
     model = small_transformer(levels=None)
     n_relu = sum(isinstance(m, nn.ReLU) for m in model.modules())
-    names = quantize_activations(model, 3)
-    assert len(names) == n_relu == 11
+    assert quantize(model, 3) is model
+    assert n_relu == 11 and sum(isinstance(m, QCFS) for m in model.modules()) == n_relu
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     assert {m.levels for m in model.modules() if isinstance(m, QCFS)} == {3}

@@ -1,5 +1,5 @@
 """Tests for ann2snn.data: the digits split, CIFAR / Fashion-MNIST readers on synthetic files,
-helpful errors, Cutout and the no-padding ShardSampler."""
+helpful errors and Cutout (the samplers are tested in test_distributed.py)."""
 from __future__ import annotations
 
 import gzip
@@ -12,7 +12,8 @@ import torch
 
 from ann2snn import data
 from ann2snn.config import Config
-from ann2snn.data import DataError, ShardSampler, build_datasets, build_loaders
+from ann2snn.data import DataError, build_datasets
+from ann2snn.distributed import build_loaders
 
 
 def make_cfg(**kw) -> Config:
@@ -218,12 +219,3 @@ def test_register_dataset(monkeypatch):
 
     train, _, got = build_datasets(make_cfg(data="dummy"))
     assert got is info and len(train) == 5
-
-
-def test_shard_sampler_disjoint_cover_no_padding():
-    shards = [list(ShardSampler(10, num_replicas=3, rank=r)) for r in range(3)]
-    assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert [len(ShardSampler(10, 3, r)) for r in range(3)] == [4, 3, 3]
-    assert sorted(i for s in shards for i in s) == list(range(10))
-    with pytest.raises(ValueError):
-        ShardSampler(10, num_replicas=3, rank=3)

@@ -17,7 +17,8 @@ from ann2snn.config import Config, ConfigError
 from ann2snn.models import create_model, list_models, model_kind
 from ann2snn.models.sdt import SDSA, spike_mask
 from ann2snn.models.spikformer import token_last_state_dict
-from ann2snn.simulate import DirectNetwork, Simulator, simulator_for
+from ann2snn.models.direct import DirectNetwork
+from ann2snn.simulate import Simulator, simulator_for
 from ann2snn.train import _train_one_epoch, build_scheduler, mixup_batch
 
 SMALL = dict(dim=16, num_heads=2, depth=1, mlp_ratio=2, in_channels=1, img_size=8, num_classes=5)
@@ -248,10 +249,13 @@ def test_cli_trains_and_convert_prints_accuracy_per_step(tmp_path, capsys, confi
     assert main(["convert", "--checkpoint", str(tmp_path / "run" / "best_model.pt"), "--t", "3",
                  "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
-    assert len(re.findall(r"^\s+\d+\s+\d+\.\d+%", printed, flags=re.M)) == 3  # steps 1, 2, 3
+    # one listing: for a direct SNN a k-step run is the first k steps of the 3-step run
+    assert len(re.findall(r"^\s+\d+\s+\d+\s+\d+\.\d+%", printed, flags=re.M)) == 3  # k = 1, 2, 3
+    assert "within the one" not in printed
     res = json.loads(out_json.read_text())
-    # the first line is the model's own prediction at its trained T = 2, not at --t 3
-    assert res["ann"]["top1"] == pytest.approx(res["snn"]["top1"][1])
+    assert res["snn"]["k_step_is_prefix"] and res["snn"]["k_step"]["top1"] == res["snn"]["within_run"]["top1"]
+    # the "ANN" line is the model's own prediction at its trained T = 2, not at --t 3
+    assert res["ann"]["top1"] == pytest.approx(res["snn"]["within_run"]["top1"][1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from ann2snn.config import Config
-from ann2snn.convert import convert, quantize_activations
+from ann2snn.convert import convert
+from ann2snn.quant import quantize
 from ann2snn.models import create_model
-from ann2snn.models.transformer import MatMul
+from ann2snn.layers import MatMul
 from ann2snn.neurons import DriveGate, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
 from ann2snn.quant import QCFS
-from ann2snn.simulate import Simulator, evaluate_ann, evaluate_table
+from ann2snn.metrics import evaluate_ann, evaluate_table
+from ann2snn.simulate import Simulator
 
 L = 4
 SETTLE = 32  # zero-drive steps after which every neuron of these small nets is quiescent
@@ -33,7 +35,7 @@ def _random_qcfs_transformer(attn: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = create_model("transformer", dim=32, num_heads=2, depth=2, mlp_ratio=2, in_channels=1,
                          img_size=8, num_classes=10, attn=attn)
-    quantize_activations(model, L, lambda_init=2.0)
+    quantize(model, L, lambda_init=2.0)
     # Distinct, irregular thresholds per site (as after training): with one shared round λ the
     # products of quantized operands land exactly on rounding boundaries, and float summation
     # order then decides ties differently in the ANN and the SNN.
@@ -118,7 +120,7 @@ def test_seed_preset_keeps_bn_and_injects_current_on_zero_steps():
 
 @pytest.fixture(scope="module")
 def trained_digits(tmp_path_factory):
-    from ann2snn.data import build_loaders
+    from ann2snn.distributed import build_loaders
     from ann2snn.train import build_model, train
 
     out = tmp_path_factory.mktemp("digits")

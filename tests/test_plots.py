@@ -25,9 +25,12 @@ def expected_px(kind: str, n: int = 0) -> tuple[int, int]:
 
 
 def convert_result(t=4, extra_t=2):
-    return {"ann": {"top1": 91.0}, "snn": {"t": t, "extra_t": extra_t, "preset": "exact",
-                                           "top1": [20.0, 60.0, 85.0, 90.0, 90.5, 90.5]},
-            "effective_latency": 5}
+    return {"ann": {"top1": 91.0},
+            "snn": {"t": t, "extra_t": extra_t, "preset": "exact", "k_step_is_prefix": False,
+                    "within_run": {"steps": list(range(1, 7)), "top1": [20.0, 60.0, 85.0, 90.0, 90.5, 90.5]},
+                    "k_step": {"k": [1, 2, 3, 4], "total_steps": [3, 4, 5, 6], "top1": [70.0, 85.0, 90.0, 90.5]}},
+            "effective_latency": {"steps": 5, "settled": True, "observed_steps": 6, "fraction": 0.999,
+                                  "unsettled_fraction": 0.0}}
 
 
 def energy_result(n_layers=3):
@@ -42,7 +45,9 @@ def energy_result(n_layers=3):
     totals = {"t": 4, "extra_t": 0, "steps": 4, "mean_rate": 0.2, "constants": {"name": "fp32", **{
         "e_mac_pj": CONSTANTS["fp32"].e_mac_pj, "e_ac_pj": CONSTANTS["fp32"].e_ac_pj}},
         "e_ann_mj": sum(r.get("e_ann_mj", 0) for r in rows), "e_snn_mj": sum(r.get("e_snn_mj", 0) for r in rows)}
-    return {"rows": rows, "totals": totals, "effective_latency": 3}
+    return {"rows": rows, "totals": totals, "effective_latency": {"steps": None, "settled": False,
+                                                                "observed_steps": 4, "fraction": 0.999,
+                                                                "unsettled_fraction": 0.01}}
 
 
 def table_result():

@@ -1,7 +1,7 @@
 """Spike-driven Transformer (SDT), trained directly as a spiking network (SPEC §8; seed 004).
 
 Yao et al., "Spike-driven Transformer", NeurIPS 2023.  Same neurons and time protocol as
-:mod:`ann2snn.models.spikformer` (multi-step LIF τ = 2, θ = 1, hard reset, detached reset,
+:mod:`ann2snn.models.direct` (multi-step LIF τ = 2, θ = 1, hard reset, detached reset,
 sigmoid surrogate; the image repeated T times; :class:`DirectSNN`).  Layout [T, B, C, N]
 throughout the encoder, with 1×1 Conv1d as per-token linear maps (the paper's CIFAR setting).
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ann2snn.models._registry import register_model
-from ann2snn.models.spikformer import ChannelLinearBN, DirectSNN, conv_bn, lif, max_pool
+from ann2snn.models.direct import ChannelLinearBN, DirectSNN, conv_bn, lif, max_pool
 
 
 class _SpikeMask(torch.autograd.Function):

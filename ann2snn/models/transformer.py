@@ -4,7 +4,7 @@ Embedding after Spikformer's SPS (Zhou et al., ICLR 2023) with an ANN activation
 ``x = x + Attn(x); x = x + MLP(x)`` without LayerNorm, every Linear/Conv followed by BatchNorm and an
 activation site.  The activation is passed in as a type (ReLU to build, QCFS after the
 ``quantize_activations`` pass, ScaledNeuron after conversion); the two products of attention and
-its softmax are modules (:class:`MatMul`, ``nn.Softmax``) so that conversion passes can replace them.
+its softmax are modules (:class:`~ann2snn.layers.MatMul`, ``nn.Softmax``) so that conversion passes can replace them.
 
 Attention variants (config key ``attn``):
 - ``softmax``: softmax over keys, scale 1/sqrt(head_dim) (default);
@@ -19,36 +19,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ann2snn.layers import ConvBN, LinearBN, MatMul
 from ann2snn.models._registry import register_model
 
 ATTN_VARIANTS = ("softmax", "softmax_seed", "ssa")
-
-
-class MatMul(nn.Module):
-    """``a @ b`` as a module, so that conversion can swap it for a spike-equivalent product."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b
-
-
-class LinearBN(nn.Module):
-    """Linear then BatchNorm1d over the channel (last) axis of a [B, N, C] token tensor."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=bias)
-        self.bn = nn.BatchNorm1d(out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)  # [B, N, C]
-        return self.bn(y.reshape(-1, y.shape[-1])).reshape(y.shape)
-
-
-class ConvBN(nn.Sequential):
-    """3×3 stride-1 conv (no bias) then BatchNorm2d."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
 
 
 class Embedding(nn.Module):

@@ -1,0 +1,278 @@
+"""Per-step metrics of an SNN run: correct counts, losses, k-step curves, tables, effective latency.
+
+What each figure means (all accuracies in percent, losses in nats, over the whole loader):
+
+- **Within a run** (``within_run``): a run has thresholds set for ``t`` drive steps (under the
+  ``exact`` preset, t/L in units of λ) and lasts S = t + extra_t steps.  The figure at step s is
+  the cumulative output after step s of *that* run.  Its loss is the cross-entropy of the prefix's
+  running mean as the schedule defines it: the sum so far divided by the drive steps so far,
+  min(s, t) (the output of a t-step run is its sum divided by t; before step t fewer inputs have
+  arrived).  Under ``exact``, step s < t of a t-step run is *not* the accuracy of an s-step run:
+  its neurons still integrate towards a threshold set for t.
+- **k-step runs** (``k_step``): for every k = 1..t the accuracy of a run of its own with k drive
+  steps (thresholds set for k), then extra_t zero steps.  This is the accuracy-versus-latency
+  curve, and equals the table's cell (k, k + extra_t).  Under ``rate`` and ``seed`` (threshold 1
+  everywhere) and for directly trained SNNs a k-step run *is* the first k steps of the t-step
+  run, so without extra steps the two listings coincide and one pass gives both; under ``exact``
+  every k needs a pass of its own.
+- **Tables** (:func:`evaluate_table`): rows t, columns t + e, each cell the output of a t-step run
+  after e extra steps, divided by t.
+- **Effective latency** (:func:`effective_latency`): the first step after which the predictions of
+  at least 99.9 % of the samples no longer change, observed over the run (optionally continued
+  with zero input beyond t + extra_t).  A sample whose prediction still changed at the last
+  observed step has not been seen to settle; when such samples decide the quantile the latency is
+  reported as *not settled within S steps*, never as S.
+
+Under torchrun, counts are summed over the ranks' shards (:func:`ann2snn.distributed.reduce_counts`)
+and the settle steps gathered, so every figure covers the whole test set.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ann2snn import distributed
+from ann2snn.progress import progress
+
+LATENCY_FRACTION = 0.999
+
+
+@dataclass
+class Counts:
+    """Running correct-counts and summed loss over a data set, per step or per cell."""
+
+    n: int = 0
+    top1: list[int] = field(default_factory=list)
+    top5: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+
+    def add(self, cum: torch.Tensor, y: torch.Tensor, divisor: float | list[float]) -> None:
+        """``cum``: [S, B, C] cumulative outputs; ``divisor``: the averaging factor of each of the
+        S entries (one number for all), applied before the cross-entropy."""
+        S = cum.shape[0]
+        divs = list(divisor) if isinstance(divisor, (list, tuple)) else [divisor] * S
+        if len(divs) != S:
+            raise ValueError(f"Counts.add: {len(divs)} divisors for {S} steps")
+        if not self.top1:
+            self.top1, self.top5, self.loss = [0] * S, [0] * S, [0.0] * S
+        k = min(5, cum.shape[-1])
+        top = cum.topk(k, dim=-1).indices  # [S, B, k]
+        hit = top == y.view(1, -1, 1)
+        for s in range(S):
+            self.top1[s] += int(hit[s, :, 0].sum())
+            self.top5[s] += int(hit[s].any(-1).sum())
+            self.loss[s] += float(F.cross_entropy(cum[s] / divs[s], y, reduction="sum"))
+        self.n += y.shape[0]
+
+    def merge(self, other: "Counts") -> None:
+        """Add counts from another shard (e.g. another rank)."""
+        if not self.top1:
+            self.top1, self.top5, self.loss = [0] * len(other.top1), [0] * len(other.top1), [0.0] * len(other.top1)
+        self.n += other.n
+        self.top1 = [a + b for a, b in zip(self.top1, other.top1)]
+        self.top5 = [a + b for a, b in zip(self.top5, other.top5)]
+        self.loss = [a + b for a, b in zip(self.loss, other.loss)]
+
+    def percents(self) -> dict[str, list[float]]:
+        n = max(self.n, 1)
+        return {"top1": [100.0 * c / n for c in self.top1], "top5": [100.0 * c / n for c in self.top5],
+                "loss": [c / n for c in self.loss]}
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without parameters)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def step_divisors(t: int, steps: int) -> list[float]:
+    """The schedule's averaging factor after each of ``steps`` steps of a t-step run: the drive
+    steps so far, min(s, t) (the original divides the final sum by t)."""
+    return [float(min(s, t)) for s in range(1, steps + 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# effective latency
+def settle_steps(preds: torch.Tensor) -> torch.Tensor:
+    """[S, B] predicted classes per step → per sample the first step (1-based) from which the
+    prediction never changes again within the S steps.  A value of S (for S > 1) means the
+    prediction changed at the last step: the sample has not been seen to settle."""
+    S = preds.shape[0]
+    if S <= 1:
+        return torch.ones(preds.shape[1], dtype=torch.long, device=preds.device)
+    changed = preds[1:] != preds[:-1]  # [S-1, B]: the prediction changes at step s (2..S)
+    steps = torch.arange(2, S + 1, device=preds.device).view(-1, 1)
+    return torch.where(changed, steps, torch.ones_like(steps)).amax(0)
+
+
+def effective_latency(settle: torch.Tensor, steps: int, fraction: float = LATENCY_FRACTION) -> dict:
+    """The first step after which the predictions of ≥ ``fraction`` of the samples no longer
+    change, over a run of ``steps`` observed steps.
+
+    Returns ``{"steps": L or None, "settled": bool, "observed_steps": steps, "fraction": fraction,
+    "unsettled_fraction": u}``, where u is the share of samples whose prediction still changed at
+    the last observed step.  When the quantile falls on such a sample, ``settled`` is False and
+    ``steps`` None: the run was too short to tell (continue it with zero input to find out).
+    """
+    n = settle.numel()
+    unsettled = float((settle == steps).sum()) / n if n and steps > 1 else 0.0
+    out = {"steps": None, "settled": False, "observed_steps": int(steps), "fraction": fraction,
+           "unsettled_fraction": unsettled}
+    if n == 0:
+        return out
+    s = settle.sort().values
+    q = int(s[max(math.ceil(fraction * n) - 1, 0)])
+    if steps <= 1 or q < steps:
+        out.update(steps=q, settled=True)
+    return out
+
+
+def latency_text(lat: dict | None) -> str:
+    """One phrase for a :func:`effective_latency` result."""
+    if not lat:
+        return "effective latency: not measured"
+    if lat["settled"]:
+        return (f"effective latency {lat['steps']} of {lat['observed_steps']} steps (predictions of "
+                f"≥ {lat['fraction']:.1%} of samples final)")
+    return (f"effective latency: not settled within {lat['observed_steps']} steps "
+            f"({lat['unsettled_fraction']:.1%} of samples still changed at the last step; "
+            "observe more steps with --latency-extra N)")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+@torch.no_grad()
+def evaluate_ann(model: nn.Module, loader, desc: str = "ANN") -> dict[str, float]:
+    """Top-1/top-5 (percent) and mean cross-entropy of an ANN (or of a direct SNN as trained)."""
+    model.eval()
+    dev, counts = device_of(model), Counts()
+    for x, y in progress(loader, desc=desc):
+        x, y = x.to(dev), y.to(dev)
+        counts.add(model(x).unsqueeze(0), y, 1.0)
+    distributed.reduce_counts(counts, loader, 1)  # sum over torchrun ranks when the loader is sharded
+    p = counts.percents()
+    return {"top1": p["top1"][0], "top5": p["top5"][0], "loss": p["loss"][0], "n": counts.n}
+
+
+def _paused(meter):
+    return meter.paused() if meter is not None else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann: nn.Module | None = None,
+             meter=None, latency_extra: int = 0, max_batches: int | None = None, desc: str = "SNN") -> dict:
+    """Everything one evaluation of a converted (or direct) SNN reports, in one loop over ``loader``.
+
+    Per batch: the ANN (when given), the t-step run with ``extra_t`` extra steps (observed by
+    ``meter``, an :class:`~ann2snn.energy.EnergyMeter`, when given), continued for
+    ``latency_extra`` more zero-input steps that only the effective latency sees, and, with
+    ``k_step``, the k-step runs k = 1..t-1 (not metered).  Returns::
+
+        {"n", "ann": {"top1", "top5", "loss"} | None,
+         "within_run": {"steps": [1..S], "top1", "top5", "loss"},
+         "k_step": {"k": [1..t], "total_steps": [k + extra_t], "top1", "top5", "loss",
+                    "top1_no_extra", "top5_no_extra", "loss_no_extra"} | None,
+         "k_step_is_prefix": bool, "effective_latency": {...}}
+
+    (see the module docstring for what each figure means).
+    """
+    dev = device_of(sim.snn)
+    S, N = t + extra_t, max(int(latency_extra), 0)
+    prefix = sim.k_step_runs_share_one_pass(t)
+    ann_counts, within = Counts(), Counts()
+    rows = {k: Counts() for k in range(1, t + 1)} if k_step else {}
+    settle: list[torch.Tensor] = []
+    if ann is not None:
+        ann.eval()
+    for i, (x, y) in enumerate(progress(loader, desc=f"{desc} t={t}+{extra_t}")):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = x.to(dev), y.to(dev)
+        if ann is not None:
+            with _paused(meter):
+                ann_counts.add(ann(x).unsqueeze(0), y, 1.0)
+        cums, preds = [], []
+        try:
+            for s, cum in enumerate(sim.iter_run(x, t, S + N), 1):
+                preds.append(cum.argmax(-1))
+                if s <= S:
+                    cums.append(cum)
+                if s == S and N and meter is not None:
+                    meter.pause()  # the latency-only steps are not part of the measured run
+        finally:
+            if meter is not None:
+                meter.resume()
+        cum = torch.stack(cums)
+        within.add(cum, y, step_divisors(t, S))
+        settle.append(settle_steps(torch.stack(preds)).cpu())
+        if k_step:
+            rows[t].add(cum[[t - 1, S - 1]], y, [float(t)] * 2)
+            if prefix and extra_t == 0:
+                for k in range(1, t):
+                    rows[k].add(cum[[k - 1, k - 1]], y, [float(k)] * 2)
+            elif t > 1:
+                with _paused(meter):
+                    for k, c in sim.run_rows(x, list(range(1, t)), extra_t).items():
+                        rows[k].add(c[[0, -1]], y, [float(k)] * 2)
+    local = torch.cat(settle) if settle else torch.zeros(0, dtype=torch.long)
+    sharded = distributed.active() and distributed.is_sharded(loader)
+    all_settle = torch.cat(distributed.gather_objects(local)) if sharded else local  # a rank may have had no batch
+    if not all_settle.numel():
+        raise ValueError("evaluate: the loader yielded no batch")
+    distributed.reduce_counts(within, loader, S)
+    for c in rows.values():
+        distributed.reduce_counts(c, loader, 2)
+    out: dict = {"n": within.n, "ann": None, "k_step": None, "k_step_is_prefix": prefix,
+                 "within_run": {"steps": list(range(1, S + 1)), **within.percents()},
+                 "effective_latency": effective_latency(all_settle, S + N)}
+    if ann is not None:
+        distributed.reduce_counts(ann_counts, loader, 1)
+        p = ann_counts.percents()
+        out["ann"] = {"top1": p["top1"][0], "top5": p["top5"][0], "loss": p["loss"][0]}
+    if k_step:
+        per = {k: c.percents() for k, c in sorted(rows.items())}
+        ks = sorted(per)
+        ksr = {"k": ks, "total_steps": [k + extra_t for k in ks]}
+        for m in ("top1", "top5", "loss"):
+            ksr[m] = [per[k][m][1] for k in ks]
+            ksr[f"{m}_no_extra"] = [per[k][m][0] for k in ks]
+        out["k_step"] = ksr
+    return out
+
+
+def evaluate_snn(sim, loader, t: int, extra_t: int = 0) -> dict:
+    """Within-run per-step top-1/top-5/loss for steps 1..t+extra_t of one t-step run (one pass a
+    batch): ``{"t", "extra_t", "steps", "top1", "top5", "loss"}``.  See :func:`evaluate` for the
+    k-step curve."""
+    res = evaluate(sim, loader, t, extra_t, k_step=False)
+    return {"t": t, "extra_t": extra_t, **res["within_run"]}
+
+
+def count_table(sim, loader, rows: list[int], extra: int) -> dict[int, Counts]:
+    dev = device_of(sim.snn)
+    counts = {t: Counts() for t in rows}
+    for x, y in progress(loader, desc=f"table t={min(rows)}..{max(rows)} +0..{extra}"):
+        x, y = x.to(dev), y.to(dev)
+        for t, cum in sim.run_rows(x, rows, extra).items():
+            counts[t].add(cum, y, float(t))
+    for t in rows:
+        distributed.reduce_counts(counts[t], loader, extra + 1)
+    return counts
+
+
+def evaluate_table(sim, loader, rows: list[int], extra: int) -> dict[int, dict]:
+    """The t × (t + e) table: ``{t: {"cols": [t..t+extra], "top1": [...], "top5": [...], "loss": [...]}}``;
+    cell (t, t + e) is a t-step run after e extra steps, its sum divided by t."""
+    out = {}
+    for t, c in count_table(sim, loader, rows, extra).items():
+        out[t] = {"cols": list(range(t, t + extra + 1)), **c.percents()}
+    return out
+
+
+__all__ = ["Counts", "LATENCY_FRACTION", "device_of", "effective_latency", "evaluate", "evaluate_ann",
+           "evaluate_snn", "evaluate_table", "latency_text", "settle_steps", "step_divisors"]

@@ -1,0 +1,124 @@
+"""The package layout is its architecture: the public API, no import circles, one owner of time.
+
+These tests read the source (``ast``) rather than trusting conventions: an import added anywhere,
+even inside a function, that closes a circle between two modules of the package fails here.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import ann2snn
+
+PKG = Path(ann2snn.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ann2snn module that ``path`` imports, at any depth of the file (functions included)."""
+    tree = ast.parse(path.read_text())
+    me = _module_name(path)
+    pkg = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("ann2snn")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if not base.startswith("ann2snn"):
+                continue
+            for a in node.names:  # `from ann2snn import distributed` imports a module
+                sub = f"{base}.{a.name}"
+                out.add(sub if (PKG.parent / Path(*sub.split("."))).with_suffix(".py").exists()
+                        or (PKG.parent / Path(*sub.split(".")) / "__init__.py").exists() else base)
+    out.discard(me)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = {_module_name(p): p for p in PKG.rglob("*.py")}
+    # a package's __init__ re-exports; edges into "ann2snn" itself are only the facade
+    return {m: {d for d in _imports(p) if d in mods and d != "ann2snn"} for m, p in mods.items()
+            if m != "ann2snn"}
+
+
+def test_no_import_circles_anywhere_in_the_package():
+    g = _graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g.get(m, ())):
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d):] + [d]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m)
+
+
+def test_the_graph_sees_function_level_imports():
+    """The circle check would be vacuous if lazy imports were missed: simulator_for imports convert
+    inside a function, and cli imports the commands' modules inside functions."""
+    g = _graph()
+    assert "ann2snn.models" in g["ann2snn.simulate"]  # imported inside simulator_for
+    assert "ann2snn.energy" in g["ann2snn.cli"]
+
+
+@pytest.mark.parametrize("name", ["quantize", "convert", "Simulator", "evaluate", "evaluate_ann", "evaluate_snn",
+                                  "evaluate_table", "measure_energy", "PRESETS", "create_model", "list_models"])
+def test_public_api_names(name):
+    obj = getattr(ann2snn, name)
+    assert name in ann2snn.__all__
+    assert not isinstance(obj, type(ann2snn)), f"ann2snn.{name} is a module, not the API object"
+
+
+def test_convert_is_the_function_and_the_module_still_imports():
+    from ann2snn import convert
+    from ann2snn.convert import PRESETS
+
+    assert callable(convert) and convert.__module__ == "ann2snn.convert"
+    assert set(PRESETS) == {"exact", "rate", "seed"} and ann2snn.PRESETS is PRESETS
+
+
+def _calls_in(path: Path, attr: str) -> list[int]:
+    tree = ast.parse(path.read_text())
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr == attr]
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in PKG.glob("*.py") if p.name != "simulate.py"))
+def test_only_the_simulator_advances_time_or_resets(module):
+    """Nothing outside simulate.py ticks a clock or resets a network's state (training's reset of a
+    direct SNN after each batch is the model's own business, not simulation time)."""
+    path = PKG / module
+    assert not _calls_in(path, "tick"), f"{module} ticks the clock"
+    resets = _calls_in(path, "reset_net")
+    if module != "train.py":
+        assert not resets, f"{module} calls reset_net at lines {resets}"
+
+
+def test_energy_imports_no_private_names():
+    tree = ast.parse((PKG / "energy.py").read_text())
+    private = [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               and (n.module or "").startswith("ann2snn") for a in n.names if a.name.startswith("_")]
+    assert not private, private
