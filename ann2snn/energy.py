@@ -484,7 +484,7 @@ def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extr
                        latency_extra=latency_extra, max_batches=max_batches, desc="energy")
     sample = next(iter(loader))[0][:1].to(device_of(sim.snn))
     res = meter.result(flops_per_module(sim, ann, sample), t, extra_t, constants, first_layer)
-    res["accuracy"] = {"snn_top1": run["within_run"]["top1"],
+    res["accuracy"] = {"snn_top1_within_run": run["within_run"]["top1"],
                        "ann_top1": run["ann"]["top1"] if run["ann"] is not None else None}
     res["effective_latency"] = run["effective_latency"]
     return res

@@ -143,9 +143,9 @@ def format_energy_table(result: dict) -> str:
         f"  E_ANN / E_SNN = {tot['ann_snn_ratio']:.2f}x; mean firing rate over spiking layers {tot['mean_rate']:.3f}",
     ]
     acc = result.get("accuracy")
-    if acc and acc.get("snn_top1"):
+    if acc and acc.get("snn_top1_within_run"):
         ann = f"ANN top-1 {acc['ann_top1']:.2f}%, " if acc.get("ann_top1") is not None else ""
-        lines.append(f"{ann}SNN top-1 {acc['snn_top1'][-1]:.2f}% after the {len(acc['snn_top1'])} steps "
+        lines.append(f"{ann}SNN top-1 {acc['snn_top1_within_run'][-1]:.2f}% after the {len(acc['snn_top1_within_run'])} steps "
                      f"of the t = {tot['t']} run")
     if result.get("effective_latency") is not None:
         lines.append(latency_text(result["effective_latency"]))

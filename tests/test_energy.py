@@ -283,7 +283,7 @@ def test_transformer_rows_totals_and_flops_from_either_side(qcfs_transformer, tm
     assert rows["blocks.0.attn.q.linear"]["type"] == "Linear"  # bias-gated layer reported by its type
     tot = res["totals"]
     assert tot["flops_layers"] == tot["flops"]  # every counted op belongs to a reported layer
-    assert len(res["accuracy"]["snn_top1"]) == 4
+    assert len(res["accuracy"]["snn_top1_within_run"]) == 4
     text = format_energy_table(res)
     for word in ("layer", "FLOPs", "SOPs", "E_ANN", "E_SNN", "effective latency"):
         assert word in text
