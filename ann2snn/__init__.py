@@ -5,7 +5,7 @@ The public API (documented in README.md, section "Python API")::
     import ann2snn
     model = ann2snn.create_model("transformer", dim=64, num_heads=4, depth=1, in_channels=1,
                                  img_size=8, num_classes=10)
-    ann2snn.quantize(model, levels=4)            # ReLU -> QCFS, then train
+    model = ann2snn.quantize(model, levels=4)    # every ReLU call site -> QCFS, then train
     snn = ann2snn.convert(model, "exact")        # a SpikingNetwork (the ANN is left untouched)
     sim = ann2snn.Simulator(snn)
     res = ann2snn.evaluate(sim, loader, t=8)     # k-step curve, within-run steps, latency
@@ -21,19 +21,20 @@ from ann2snn._compat import silence_noise as _silence_noise
 _silence_noise()
 
 from ann2snn.config import Config, ConfigError, load_config  # noqa: E402
-from ann2snn.convert import PRESETS, ConversionOptions, SpikingNetwork  # noqa: E402
+from ann2snn.convert import PRESETS, ConversionOptions, SpikingNetwork, simulator_for, verify  # noqa: E402
 from ann2snn.convert import convert as _convert  # noqa: E402
 from ann2snn.energy import EnergyMeter, measure_energy  # noqa: E402
 from ann2snn.metrics import effective_latency, evaluate, evaluate_ann, evaluate_snn, evaluate_table  # noqa: E402
 from ann2snn.models import create_model, list_models, register_model  # noqa: E402
 from ann2snn.quant import QCFS, quantize  # noqa: E402
-from ann2snn.simulate import Simulator, simulator_for  # noqa: E402
+from ann2snn.graph import ConversionError  # noqa: E402
+from ann2snn.simulate import Simulator  # noqa: E402
 
 convert = _convert  # the function, not the submodule of the same name
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "ConversionOptions", "EnergyMeter", "PRESETS", "QCFS", "Simulator",
+__all__ = ["Config", "ConfigError", "ConversionError", "ConversionOptions", "EnergyMeter", "PRESETS", "QCFS", "Simulator",
            "SpikingNetwork", "convert", "create_model", "effective_latency", "evaluate", "evaluate_ann",
            "evaluate_snn", "evaluate_table", "list_models", "load_config", "measure_energy", "quantize",
-           "register_model", "simulator_for"]
+           "register_model", "simulator_for", "verify"]

@@ -8,6 +8,7 @@ target, so a killed process never leaves a half-written checkpoint behind.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -22,6 +23,7 @@ import torch
 from ann2snn.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict
 
 FORMAT_VERSION = 1
+log = logging.getLogger("ann2snn")
 
 
 class CheckpointError(ValueError):
@@ -71,16 +73,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")  # CSI sequences (colours, bold) and ESC+char
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_GLOBAL = re.compile(r"\bGLOBAL\s+([\w.]+)")  # the global a weights-only load refused: "GLOBAL posix.system"
+_BLOCKED_MODULE = re.compile(r"whose module ([\w.]+) is blocked")
 
 
 def _reason(err: BaseException, limit: int = 200) -> str:
     """One clean line saying why a file could not be read: no ANSI escapes (torch's unpickling
-    error prints some in bold), no control characters, at most ``limit`` characters.  For a
-    weights-only refusal, the line naming the refused global, not torch's advice to unpickle."""
+    error prints some in bold), no control characters, at most ``limit`` characters.
+
+    For a weights-only refusal torch puts its explanation after a paragraph of advice to load
+    with ``weights_only=False`` -- the one thing not to do with a file that may run code.  Kept
+    instead: that a global was blocked and which one ("Unsupported global: GLOBAL posix.system"),
+    or the unpickler's own message (e.g. "Unsupported operand 149")."""
     lines = [_CONTROL.sub(" ", _ANSI.sub("", ln)).strip() for ln in str(err).splitlines()]
     lines = [ln for ln in lines if ln] or [""]
-    line = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0])
-    line = line.split(" was not an allowed global", 1)[0]  # "... Unsupported global: GLOBAL x.y"
+    text = " ".join(lines)
+    found = _GLOBAL.search(text)
+    if found:
+        name = found.group(1).rstrip(".")
+        module = _BLOCKED_MODULE.search(text)
+        why = (f"its module {module.group(1)} is blocked" if module else "not an allowed global")
+        line = f"Unsupported global: GLOBAL {name} ({why}); the weights-only loader refused it, nothing was run"
+    else:
+        line = lines[0]
+        for i, ln in enumerate(lines):
+            if "WeightsUnpickler error:" in ln:
+                rest = ln.split("WeightsUnpickler error:", 1)[1].strip()
+                nxt = lines[i + 1] if i + 1 < len(lines) else ""
+                line = f"weights-only loader: {rest or nxt}"
+                break
     return f"{type(err).__name__}: {line[:limit]}".rstrip(": ")
 
 
@@ -139,8 +160,43 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoin
         raise CheckpointError(f"The config stored in {str(path)!r} is invalid: {err}") from None
 
 
-def check_compatible(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "checkpoint") -> None:
-    """Refuse a checkpoint whose model-defining keys differ from the requested config."""
+def _dataset_key(name: str) -> str:
+    """A dataset name as ann2snn.data looks it up ("Fashion-MNIST" and "fashion_mnist" are one)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
+def dataset_mismatch(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "checkpoint") -> str | None:
+    """Why the figures of the checkpoint at ``path`` (stored config ``ckpt_cfg``) under ``cfg``
+    are suspect, when ``cfg`` evaluates it on another dataset than it was trained on; else None.
+    One line, for the log and for a report's JSON."""
+    if _dataset_key(ckpt_cfg.data) == _dataset_key(cfg.data):
+        return None
+    return (f"checkpoint {str(path)!r} was trained on {ckpt_cfg.data!r} but is evaluated on {cfg.data!r}: its "
+            f"accuracies here are not comparable to those it was trained for. Pass `--data {ckpt_cfg.data}` "
+            "(or drop -c to use the config stored in the checkpoint) unless that is what you meant.")
+
+
+def check_finite(state: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> None:
+    """Refuse a state dict holding NaN or inf: training never saves one (it stops when the weights
+    diverge), so such a file is damaged or was not written by ann2snn; its every result would be
+    NaN or meaningless.  Names the first bad tensor."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                first = value.reshape(-1)[int((~finite).reshape(-1).nonzero()[0])].item()
+                raise CheckpointError(
+                    f"Checkpoint {str(path)!r} holds non-finite weights: {name} has {bad} of {value.numel()} "
+                    f"values NaN or inf (the first is {first}). Training never "
+                    "saves such weights, so the file is damaged or not an ann2snn checkpoint: use the run's "
+                    "other checkpoint (best_model.pt or last.pt) or retrain.")
+
+
+def check_compatible(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "checkpoint",
+                     warn_data: bool = True) -> None:
+    """Refuse a checkpoint whose model-defining keys differ from the requested config; warn
+    (``warn_data``) when it is used on another dataset than its own (:func:`dataset_mismatch`)."""
     diffs = [f"{k}: checkpoint {getattr(ckpt_cfg, k)!r} vs config {getattr(cfg, k)!r}"
              for k in MODEL_KEYS if getattr(ckpt_cfg, k) != getattr(cfg, k)]
     if diffs:
@@ -148,6 +204,9 @@ def check_compatible(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "c
             f"Checkpoint {str(path)!r} was trained with a different model config ({'; '.join(diffs)}). "
             "Use the config the checkpoint was trained with (drop -c to use the one stored in it), or "
             "pass the matching checkpoint.")
+    mismatch = dataset_mismatch(ckpt_cfg, cfg, path) if warn_data else None
+    if mismatch:
+        log.warning("warning: %s", mismatch)
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -157,6 +216,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
     if bad:
         raise _foreign(Path(path), f"its 'model' is not a state dict: entry {bad[0]!r} is "
                        f"{_short(state[bad[0]])}, not a named tensor")
+    check_finite(state, path)
     try:
         model.load_state_dict(state, strict=True)
     except Exception as err:  # RuntimeError for missing/unexpected keys and shape mismatches

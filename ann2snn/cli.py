@@ -7,15 +7,27 @@ Every config key can be overridden as ``--key value`` (dashes or underscores).  
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from ann2snn.config import FIELD_NAMES, Config, ConfigError, load_config, unknown_key_message
+from ann2snn.config import (FIELD_NAMES, MAX_STEPS, Config, ConfigError, load_config, read_config_file,
+                            unknown_key_message)
 
 log = logging.getLogger("ann2snn")
+
+
+class OutputError(ConfigError):
+    """An output path that cannot be written: a file where a folder is needed (or the reverse), a
+    folder this process cannot write to, a name too long for the filesystem, a full disk.  Found
+    by :func:`preflight_outputs` before any work, so no hour of evaluation is lost to it."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
 
 
@@ -43,34 +55,230 @@ def parse_overrides(rest: list[str]) -> dict[str, Any]:
     return out
 
 
-def parse_range(text: str, name: str, minimum: int) -> list[int]:
-    """'1-12' → [1..12]; '1,2,4' → [1,2,4]; '8' → [8]."""
+def parse_range(text: str, name: str, minimum: int, maximum: int = MAX_STEPS) -> list[int]:
+    """'1-12' → [1..12]; '1,2,4' → [1,2,4]; '8' → [8].  Values above ``maximum`` are refused
+    before a range is expanded (``1-1000000000`` must not build a billion-entry list)."""
+    too_big = ConfigError(f"{name} values must be at most {maximum} (time steps; MAX_STEPS in ann2snn/config.py); "
+                          f"got {text!r}. Use e.g. `{name} {'0-4' if minimum == 0 else '1-8'}`.")
     vals: list[int] = []
-    try:
-        for part in str(text).split(","):
+    for part in str(text).split(","):
+        try:
             if "-" in part.strip()[1:]:
                 a, b = part.split("-", 1)
-                vals.extend(range(int(a), int(b) + 1))
+                lo, hi = int(a), int(b)
             else:
-                vals.append(int(part))
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, a range like 1-12, or a list like 1,2,4; got {text!r}.") from None
+                lo = hi = int(part)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, a range like 1-12, or a list like 1,2,4; "
+                              f"got {text!r}.") from None
+        if max(lo, hi) > maximum:
+            raise too_big
+        vals.extend(range(lo, hi + 1))
     if not vals or min(vals) < minimum:
         raise ConfigError(f"{name} values must be >= {minimum}; got {text!r}.")
+    if max(vals) > maximum:
+        raise too_big
     return sorted(set(vals))
+
+
+# --------------------------------------------------------------------------------------------
+# output paths, checked before any work
+def _name_max(existing: Path) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes on the filesystem holding ``existing``."""
+    def conf(name: str, default: int) -> int:
+        try:
+            return int(os.pathconf(existing, name))
+        except (OSError, ValueError):
+            return default
+
+    return conf("PC_NAME_MAX", 255), conf("PC_PATH_MAX", 4096)
+
+
+def _nearest_existing(path: Path, flag: str) -> Path:
+    """The deepest existing folder of ``path`` (``path`` itself when it exists)."""
+    p = path.absolute()
+    while True:
+        try:
+            if p.exists():
+                return p
+        except OSError as err:
+            if err.errno != errno.ENAMETOOLONG:  # too long: its parent is looked at, and the name refused later
+                raise OutputError(f"{flag} {str(path)!r} cannot be reached ({err.strerror or err}). Pass a path "
+                                  f"you can write to ({_hint(flag)}).") from None
+        if p.parent == p:
+            return p
+        p = p.parent
+
+
+def _hint(flag: str) -> str:
+    """The option that changes the output path named ``flag`` in a message."""
+    return {"out_root": "--out_root DIR", "the run folder": "--out DIR, or --out_root DIR / --id NAME",
+            "the output folder": "--out DIR"}.get(flag, f"{flag} PATH")
+
+
+def _probe_writable(folder: Path, path: Path, flag: str) -> None:
+    """Really create (with one byte, fsync'ed) and remove a temporary file in ``folder``:
+    permission bits say nothing when running as root, and a full disk or a read-only mount show
+    only when written to."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ann2snn-probe.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise _unwritable(err, folder, path, flag) from None
+    try:
+        os.write(fd, b"\0")
+        os.fsync(fd)
+    except OSError as err:
+        raise _unwritable(err, folder, path, flag) from None
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _unwritable(err: OSError, folder: Path, path: Path, flag: str) -> OutputError:
+    where = f"{flag} {str(path)!r}" + ("" if folder == path.absolute() else f" (in {str(folder)!r})")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"{where}: no space left on the device ({err.strerror}). Free space, or write "
+                           f"elsewhere ({_hint(flag)}).")
+    return OutputError(f"{where} cannot be written: creating a file in {str(folder)!r} failed "
+                       f"({err.strerror or err}). Pass a folder you can write to ({_hint(flag)}), or fix its "
+                       "permissions.")
+
+
+def _check_names(path: Path, existing: Path, flag: str) -> None:
+    """Every name ``path`` adds below ``existing`` fits the filesystem (NAME_MAX, PATH_MAX)."""
+    name_max, path_max = _name_max(existing)
+    try:
+        new_parts = path.absolute().relative_to(existing).parts
+    except ValueError:
+        new_parts = path.parts
+    for part in new_parts:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            raise OutputError(f"{flag}: the name {part[:40]!r}… is {n} bytes long; this filesystem allows at most "
+                              f"{name_max} bytes per name. Use a shorter name ({_hint(flag)}).")
+    total = len(os.fsencode(str(path.absolute())))
+    if total >= path_max:
+        raise OutputError(f"{flag}: the path is {total} bytes long; this system allows at most {path_max - 1}. "
+                          f"Use a shorter path ({_hint(flag)}).")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """A folder that outputs go into (created if missing) can be: not an existing non-folder,
+    every new name short enough, and its nearest existing folder really writable."""
+    path = Path(path)
+    existing = _nearest_existing(path, flag)
+    if existing == path.absolute() and not existing.is_dir():
+        raise OutputError(f"{flag} {str(path)!r} is an existing file, not a folder. Pass a folder path "
+                          f"({_hint(flag)}; it is created if missing), or move the file away.")
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder. "
+                          f"Pass a path under a folder ({_hint(flag)}).")
+    _check_names(path, existing, flag)
+    _probe_writable(existing, path, flag)
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """A file an output is written to can be: not a folder, an existing one opened for writing
+    without changing it, else its folder can be created and written in."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {str(path)!r} is a folder, not a file. Pass a file path, e.g. "
+                          f"`{flag} {path / ('result.csv' if flag == '--csv' else 'result.json')}`.")
+    if path.exists():
+        try:
+            with open(path, "r+b"):  # opened for writing, not truncated: nothing changes yet
+                pass
+        except OSError as err:
+            raise OutputError(f"{flag} {str(path)!r} cannot be written ({err.strerror or err}). Pass a file you can "
+                              f"write to with {flag}, or fix its permissions.") from None
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = _nearest_existing(parent, flag)
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder. "
+                          f"Pass a path in a folder with {flag}.")
+    _check_names(path, existing, flag)
+    _probe_writable(existing, path, flag)
+
+
+def preflight_outputs(args, out_dir: Path | None, extra_dirs: tuple[tuple[Path, str], ...] = ()) -> None:
+    """Check every output path of a command before any work: ``out_dir`` (the folder the command
+    writes into, when not None), ``args.out`` (a folder), ``args.json`` / ``args.csv`` (files),
+    when present, and ``extra_dirs`` ((folder, name for the message) pairs, e.g. train's
+    ``out_root`` for LATEST).  An OutputError names the path and the fix."""
+    arg_out = getattr(args, "out", None)
+    dirs: list[tuple[Path, str]] = []
+    if out_dir is not None:
+        same = arg_out is not None and Path(arg_out).absolute() == Path(out_dir).absolute()
+        dirs.append((Path(out_dir), "--out" if same else "the output folder"))
+    if dirs and getattr(args, "command", None) in ("train", "run") and dirs[0][1] == "the output folder":
+        dirs[0] = (dirs[0][0], "the run folder")
+    if arg_out and not any(Path(arg_out).absolute() == d.absolute() for d, _ in dirs):
+        dirs.append((Path(arg_out), "--out"))
+    dirs += [(Path(d), flag) for d, flag in extra_dirs]
+    for d, flag in dirs:
+        check_output_dir(d, flag)
+    for flag in ("json", "csv"):
+        value = getattr(args, flag, None)
+        if value:
+            check_output_file(value, f"--{flag}")
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an OS fault no check caught (the last line of defence in :func:`main`):
+    which file, what the OS said, and what to do."""
+    name = err.filename if err.filename is not None else None
+    verb = "write" if err.errno in _WRITE_ERRNOS else "read or write"
+    what = f"could not {verb} {name}" if name is not None else f"could not {verb} a file"
+    if err.filename2 is not None:
+        what += f" (or {err.filename2})"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "Free space on that disk (or write elsewhere with --out DIR) and run again."
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "Check its permissions, or write elsewhere with --out DIR."
+    elif err.errno == errno.ENAMETOOLONG:
+        fix = "Use a shorter name."
+    elif err.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        fix = "A file and a folder are mixed up in that path: pass a folder to --out and files to --json/--csv."
+    else:
+        fix = "Check the path and the disk, then run again."
+    return f"{what}: {err.strerror or err}. {fix}"
 
 
 # --------------------------------------------------------------------------------------------
 # model resolution shared by convert / table
 def latest_run(out_root: str) -> Path:
-    marker = Path(out_root) / "LATEST"
-    if marker.is_file():
-        run = Path(marker.read_text().strip())
-        if (run / "best_model.pt").is_file():
-            return run
-    raise ConfigError(f"No trained run found under {out_root!r} (no {marker} pointing at a best_model.pt). "
-                      "Train first (`ann2snn train -c configs/digits.yml`), or pass -c CONFIG / "
-                      "--checkpoint PATH.")
+    """The run ``<out_root>/LATEST`` names; a ConfigError when there is none, the marker is
+    corrupt, or the run it names has no best_model.pt (moved or deleted)."""
+    from ann2snn.rundir import LATEST, read_latest
+
+    marker = Path(out_root) / LATEST
+    run = read_latest(out_root)
+    if run is None:
+        raise ConfigError(f"No trained run found under {out_root!r} (no {marker} pointing at a best_model.pt). "
+                          "Train first (`ann2snn train -c configs/digits.yml`), or pass -c CONFIG / "
+                          "--checkpoint PATH.")
+    if not (run / "best_model.pt").is_file():
+        raise ConfigError(f"{str(marker)!r} names the run {str(run)!r}, which holds no best_model.pt (it was moved "
+                          f"or deleted). Pass -c CONFIG or --checkpoint PATH, or delete {marker} and train again.")
+    return run
+
+
+def config_from_args(args, overrides: dict[str, Any]) -> Config:
+    """The config of ``-c`` with ``overrides``.  The file is read once per invocation (its
+    mapping is kept on ``args``): ``-c /dev/stdin`` or ``-c <(…)`` is a pipe that can be read only
+    once, and `run` loads the config once itself and once more in the command it hands over to."""
+    raw = getattr(args, "_config_raw", None)
+    if raw is None:
+        raw = read_config_file(args.config)
+        args._config_raw = raw
+    return load_config(args.config, overrides, raw=raw)
 
 
 def resolve(args, overrides: dict[str, Any]):
@@ -78,7 +286,7 @@ def resolve(args, overrides: dict[str, Any]):
     from ann2snn.checkpoint import checkpoint_config, load_checkpoint
 
     if args.config:
-        cfg = load_config(args.config, overrides)
+        cfg = config_from_args(args, overrides)
         ckpt = Path(args.checkpoint or cfg.model_path or cfg.run_dir / "best_model.pt")
     elif args.checkpoint:
         ckpt = Path(args.checkpoint)
@@ -124,7 +332,9 @@ def _is_main() -> bool:
 def cmd_train(args, overrides) -> int:
     from ann2snn.train import train
 
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args, overrides)
+    run_dir = Path(args.out) if args.out else cfg.run_dir
+    preflight_outputs(args, run_dir, extra_dirs=((Path(cfg.out_root), "out_root"),))  # before any work
     res = train(cfg, out=args.out, resume=args.resume)
     if _is_main():
         print(f"best test top-1 {res['best_top1']:.2f}%  ->  {res['run_dir']}")
@@ -136,10 +346,11 @@ def cmd_convert(args, overrides) -> int:
     from ann2snn.metrics import device_of, evaluate
     from ann2snn.plots import write_convert_plots
     from ann2snn.report import format_energy_table, format_steps, summary_line, write_json
-    from ann2snn.simulate import simulator_for
+    from ann2snn.convert import simulator_for
 
     cfg, ckpt, run_dir = resolve(args, overrides)
     out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "eval", cfg.preset)
+    preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
     model, loader, _ = load_trained(cfg, ckpt)
     sim = simulator_for(model, cfg)
     latency_extra = getattr(args, "latency_extra", 0)  # `run` has no --latency-extra
@@ -171,10 +382,11 @@ def cmd_energy(args, overrides) -> int:
     from ann2snn.energy import measure_energy
     from ann2snn.plots import write_energy_plots
     from ann2snn.report import format_energy_table, write_energy_csv, write_energy_json
-    from ann2snn.simulate import simulator_for
+    from ann2snn.convert import simulator_for
 
     cfg, ckpt, run_dir = resolve(args, overrides)
     out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "energy", cfg.preset)
+    preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
     model, loader, _ = load_trained(cfg, ckpt)
     res = measure_energy(model, simulator_for(model, cfg), loader, cfg.t, cfg.extra_t, args.constants,
                          args.max_batches, args.first_layer, latency_extra=args.latency_extra)
@@ -195,12 +407,13 @@ def cmd_energy(args, overrides) -> int:
 def cmd_table(args, overrides) -> int:
     from ann2snn.metrics import evaluate_ann, evaluate_table
     from ann2snn.report import write_table
-    from ann2snn.simulate import simulator_for
+    from ann2snn.convert import simulator_for
 
     rows = parse_range(args.t, "--t", 1)
     extras = parse_range(args.extra_t, "--extra-t", 0)
     cfg, ckpt, run_dir = resolve(args, overrides)
     out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "table", cfg.preset)
+    preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
     model, loader, _ = load_trained(cfg, ckpt)
     t0 = time.perf_counter()
     ann = evaluate_ann(model, loader)
@@ -222,9 +435,10 @@ def cmd_table(args, overrides) -> int:
 
 def cmd_run(args, overrides) -> int:
     """Run what an original-style config's ``action``/``mode`` keys ask for."""
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args, overrides)
     if cfg.action == "train":
         return cmd_train(args, overrides)
+    preflight_outputs(args, None)  # --out / --json, before any work
     # --checkpoint on the command line wins over the config's model_path
     args.checkpoint = getattr(args, "checkpoint", None) or cfg.model_path
     if args.checkpoint is None:
@@ -251,8 +465,38 @@ def _energy_constants(text: str):
 
 
 # --------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with the error format of every other user error: one line
+    ``<prog>: error: <message> (see `<prog> --help`)`` and exit status 2, without the usage block
+    (sub-command parsers are of this class too: add_subparsers uses the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value} (omit it to measure on every test batch)")
+    return value
+
+
+def _steps(text: str) -> int:
+    """A number of extra time steps: 0 .. MAX_STEPS."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps, got {text!r}") from None
+    if not 0 <= value <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_STEPS}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ann2snn", description=__doc__.splitlines()[0],
+    p = _Parser(prog="ann2snn", description=__doc__.splitlines()[0],
                                 epilog="Any config key can be given as --key value; see README.md.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -268,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image-fed layer's MACs: once (papers' convention) or on every input step")
 
     def latency_option(sp):
-        sp.add_argument("--latency-extra", dest="latency_extra", type=int, default=0, metavar="N",
+        sp.add_argument("--latency-extra", dest="latency_extra", type=_steps, default=0, metavar="N",
                         help="observe N more zero-input steps after t + extra_t for the effective latency only "
                              "(accuracy and energy stay at t + extra_t)")
 
@@ -291,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="checkpoint (default: the config's run, or the latest run)")
     sp.add_argument("--json", help="also write the results to this JSON file")
     sp.add_argument("--csv", help="also write the per-layer rows to this CSV file")
-    sp.add_argument("--max-batches", dest="max_batches", type=int, help="measure on the first N test batches")
+    sp.add_argument("--max-batches", dest="max_batches", type=_positive_int,
+                    help="measure on the first N test batches (N >= 1)")
     latency_option(sp)
     energy_options(sp)
     sp.set_defaults(func=cmd_energy)
@@ -330,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, overrides)
     except _user_errors() as err:
         print(f"ann2snn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an OS fault no check caught (a disk filling up mid-run, …): no traceback
+        print(f"ann2snn {args.command}: error: {os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

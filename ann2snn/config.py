@@ -82,10 +82,14 @@ class Config:
 
         need(self.l >= 1, f"l (QCFS levels) must be >= 1, got {self.l}. Use e.g. `--l 4`.")
         need(self.t >= 1, f"t (time steps) must be >= 1, got {self.t}. Use e.g. `--t 8`.")
+        need(self.t <= MAX_STEPS, f"t (time steps) must be at most {MAX_STEPS}, got {self.t}. Use e.g. `--t 8`.")
         need(self.extra_t >= 0, f"extra_t must be >= 0, got {self.extra_t}.")
+        need(self.extra_t <= MAX_STEPS,
+             f"extra_t must be at most {MAX_STEPS}, got {self.extra_t}. Use e.g. `--extra_t 4`.")
         need(self.bs >= 1, f"bs (batch size) must be >= 1, got {self.bs}.")
         need(self.eval_bs is None or self.eval_bs >= 1, f"eval_bs must be >= 1, got {self.eval_bs}.")
-        need(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}.")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs} (a run of 0 epochs would save no "
+             "checkpoint). Use e.g. `--epochs 30`.")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}.")
         need(self.wd >= 0, f"wd must be >= 0, got {self.wd}.")
         need(self.dim >= 8 and self.dim % 8 == 0,
@@ -154,7 +158,38 @@ MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", 
 # real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
 # torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).
 MAX_WIDTH = 2**20
+# Most SNN time steps (t, extra_t, and every row/column of `table`) accepted: far above the papers'
+# latencies (T <= 1024 in the slowest rate-coded conversions), low enough that a typo such as
+# `--extra-t 1000000` is refused at once instead of simulating for days.
+MAX_STEPS = 4096
 FIELD_NAMES = tuple(f.name for f in fields(Config))
+# Keys a `train --resume` may change: they say where things are, how fast they run, or what a
+# later evaluation does, but not what the resumed epochs compute.  Every other key defines the run
+# (optimiser and schedule: lr, wd, epochs, warmup_epochs, bs, seed, label_smoothing, mixup,
+# sync_bn, use_amp; the model: MODEL_KEYS, lambda_init; the data: data, train_subset,
+# test_subset, augment, autoaugment, cutout) and a changed value is refused, since last.pt's
+# optimiser and scheduler state would only half-apply it.
+RESUME_SAFE_KEYS = (
+    "workers",  # DataLoader processes: the data order depends on (seed, epoch) only
+    "device",  # where it computes (CPU vs CUDA differ in float rounding only)
+    "eval_bs",  # test-evaluation batch size: the same metrics up to float rounding
+    "data_dir",  # where the same dataset is found
+    "out_root",  # where LATEST lives
+    "id",  # the run folder's name: the folder resumed is the one given (--out, or out_root/id)
+    "save",  # whether checkpoints are written
+    "save_acc",  # whether log.csv rows are written
+    "extra_t",  # conversion only (`convert`/`table` defaults)
+    "preset",  # conversion only
+    "action",  # old files' keys: the sub-command decides what runs
+    "mode",
+    "patch_size",  # accepted for old files, used by no model
+    "model_path",  # used only when the run started (inherit); the stored value is kept
+    "inherit",  # ditto: a resume loads last.pt whatever it says
+    "t",  # conversion only -- except for direct SNNs, whose training T it is (checked there)
+)
+# Safe keys whose stored value is kept in the resumed run's config.yaml: they described how the
+# run started, which a resume does not change.
+RESUME_KEEP_STORED = ("model_path", "inherit")
 _TYPE_HINTS = typing.get_type_hints(Config)
 
 
@@ -235,20 +270,70 @@ def unknown_key_message(key: str) -> str:
             "See README.md, section 'Config keys'.")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML file <- overrides, coerced and validated."""
+def read_config_file(path: str | os.PathLike) -> dict[Any, Any]:
+    """The mapping in the YAML file ``path``, read exactly once.
+
+    Opened and read like any stream, not checked with ``is_file()`` first, so ``-c /dev/stdin``
+    and ``-c <(…)`` (pipes, read once only) work.  Every way the file can be unusable -- missing,
+    a directory, unreadable, not UTF-8, invalid or too deeply nested YAML, not a mapping -- is a
+    ConfigError naming the file and the fix."""
+    p = Path(path)
+    name = str(p)
+    try:
+        with open(p, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {name!r} does not exist. Pass an existing file with -c, "
+                          "e.g. `-c configs/digits.yml`.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"Config file {name!r} is a directory, not a file. Pass a YAML file with -c, "
+                          "e.g. `-c configs/digits.yml`.") from None
+    except PermissionError:
+        raise ConfigError(f"Config file {name!r} cannot be read: permission denied. Make it readable "
+                          f"(`chmod a+r {name}`) or pass another file with -c.") from None
+    except OSError as err:
+        raise ConfigError(f"Config file {name!r} cannot be read: {err.strerror or err}. "
+                          "Pass a readable YAML file with -c.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"Config file {name!r} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}). "
+                          "Save it as UTF-8 (it should hold YAML `key: value` lines), or pass another file "
+                          "with -c.") from None
+    return parse_config_text(text, name)
+
+
+def parse_config_text(text: str, name: str) -> dict[Any, Any]:
+    """The mapping in YAML ``text`` (from the file ``name``, for messages)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        detail = " ".join(str(err).split())  # one line
+        raise ConfigError(f"Config file {name!r} is not valid YAML: {detail}") from None
+    except RecursionError:
+        raise ConfigError(f"Config file {name!r} is nested too deeply to be a config (YAML lists or "
+                          "mappings inside each other thousands of levels deep). A config is a flat "
+                          "mapping of `key: value` lines; pass one with -c.") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {name!r} must hold a mapping of key: value, "
+                          f"got a {type(raw).__name__}.")
+    return raw
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                raw: dict[Any, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, coerced and validated.  ``raw``: the file's mapping as
+    :func:`read_config_file` returned it (then ``path`` is not read again: a pipe can be read
+    only once)."""
     values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file {str(p)!r} does not exist. Pass an existing file with -c, "
-                              "e.g. `-c configs/digits.yml`.")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {err}") from None
+    if raw is None and path is not None:
+        raw = read_config_file(path)
+    if raw is not None:
         if not isinstance(raw, dict):
-            raise ConfigError(f"Config file {str(p)!r} must hold a mapping of key: value, "
+            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of key: value, "
                               f"got a {type(raw).__name__}.")
         values.update(raw)
     values.update(overrides or {})
@@ -264,10 +349,33 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def resume_changes(stored: Config, new: Config, direct: bool = False) -> list[str]:
+    """The run-defining keys whose value in ``new`` differs from the ``stored`` config of the run
+    being resumed, as "key: stored -> new" (empty: the resume may go on).  ``direct``: the model
+    is a directly trained SNN, whose ``t`` is its training T and so defines the run."""
+    safe = set(RESUME_SAFE_KEYS) - ({"t"} if direct else set())
+
+    def same(key: str) -> bool:
+        a, b = getattr(stored, key), getattr(new, key)
+        if key == "data":  # spelled as ann2snn.data looks it up: "Fashion-MNIST" is "fashion_mnist"
+            return str(a).strip().lower().replace("-", "_") == str(b).strip().lower().replace("-", "_")
+        return a == b
+
+    return [f"{k}: {getattr(stored, k)!r} -> {getattr(new, k)!r}" for k in FIELD_NAMES
+            if k not in safe and not same(k)]
+
+
+def resumed_config(stored: Config, new: Config) -> Config:
+    """What a resume runs: ``new`` (equal to ``stored`` in every run-defining key, see
+    :func:`resume_changes`) with the stored values of :data:`RESUME_KEEP_STORED`."""
+    return dataclasses.replace(new, **{k: getattr(stored, k) for k in RESUME_KEEP_STORED})
+
+
 def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config saved in a checkpoint; keys unknown to this version are dropped."""
     return Config(**{k: coerce(k, v) for k, v in d.items() if k in FIELD_NAMES}).validate()
 
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "coerce",
-           "FIELD_NAMES", "MODEL_KEYS", "MAX_WIDTH", "ATTN_CHOICES", "field"]
+__all__ = ["Config", "ConfigError", "load_config", "read_config_file", "parse_config_text", "save_config",
+           "config_from_dict", "coerce", "resume_changes", "resumed_config", "FIELD_NAMES", "MODEL_KEYS",
+           "MAX_WIDTH", "MAX_STEPS", "RESUME_SAFE_KEYS", "RESUME_KEEP_STORED", "ATTN_CHOICES", "field"]

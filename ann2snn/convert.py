@@ -26,15 +26,21 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from ann2snn.graph import ConversionError, add_module, classify, describe, module_path, replace_module, trace
 from ann2snn.layers import LinearBN, MatMul
-from ann2snn.neurons import Clock, DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
-from ann2snn.quant import QCFS
+from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, ScaledNeuron,
+                             SpikeEinsum, SpikeMatMul)
+from ann2snn.quant import QCFS, trace_leaves
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +113,7 @@ def fold_bn(model: nn.Module) -> list[str]:
 def replace_activations(model: nn.Module, neg_rule: str = "exact") -> list[str]:
     """QCFS → ScaledNeuron carrying that site's λ and L."""
     return _replace(model, lambda m: isinstance(m, QCFS),
-                    lambda m: ScaledNeuron(float(m.lam.detach()), m.levels, neg_rule))
+                    lambda m: ScaledNeuron(m.threshold(), m.levels, neg_rule))
 
 
 def replace_maxpool(model: nn.Module) -> list[str]:
@@ -128,6 +134,303 @@ def gate_biases(model: nn.Module, clock: Clock) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# the graph path (exact, rate): every call site of a traced model, each checked
+_BN_PARTNERS = {nn.BatchNorm1d: (nn.Linear, nn.Conv1d), nn.BatchNorm2d: (nn.Conv2d,), nn.BatchNorm3d: (nn.Conv3d,)}
+_RESHAPES_M = {"reshape", "view", "flatten"}
+_PASS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.ZeroPad2d)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_SYNAPSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# linear in every spiking argument: shape ops, sums, averages, selection
+_PASS_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
+                   torch.mean, torch.sum, torch.chunk, torch.split, torch.narrow, torch.roll, torch.movedim,
+                   operator.getitem, operator.neg, torch.neg, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+                   F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.t,
+                   torch.swapaxes, torch.swapdims, torch.unbind, torch.clone}
+_PASS_METHODS = {"flatten", "reshape", "view", "transpose", "permute", "squeeze", "unsqueeze", "mean", "sum",
+                 "chunk", "split", "contiguous", "expand", "expand_as", "repeat", "narrow", "neg", "t", "clone",
+                 "unbind", "movedim", "swapaxes", "swapdims", "roll", "flip", "view_as", "reshape_as", "unflatten",
+                 "type_as", "to", "float", "__getitem__", "size", "dim"}
+_ADDITIVE = {operator.add, operator.sub, torch.add, torch.sub, operator.iadd, operator.isub}
+_JOINS = {torch.cat, torch.stack, torch.concat, torch.concatenate, torch.hstack, torch.vstack}
+_SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, operator.imul, operator.itruediv}
+_MATMULS = {operator.matmul, torch.matmul, torch.bmm}
+_SOFTMAX = {F.softmax, torch.softmax}
+_MAXPOOL_F = {F.max_pool2d, torch.max_pool2d}
+
+
+def _fold_bn_graph(gm: fx.GraphModule, kinds: dict, clock: Clock, gate: bool, report: dict) -> None:
+    """Fold every eval-mode BatchNorm into the Conv/Linear that feeds it when that layer has no
+    other consumer (following the graph: a Linear, then reshapes to [-1, C], then BatchNorm1d also
+    folds, as in :class:`~ann2snn.layers.LinearBN`), with torch's ``fuse_conv_bn_eval`` /
+    ``fuse_linear_bn_eval``.  A BatchNorm that cannot be folded (after an add, at the input, after
+    a layer with two consumers) becomes :class:`~ann2snn.neurons.GatedBatchNorm`: its shift is
+    injected on drive steps only, like a folded bias."""
+    folded, gated = report.setdefault("fold_bn", []), report.setdefault("gate_batchnorm", [])
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        bn = gm.get_submodule(str(node.target))
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue
+        if kinds.get(node) != "spike":
+            continue
+        def consumers(n: fx.Node) -> int:  # shape queries (x.shape, x.size()) read no values
+            return sum(1 for u in n.users if kinds.get(u) != "meta")
+
+        src, chain = node.args[0], []
+        while isinstance(src, fx.Node) and consumers(src) == 1 and (
+                (src.op == "call_method" and src.target in _RESHAPES_M) or
+                (src.op == "call_function" and src.target in (torch.reshape, torch.flatten))):
+            chain.append(src)
+            src = src.args[0]
+        layer = gm.get_submodule(str(src.target)) if isinstance(src, fx.Node) and src.op == "call_module" else None
+        partners = next((p for t, p in _BN_PARTNERS.items() if type(bn) is t), ())
+        ok = (layer is not None and isinstance(layer, partners) and consumers(src) == 1
+              and sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == src.target) == 1
+              and bn.track_running_stats and bn.running_mean is not None)
+        if ok and chain:  # only Linear -> reshape(-1, C) -> BatchNorm1d keeps the channels in place
+            last = chain[-1]
+            shape = list(last.args[1:])
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = list(shape[0])
+            ok = (isinstance(layer, nn.Linear) and len(chain) == 1 and len(shape) == 2 and shape[0] == -1
+                  and (last.op == "call_method" and last.target in ("reshape", "view")
+                       or last.op == "call_function" and last.target is torch.reshape))
+        if ok:
+            fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
+            replace_module(gm, str(src.target), fuse(layer.eval(), bn.eval()))
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            folded.append(str(node.target))
+        elif gate:
+            replace_module(gm, str(node.target), GatedBatchNorm(bn, clock))
+            gated.append(str(node.target))
+
+
+def _dim_arg(node: fx.Node, pos: int, default=None):
+    return node.kwargs.get("dim", node.args[pos] if len(node.args) > pos else default)
+
+
+def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
+                  allow_float_ops: bool | set[str] = False) -> tuple[fx.GraphModule, dict[str, list[str]]]:
+    """Convert a traced QCFS ANN node by node (the ``exact`` and ``rate`` presets).
+
+    Every node that depends on the input (a *spiking* node, :func:`ann2snn.graph.classify`) is
+    either turned into its spike-equivalent operator or checked to be linear, so that the run's
+    mean stays exact:
+
+    - each QCFS call site → its own :class:`~ann2snn.neurons.ScaledNeuron` (a module called at
+      two sites gets two neurons); max-pool (module or ``F.max_pool2d``) → its own
+      :class:`~ann2snn.neurons.MaxPoolNeuron`; ``@`` / ``matmul`` / ``bmm`` / ``einsum`` of two
+      spiking tensors → :class:`~ann2snn.neurons.SpikeMatMul` / :class:`SpikeEinsum`; softmax
+      (``F.softmax``, ``Tensor.softmax``, ``nn.Softmax``) → :class:`~ann2snn.neurons.ECSoftmax`;
+    - BatchNorm folded or gated (:func:`_fold_bn_graph`), biases of Linear/Conv gated
+      (:class:`~ann2snn.neurons.DriveGate`), constants added or concatenated into a spiking path
+      gated (:class:`~ann2snn.neurons.DriveConst`), dropout removed;
+    - linear operations pass: pools by averaging, shape and selection ops, sums and means, add /
+      subtract of spiking tensors, scaling by constants, matmul by a constant;
+    - anything else on a spiking path (sigmoid, tanh, GELU, LayerNorm, ``*`` of two spiking
+      tensors, …) raises :class:`~ann2snn.graph.ConversionError` naming the node, its module path
+      and source line — unless ``allow_float_ops`` (True, or a set of node names) keeps it as a
+      per-step float op, with a warning: the network is then an approximation.
+
+    SpikingJelly 2.0's ``FXConverter`` runs a recipe's fixed template (trace, observers,
+    calibration, replace) built for rate coding of ReLU networks; here there is no calibration
+    (λ comes from training) and every node must be accounted for, so the walk is our own.  Its
+    conv-BN fusion pattern is the same as ours, and both use torch's ``fuse_conv_bn_eval``.
+    """
+    gm = trace(net, trace_leaves())
+    kinds = classify(gm)
+    report: dict[str, list[str]] = {}
+    _fold_bn_graph(gm, kinds, clock, opts.gate_bias, report)
+    neurons, pools, products, softmaxes = [], [], [], []
+    gated_consts, removed, kept_float = [], [], []
+    seen_targets: set[str] = set()
+
+    def site(node: fx.Node, module: nn.Module, base: str) -> None:
+        """Give ``node`` its own stateful ``module``: at the node's target on its first call, under a
+        new name on later calls (or for a function/method node)."""
+        if node.op == "call_module" and str(node.target) not in seen_targets:
+            seen_targets.add(str(node.target))
+            replace_module(gm, str(node.target), module)
+            return
+        node.target = add_module(gm, base, module)
+
+    def retarget(node: fx.Node, module: nn.Module, base: str, args: tuple) -> str:
+        path = module_path(node)
+        base = f"{path}.{base}" if path and node.op != "call_module" else base
+        if node.op == "call_module" and str(node.target) not in seen_targets:
+            seen_targets.add(str(node.target))
+            replace_module(gm, str(node.target), module)
+            node.args, node.kwargs = args, {}
+            return str(node.target)
+        name = add_module(gm, base, module)
+        node.op, node.target, node.args, node.kwargs = "call_module", name, args, {}
+        return name
+
+    def gate_const(node: fx.Node, arg):
+        """A constant operand of an additive op, injected on drive steps only."""
+        if isinstance(arg, fx.Node) and kinds.get(arg) == "spike":
+            return arg
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool) and arg == 0:
+            return arg
+        if not opts.gate_bias:
+            return arg
+        path = module_path(node)
+        name = add_module(gm, f"{path}.drive_const_{node.name}" if path else f"drive_const_{node.name}",
+                          DriveConst(clock, None if isinstance(arg, fx.Node) else arg))
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (arg,) if isinstance(arg, fx.Node) else ())
+        kinds[new] = "const"
+        gated_consts.append(node.name)
+        return new
+
+    def refuse(node: fx.Node, why: str, fix: str) -> None:
+        if allow_float_ops is True or (isinstance(allow_float_ops, (set, frozenset, list, tuple))
+                                       and node.name in allow_float_ops):
+            warnings.warn(f"convert: keeping {describe(node, gm)} as a per-step float op ({why}); the SNN "
+                          "is an approximation of the quantized ANN there", stacklevel=3)
+            kept_float.append(node.name)
+            return
+        raise ConversionError(f"Cannot convert {describe(node, gm)} exactly: {why}. {fix} (To accept a "
+                              f"per-step float approximation instead, pass allow_float_ops={{'{node.name}'}}.)")
+
+    for node in list(gm.graph.nodes):
+        if kinds.get(node) != "spike" or node.op in ("placeholder", "output"):
+            continue
+        spiking_args = [a for a in list(node.args) + list(node.kwargs.values())  # with repeats: h * h has two
+                        if isinstance(a, fx.Node) and kinds.get(a) == "spike"]
+        if node.op == "call_module":
+            mod = gm.get_submodule(str(node.target))
+            if isinstance(mod, QCFS):
+                site(node, ScaledNeuron(mod.threshold(), mod.levels, opts.neg_rule), str(node.target))
+                neurons.append(str(node.target))
+            elif isinstance(mod, nn.MaxPool2d):
+                if mod.return_indices:
+                    refuse(node, "a max-pool that returns indices has no spiking form", "Use return_indices=False.")
+                    continue
+                site(node, MaxPoolNeuron.from_maxpool(mod), str(node.target))
+                pools.append(str(node.target))
+            elif isinstance(mod, MatMul):
+                if len(spiking_args) == 2:
+                    site(node, SpikeMatMul(clock), str(node.target))
+                    products.append(str(node.target))
+            elif isinstance(mod, nn.Softmax):
+                if mod.dim is None:
+                    refuse(node, "nn.Softmax with dim=None (implicit dimension)", "Give nn.Softmax a dim.")
+                    continue
+                site(node, ECSoftmax(mod.dim, clock), str(node.target))
+                softmaxes.append(str(node.target))
+            elif isinstance(mod, _DROPOUT):
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+                removed.append(node.name)
+            elif isinstance(mod, _SYNAPSES + _PASS_MODULES + (GatedBatchNorm, DriveGate)):
+                pass  # linear maps (biases gated below)
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                pass  # left unfolded and ungated: only when gate_bias is off
+            else:
+                refuse(node, f"{type(mod).__name__} is not linear and has no spike-equivalent operator here",
+                       "Replace it by a ReLU (quantized to QCFS), or by an operator this converter supports.")
+            continue
+        t = node.target
+        fn = node.op == "call_function"
+        meth = node.op == "call_method"
+        if (fn and t in _MATMULS) or (meth and t in ("matmul", "bmm", "__matmul__")):
+            if len(spiking_args) == 2:
+                retarget(node, SpikeMatMul(clock), f"matmul_{node.name}", tuple(node.args[:2]))
+                products.append(node.name)
+            continue  # a product with a constant is linear
+        if fn and t is torch.einsum:
+            operands = [a for a in node.args[1:]] if not isinstance(node.args[1], (list, tuple)) else list(node.args[1])
+            sp = [a for a in operands if isinstance(a, fx.Node) and kinds.get(a) == "spike"]
+            if len(sp) == 2 and len(operands) == 2:
+                retarget(node, SpikeEinsum(node.args[0], clock), f"einsum_{node.name}", tuple(operands))
+                products.append(node.name)
+            elif len(sp) > 1:
+                refuse(node, "an einsum of more than two spiking operands is not bilinear",
+                       "Split it into products of two operands.")
+            continue
+        if (fn and t in _SOFTMAX) or (meth and t == "softmax"):
+            dim = _dim_arg(node, 1)
+            if dim is None:
+                refuse(node, "softmax without an explicit dim", "Pass dim=... to softmax.")
+                continue
+            retarget(node, ECSoftmax(dim, clock), f"softmax_{node.name}", (node.args[0],))
+            softmaxes.append(node.name)
+            continue
+        if fn and t in _MAXPOOL_F:
+            a = list(node.args) + [None] * 6
+            kw = node.kwargs
+            k = kw.get("kernel_size", a[1])
+            stride = kw.get("stride", a[2]) or k
+            if kw.get("return_indices", a[6] if len(node.args) > 6 else False):
+                refuse(node, "a max-pool that returns indices has no spiking form", "Use return_indices=False.")
+                continue
+            pool = MaxPoolNeuron(k, stride, kw.get("padding", a[3] if a[3] is not None else 0),
+                                 kw.get("dilation", a[4] if a[4] is not None else 1),
+                                 bool(kw.get("ceil_mode", a[5] if a[5] is not None else False)))
+            retarget(node, pool, f"maxpool_{node.name}", (node.args[0],))
+            pools.append(node.name)
+            continue
+        if (fn and t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.dropout)) or \
+                (meth and t == "dropout"):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            removed.append(node.name)
+            continue
+        if (fn and t in _ADDITIVE) or (meth and t in ("add", "sub", "__add__", "__sub__", "__radd__", "__rsub__")):
+            node.args = tuple(gate_const(node, a) for a in node.args)
+            continue
+        if fn and t in _JOINS:
+            seq = node.args[0]
+            node.args = (type(seq)(gate_const(node, a) for a in seq),) + tuple(node.args[1:])
+            continue
+        if (fn and t in _SCALING) or (meth and t in ("mul", "div", "__mul__", "__truediv__", "__rmul__")):
+            if len(spiking_args) > 1:
+                refuse(node, "a product of two spiking tensors (elementwise *) has no exact running-sum form "
+                       "here", "Use a matrix product (@), which converts exactly, or make one factor constant.")
+            elif (t in (operator.truediv, torch.div, operator.itruediv) or (meth and t in ("div", "__truediv__"))) \
+                    and len(node.args) > 1 and isinstance(node.args[1], fx.Node) and kinds.get(node.args[1]) == "spike":
+                refuse(node, "division by a spiking tensor is not linear", "Divide by a constant instead.")
+            continue
+        if (fn and t in _PASS_FUNCTIONS) or (meth and t in _PASS_METHODS) or (fn and t is getattr):
+            continue
+        if fn and t in (F.linear, F.conv1d, F.conv2d, F.conv3d):
+            bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
+            if bias is not None and opts.gate_bias:
+                refuse(node, "a functional linear/conv with a bias would inject the bias on every step",
+                       "Use an nn.Linear / nn.Conv module, whose bias is gated to the input steps.")
+            continue
+        if fn and t in (F.pad,) and node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0) in (0, 0.0, None):
+            continue
+        refuse(node, "this operation is not linear and has no spike-equivalent operator here",
+               "Replace it by a ReLU (quantized to QCFS) or a supported operator; LayerNorm, GELU, sigmoid and "
+               "tanh are not supported yet")
+    if opts.gate_bias:
+        gates = []
+        for name, mod in list(gm.named_modules()):
+            if isinstance(mod, _SYNAPSES) and mod.bias is not None:
+                parent = name.rpartition(".")[0]
+                if parent and isinstance(gm.get_submodule(parent), DriveGate):
+                    continue
+                replace_module(gm, name, DriveGate(mod, clock))
+                gates.append(name)
+        report["gate_biases"] = gates
+    report.update(replace_activations=neurons, replace_maxpool=pools, replace_products=products,
+                  replace_softmax=softmaxes, gate_constants=gated_consts, remove_dropout=removed,
+                  kept_float_ops=kept_float)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()  # folded BatchNorms, replaced dropouts
+    gm.recompile()
+    if not neurons:
+        raise ConversionError("convert: no QCFS site lies on the path from the input to the output; nothing "
+                              "would spike. Quantize the model's activations (ann2snn.quantize) first.")
+    return gm, report
+
+
+# --------------------------------------------------------------------------------------------
 class SpikingNetwork(nn.Module):
     """A converted network: ``net`` processes one time step per call; ``clock`` is its time."""
 
@@ -142,26 +445,116 @@ class SpikingNetwork(nn.Module):
         return [m for m in self.net.modules() if isinstance(m, ScaledNeuron)]
 
 
-def convert(ann: nn.Module, options: ConversionOptions | str = "exact") -> SpikingNetwork:
-    """Copy a trained QCFS ANN and convert the copy; the ANN is left untouched."""
+def convert(ann: nn.Module, options: ConversionOptions | str = "exact", *,
+            allow_float_ops: bool | set[str] = False) -> SpikingNetwork:
+    """Copy a trained QCFS ANN and convert the copy; the ANN is left untouched.
+
+    ``exact`` and ``rate`` trace the model and convert it node by node (:func:`convert_graph`):
+    any model torch.fx can trace, whose every operation on the path from the input is either a
+    QCFS site, a max-pool, a product, a softmax or linear; anything else is refused with a
+    :class:`~ann2snn.graph.ConversionError` that names the node (``allow_float_ops`` keeps such
+    nodes as per-step float ops instead, with a warning).  ``seed`` reproduces the original
+    toolkit on its own models by module replacement, defects included.
+    """
+    if isinstance(options, str) and options not in PRESETS:
+        raise ValueError(f"unknown preset {options!r}; choose one of {sorted(PRESETS)}")
     opts = PRESETS[options] if isinstance(options, str) else options
     if not any(isinstance(m, QCFS) for m in ann.modules()):
-        raise ValueError("convert() needs a QCFS-quantized ANN (run ann2snn.quantize before "
-                         "training); this model has no QCFS activation sites.")
+        raise ConversionError("convert() needs a QCFS-quantized ANN (run ann2snn.quantize before training or "
+                              "fine-tuning); this model has no QCFS activation sites.")
     net = copy.deepcopy(ann).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     clock = Clock()
-    report: dict[str, list[str]] = {}
-    if opts.fold_bn:
-        report["fold_bn"] = fold_bn(net)
-    report["replace_activations"] = replace_activations(net, opts.neg_rule)
-    report["replace_maxpool"] = replace_maxpool(net)
-    if opts.equivalent_ops:
-        report["replace_attention_ops"] = replace_attention_ops(net, clock)
-    if opts.gate_bias:
-        report["gate_biases"] = gate_biases(net, clock)
+    report: dict[str, list[str]]
+    if opts.equivalent_ops and opts.fold_bn:
+        net, report = convert_graph(net, opts, clock, allow_float_ops)
+    else:  # the seed preset: the original's per-step operators on its own model family
+        report = {}
+        if opts.fold_bn:
+            report["fold_bn"] = fold_bn(net)
+        report["replace_activations"] = replace_activations(net, opts.neg_rule)
+        report["replace_maxpool"] = replace_maxpool(net)
+        if opts.equivalent_ops:
+            report["replace_attention_ops"] = replace_attention_ops(net, clock)
+        if opts.gate_bias:
+            report["gate_biases"] = gate_biases(net, clock)
     for step, names in report.items():
-        log.info("convert: %s replaced %d module(s)", step, len(names))
+        if names:
+            log.info("convert: %s: %d", step, len(names))
     return SpikingNetwork(net, clock, opts, report).eval()
 
+
+def simulator_for(model: nn.Module, cfg):
+    """The :class:`~ann2snn.simulate.Simulator` for a trained model: converted with ``cfg.preset`` when it is a QCFS ANN,
+    stepped as trained (no conversion; ``preset`` does not apply) when it is a direct SNN."""
+    from ann2snn.models import model_kind
+    from ann2snn.models.direct import DirectNetwork
+    from ann2snn.simulate import Simulator
+
+    if model_kind(cfg.model) == "convertible":
+        return Simulator(convert(model, cfg.preset))
+    log.info("%s is a directly trained SNN: evaluated step by step as trained, no conversion "
+             "(preset %r does not apply)", cfg.model, cfg.preset)
+    return Simulator(DirectNetwork(model))
+
+
+# --------------------------------------------------------------------------------------------
+# verify: does the converted network settle on the quantized ANN?
+VERIFY_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = VERIFY_TOLERANCE,
+           max_steps: int = 1024) -> dict:
+    """Run the converted network on ``batch`` until it is quiescent and compare its output mean with
+    the quantized ANN's logits.
+
+    ``snn``: a :class:`SpikingNetwork` (or a :class:`~ann2snn.simulate.Simulator` of one);
+    ``batch``: an input tensor or an ``(x, y)`` pair.  The run feeds ``t`` input steps (default:
+    the largest L of the network's neurons) and then zeros until a zero-input step changes no
+    operator's state (no neuron fires, no running sum moves): from then on nothing can change, so
+    the output is final.  Returns ``{"max_abs_diff", "scale", "tolerance", "ok", "t",
+    "settle_steps", "quiescent", "steps_run"}``, where ``scale`` is the largest |ANN logit|,
+    ``ok`` means ``max_abs_diff ≤ tolerance · max(1, scale)`` and ``settle_steps`` counts the steps
+    until the last state change (input steps included).  Under the ``exact`` preset a correct
+    conversion gives ok = True; under ``rate`` or ``seed`` the SNN approximates the ANN and the
+    difference says by how much.
+    """
+    from spikingjelly.activation_based import base
+
+    from ann2snn.simulate import Simulator
+
+    sim = snn if isinstance(snn, Simulator) else Simulator(snn)
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    p = next(sim.snn.parameters(), None)
+    x = x.to(p.device if p is not None else torch.device("cpu"))
+    levels = [n.levels for n in sim.neurons if n.levels]
+    t = int(t or (max(levels) if levels else 1))
+    ann.eval()
+    ref = ann(x)
+    moved = [False]
+    stateful = [m for m in sim.snn.modules() if isinstance(m, base.MemoryModule)]
+
+    def watch(module, args, out):
+        if isinstance(out, torch.Tensor) and bool((out != 0).any()):
+            moved[0] = True
+
+    handles = [m.register_forward_hook(watch) for m in stateful]
+    settle, quiescent, steps, cum = t, False, 0, None
+    try:
+        for steps, cum in enumerate(sim.iter_run(x, t, max_steps), 1):
+            if steps > t and not moved[0]:
+                quiescent = True
+                break
+            if moved[0] or steps <= t:
+                settle = steps
+            moved[0] = False
+    finally:
+        for h in handles:
+            h.remove()
+    diff = float((cum / t - ref).abs().max())
+    scale = float(ref.abs().max())
+    ok = diff <= tolerance * max(1.0, scale)
+    return {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "ok": bool(ok and quiescent), "t": t,
+            "settle_steps": settle, "quiescent": quiescent, "steps_run": steps}

@@ -215,3 +215,66 @@ class DriveGate(nn.Module):
         if isinstance(layer, nn.Linear):
             return F.linear(x, layer.weight, bias)
         return layer._conv_forward(x, layer.weight, bias)
+
+
+class SpikeEinsum(_RunningOp):
+    """Spike-equivalent ``torch.einsum(equation, a, b)`` of two spiking operands (bilinear, like
+    :class:`SpikeMatMul`): R_k = einsum(A_k, B_k) / n_k."""
+
+    def __init__(self, equation: str, clock: Clock):
+        super().__init__(clock)
+        self.equation = equation
+        self.register_memory("acc_a", None)
+        self.register_memory("acc_b", None)
+
+    def single_step_forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.acc_a = a if self.acc_a is None else self.acc_a + a
+        self.acc_b = b if self.acc_b is None else self.acc_b + b
+        n = max(self.clock.driven, 1)
+        return self._emit(torch.einsum(self.equation, self.acc_a, self.acc_b) / n)
+
+    def forward(self, a, b):
+        return self.single_step_forward(a, b)
+
+    def extra_repr(self) -> str:
+        return f"equation={self.equation!r}"
+
+
+class DriveConst(nn.Module):
+    """A constant (a tensor or a number) added into a spiking path, injected only on drive steps:
+    the position embedding or class token of a ViT, a constant shift.  Like a bias, it must arrive
+    once per input step, so that the run's mean carries it exactly once."""
+
+    def __init__(self, clock: Clock, value: float | None = None):
+        super().__init__()
+        self.clock, self.value = clock, value
+
+    def forward(self, c=None):
+        c = self.value if c is None else c
+        if self.clock.drive:
+            return c
+        return torch.zeros_like(c) if isinstance(c, torch.Tensor) else 0.0 * c
+
+    def extra_repr(self) -> str:
+        return "" if self.value is None else f"value={self.value!r}"
+
+
+class GatedBatchNorm(nn.Module):
+    """An eval-mode BatchNorm that could not be folded into a preceding layer (it follows an add,
+    a pool, or the input): ``x·s + b`` per channel (axis 1) with s = γ/√(var + ε) and
+    b = β − mean·s, its shift b injected only on drive steps, like a folded bias."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, clock: Clock):
+        super().__init__()
+        scale = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            scale = scale * bn.weight.detach()
+        shift = -bn.running_mean * scale + (bn.bias.detach() if bn.affine else 0.0)
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+        self.clock = clock
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = x * self.scale.view(shape)
+        return y + self.shift.view(shape) if self.clock.drive else y

@@ -49,37 +49,225 @@ class _QCFSFunction(torch.autograd.Function):
 
 
 class QCFS(nn.Module):
-    """QCFS activation with a learnable threshold ``lam`` (λ) and ``levels`` (L) steps."""
+    """QCFS activation with a learnable threshold ``lam`` (λ) and ``levels`` (L) steps.
 
-    def __init__(self, levels: int = 4, lambda_init: float = 8.0):
+    ``clip`` (for a clipped ReLU such as ReLU6): the effective threshold is min(λ, clip), so the
+    output never exceeds the clip the model was built with.  ``calibrating`` (set by
+    :func:`calibrate`) makes the site a plain (clipped) ReLU while its statistics are gathered.
+    """
+
+    def __init__(self, levels: int = 4, lambda_init: float = 8.0, clip: float | None = None):
         super().__init__()
         if levels < 1:
             raise ValueError(f"QCFS needs levels >= 1, got {levels}")
         self.levels = int(levels)
-        self.lam = nn.Parameter(torch.tensor(float(lambda_init)))
+        self.clip = None if clip is None else float(clip)
+        init = float(lambda_init) if clip is None else min(float(lambda_init), float(clip))
+        self.lam = nn.Parameter(torch.tensor(init))
+        self.calibrating = False
+
+    def effective_lambda(self) -> torch.Tensor:
+        return self.lam if self.clip is None else self.lam.clamp(max=self.clip)
+
+    def threshold(self) -> float:
+        """The λ the converted neuron uses: min(λ, clip)."""
+        return float(self.effective_lambda().detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = self.lam.to(x.dtype) if x.dtype != self.lam.dtype else self.lam
+        if self.calibrating:
+            return x.clamp(min=0) if self.clip is None else x.clamp(0, self.clip)
+        lam = self.effective_lambda()
+        lam = lam.to(x.dtype) if x.dtype != lam.dtype else lam
         return _QCFSFunction.apply(x, lam, self.levels)
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, lam={float(self.lam.detach()):.4g}"
+        clip = "" if self.clip is None else f", clip={self.clip:g}"
+        return f"levels={self.levels}, lam={float(self.lam.detach()):.4g}{clip}"
 
 
-def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0) -> nn.Module:
-    """Replace every ``nn.ReLU`` module of ``model`` by its own :class:`QCFS` site with ``levels``
-    levels and initial threshold ``lambda_init``, in place (done before training: QCFS's
-    "replace the activation by the quantization-clip-floor-shift function").  Returns ``model``;
-    the replaced module names are logged.  A model with no ReLU module is refused."""
-    names = [name for name, m in model.named_modules() if name and isinstance(m, nn.ReLU)]
-    if not names:
-        raise ValueError(f"quantize: {type(model).__name__} has no nn.ReLU module to replace by QCFS")
-    for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, QCFS(levels, lambda_init))
-    log.info("quantize: %d ReLU site(s) -> QCFS(L=%d)", len(names), levels)
-    return model
+# --------------------------------------------------------------------------------------------
+# quantize: every activation call site gets its own QCFS
+def trace_leaves() -> tuple[type, ...]:
+    """Module types torch.fx records as calls without looking inside: QCFS, the marker product,
+    and the spiking operators of a converted network."""
+    from ann2snn.layers import MatMul
+    from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
+
+    return (QCFS, MatMul, ScaledNeuron, MaxPoolNeuron, SpikeMatMul, ECSoftmax, DriveGate)
 
 
-__all__ = ["QCFS", "qcfs", "quantize"]
+def _activation_clip(node, gm) -> tuple[bool, float | None, bool]:
+    """(is a ReLU-family activation, its clip or None, in place) for an fx node."""
+    import torch.nn.functional as F
+
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        if type(m) is nn.ReLU:
+            return True, None, bool(m.inplace)
+        if isinstance(m, nn.Hardtanh) and float(m.min_val) == 0.0:  # ReLU6 is a Hardtanh(0, 6)
+            return True, float(m.max_val), bool(m.inplace)
+        return False, None, False
+    if node.op == "call_function":
+        t = node.target
+        if t in (F.relu, torch.relu):
+            return True, None, bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+        if t in (torch.relu_, F.relu_):
+            return True, None, True
+        if t is F.relu6:
+            return True, 6.0, bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+        if t is F.hardtanh:
+            lo = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
+            hi = node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0)
+            inplace = node.kwargs.get("inplace", node.args[3] if len(node.args) > 3 else False)
+            if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and float(lo) == 0.0:
+                return True, float(hi), bool(inplace)
+        return False, None, False
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return True, None, node.target == "relu_"
+    return False, None, False
+
+
+def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=None,
+             percentile: float = 99.9, calibration_batches: int = 4) -> nn.Module:
+    """Give every call site of a ReLU-family activation of ``model`` its own :class:`QCFS` site
+    with ``levels`` levels (done before training or fine-tuning: QCFS's "replace the activation by
+    the quantization-clip-floor-shift function", Bu et al., ICLR 2022).
+
+    The model is traced with torch.fx (:func:`ann2snn.graph.trace`), so every *call* is found:
+    ``nn.ReLU`` / ``nn.ReLU6`` / ``nn.Hardtanh(0, c)`` modules (a module called at two sites gets
+    two QCFS sites), ``F.relu`` / ``torch.relu`` / ``Tensor.relu`` / ``relu_`` / ``F.relu6`` /
+    ``F.hardtanh(x, 0, c)``, in place or not.  A clipped ReLU becomes QCFS with its clip
+    respected (λ ≤ c).  When every site is a module called exactly once, the modules are replaced
+    in place and ``model`` itself is returned (its class and state-dict names are kept);
+    otherwise the rewritten :class:`torch.fx.GraphModule` is returned (QCFS modules of shared or
+    functional sites are added under new names; the original parameters are shared).
+
+    ``calibrate``: a loader (or iterable of ``(x, y)`` / ``x`` batches); each λ is then initialised
+    to the ``percentile``-th percentile of its site's (clipped) ReLU activations over the first
+    ``calibration_batches`` batches (:func:`calibrate`), the usual start for fine-tuning a
+    pretrained ReLU network.  Raises :class:`~ann2snn.graph.ConversionError` for an untraceable
+    model (naming the line) or one with no ReLU activation.
+    """
+    from ann2snn.graph import ConversionError, add_module, describe, module_path, replace_module, trace
+
+    gm = trace(model, trace_leaves())
+    sites = []
+    for node in gm.graph.nodes:
+        is_act, clip, inplace = _activation_clip(node, gm)
+        if is_act:
+            sites.append((node, clip, inplace))
+    if not sites:
+        raise ConversionError(f"quantize: {type(model).__name__} has no ReLU-family activation (ReLU, ReLU6, "
+                              "Hardtanh(0, c), F.relu, Tensor.relu) to replace by QCFS. Other activations (GELU, "
+                              "SiLU, sigmoid) cannot become QCFS sites: build the model with ReLU.")
+    uses: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            uses[str(node.target)] = uses.get(str(node.target), 0) + 1
+    in_place = all(n.op == "call_module" and uses[str(n.target)] == 1 for n, _, _ in sites)
+    if in_place:  # the module tree already has one module per site: keep the model's own class
+        for node, clip, _ in sites:
+            replace_module(model, str(node.target), QCFS(levels, lambda_init, clip))
+        log.info("quantize: %d activation site(s) -> QCFS(L=%d), in place", len(sites), levels)
+        out = model
+    else:
+        seen: set[str] = set()
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        for node, clip, inplace in sites:
+            q = QCFS(levels, lambda_init, clip)
+            if node.op == "call_module" and str(node.target) not in seen:
+                name = str(node.target)
+                seen.add(name)
+                replace_module(gm, name, q)  # its first call site keeps the module's name
+                continue
+            if node.op == "call_module":  # a later call of a shared module: a sibling site
+                base = str(node.target)
+            else:  # a functional or method call: a site in the module whose forward made it
+                path = module_path(node)
+                base = f"{path}.{node.name}" if path else node.name
+            name = add_module(gm, base, q)
+            src = node.args[0]
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(name, (src,))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            if inplace and isinstance(src, torch.fx.Node):  # later readers of the input saw the activation
+                for user in list(src.users):
+                    if user is not new and order.get(user, -1) > order[node]:
+                        user.replace_input_with(src, new)
+            gm.graph.erase_node(node)
+        gm.graph.lint()
+        gm.recompile()
+        log.info("quantize: %d activation site(s) -> QCFS(L=%d); the model is rewritten as a graph "
+                 "(shared or functional activations)", len(sites), levels)
+        out = gm
+    if not any(isinstance(m, QCFS) for m in out.modules()):  # pragma: no cover - defensive
+        raise ConversionError(f"quantize: no QCFS site was created in {describe(sites[0][0], gm)}")
+    if calibrate is not None:
+        calibrate_lambdas(out, calibrate, percentile, calibration_batches)
+    return out
+
+
+@torch.no_grad()
+def calibrate_lambdas(model: nn.Module, loader, percentile: float = 99.9, batches: int = 4) -> dict[str, float]:
+    """Set every QCFS site's λ to the ``percentile``-th percentile of its activations.
+
+    The sites act as plain (clipped) ReLUs while the first ``batches`` batches of ``loader`` run
+    through the model in eval mode, so the statistics are those of the ReLU network; then
+    λ = percentile of each site's outputs (at most its clip; left unchanged where a site never
+    fires).  Returns {site name: λ}.  A robust-percentile start is the usual choice for
+    pretrained networks (Rueckauer et al., Front. Neurosci. 2017; SpikingJelly's '99.9%' mode).
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    sites = {name: m for name, m in model.named_modules() if isinstance(m, QCFS)}
+    if not sites:
+        raise ValueError("calibrate: the model has no QCFS site; run quantize first")
+    samples: dict[str, list[torch.Tensor]] = {n: [] for n in sites}
+    gen = torch.Generator().manual_seed(0)
+    limit = 1 << 18  # values kept per site and batch: enough for a 99.9th percentile
+
+    def keep(name):
+        def hook(module, args, out):
+            flat = out.detach().flatten().float().cpu()
+            if flat.numel() > limit:
+                flat = flat[torch.randint(flat.numel(), (limit,), generator=gen)]
+            samples[name].append(flat)
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in sites.items()]
+    was = model.training
+    model.eval()
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
+    try:
+        for m in sites.values():
+            m.calibrating = True
+        seen = 0
+        for batch in loader:
+            if seen >= batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(dev))
+            seen += 1
+        if not seen:
+            raise ValueError("calibrate: the loader yielded no batch")
+    finally:
+        for m in sites.values():
+            m.calibrating = False
+        for h in handles:
+            h.remove()
+        model.train(was)
+    out = {}
+    for name, m in sites.items():
+        vals = torch.cat(samples[name])
+        lam = float(torch.quantile(vals, percentile / 100.0)) if vals.numel() else 0.0
+        if lam > 0:
+            m.lam.fill_(lam if m.clip is None else min(lam, m.clip))
+        out[name] = float(m.lam)
+    log.info("calibrate: λ of %d QCFS site(s) from the %.4g-th percentile over %d batch(es): min %.3g, max %.3g",
+             len(out), percentile, seen, min(out.values()), max(out.values()))
+    return out
+
+
+__all__ = ["QCFS", "calibrate_lambdas", "qcfs", "quantize"]

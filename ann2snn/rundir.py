@@ -19,19 +19,37 @@
   checkpoints keeps them all: they are finite (training never saves non-finite weights), so
   ``LATEST`` never names a diverged model.
 - ``--resume`` continues from ``last.pt``; ``log.csv`` rows of epochs after it (written before a
-  kill, but not checkpointed) are dropped, so the log matches an uninterrupted run's.
+  kill, but not checkpointed) are dropped, so the log matches an uninterrupted run's.  Anything
+  else wrong in ``log.csv`` (bytes that are not UTF-8, NUL bytes, malformed rows before the last
+  line, a foreign header) is an error naming the line (:func:`check_log`): only a partial last
+  line is what a kill leaves.
+- One training at a time per run directory: :func:`locked` holds an exclusive ``flock`` on the
+  directory for the whole training, so a second one refuses instead of interleaving ``log.csv``
+  and overwriting the first one's checkpoints.
+- A ``config.yaml`` or ``log.csv`` that is not an ann2snn run's is never overwritten
+  (:func:`check_own_files`).
+- ``<out_root>/LATEST`` is read and written here only (:func:`read_latest`, :func:`write_latest`);
+  every write goes to its own temporary file, so concurrent runs never collide.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import fcntl
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
+from ann2snn.config import FIELD_NAMES, ConfigError
+
 log = logging.getLogger("ann2snn")
+LATEST = "LATEST"  # <out_root>/LATEST: the absolute path of the most recent run with a best_model.pt
 _WRITTEN = ("config.yaml", "log.csv")  # what training writes before its first checkpoint
 CHECKPOINTS = ("best_model.pt", "last.pt")  # what it writes after each epoch
 
@@ -41,8 +59,8 @@ class _Claim:
     run_dir: Path
     foreign: bool  # it held other files (a folder of the user's): training's files are left there
     had_checkpoint: bool  # it held a run's checkpoint before this invocation (a --resume)
-    latest: Path | None  # the LATEST marker training may update, and its text before
-    latest_before: str | None
+    out_root: Path | None  # the folder whose LATEST training may update, and the run LATEST named before
+    latest_before: Path | None
 
 
 _CLAIMED: list[list[_Claim]] = []  # one list per active cleanup_on_failure()
@@ -64,23 +82,207 @@ def remove_stale_temps(run_dir: Path) -> None:
             p.unlink()
 
 
-def claim(run_dir: Path, latest: Path | None = None) -> None:
+# --------------------------------------------------------------------------------------------
+# LATEST
+def _latest_fix(marker: Path) -> str:
+    return (f"Delete it (`rm {marker}`) and pass -c CONFIG or --checkpoint PATH, or train again "
+            "(training rewrites it).")
+
+
+def read_latest(out_root: str | os.PathLike) -> Path | None:
+    """The run ``<out_root>/LATEST`` names, or None when there is no such file.  A marker that
+    cannot be read or does not hold one path (bytes that are not UTF-8, NUL bytes, nothing, several
+    lines) is a ConfigError saying so; whether the run still exists is the caller's question."""
+    marker = Path(out_root) / LATEST
+    try:
+        data = marker.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(f"{str(marker)!r} is a directory, not the marker file naming the latest run. "
+                          f"Move it away, then pass -c CONFIG or --checkpoint PATH, or train again.") from None
+    except OSError as err:
+        raise ConfigError(f"{str(marker)!r} cannot be read ({err.strerror or err}). Fix its permissions, or "
+                          "pass -c CONFIG or --checkpoint PATH.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{str(marker)!r} is corrupt: it holds bytes that are not UTF-8 text, not the path "
+                          f"of a run. {_latest_fix(marker)}") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "\0" in text or len(lines) != 1:
+        what = "NUL bytes" if "\0" in text else "nothing" if not lines else f"{len(lines)} lines"
+        raise ConfigError(f"{str(marker)!r} is corrupt: it holds {what}, not the path of one run. "
+                          f"{_latest_fix(marker)}")
+    return Path(lines[0])
+
+
+def write_latest(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> None:
+    """Make ``<out_root>/LATEST`` name ``run_dir`` (absolute), atomically: the text goes to a
+    temporary file of its own (unique name, same folder), is fsync'ed and renamed over the marker,
+    so readers see the old or the new path and concurrent writers never share a temporary file."""
+    root = Path(out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{LATEST}.", suffix=".tmp", dir=root)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide it from other users of the folder
+            f.write(f"{Path(run_dir).resolve()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / LATEST)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# the run directory: lock, ownership checks, claim and cleanup
+@contextlib.contextmanager
+def locked(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``run_dir`` while the block runs (a training: rank 0 only).
+
+    The lock is a ``flock`` on a descriptor of the directory itself (no lock file that a kill
+    could leave behind, nothing for the foreign-files check to see); the kernel drops it when the
+    process ends, however it ends.  A second training of the same folder gets a ConfigError at
+    once.  Creates ``run_dir`` (and missing parents) if needed, and removes the ones it created
+    again on exit when they are still empty (a run refused before it wrote anything)."""
+    run_dir = Path(run_dir)
+    created: list[Path] = []
+    for d in [*reversed(run_dir.parents), run_dir]:
+        if d.is_dir():
+            continue
+        try:
+            d.mkdir()
+            created.append(d)
+        except FileExistsError:
+            pass  # made by someone else meanwhile (or a file: os.open below says so)
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    log.warning("could not lock %s (%s): a concurrent training of it would not be detected",
+                                run_dir, err.strerror or err)
+                else:
+                    raise ConfigError(f"{str(run_dir)!r} is being trained by another process; wait for it, or "
+                                      "use another --out/--id.") from None
+            yield run_dir
+        finally:
+            os.close(fd)  # releases the lock
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
+
+
+def _is_own_config(path: Path) -> str | None:
+    """None when ``path`` holds an ann2snn config (a mapping of config keys), else why not."""
+    try:
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        return f"it cannot be read as YAML ({type(err).__name__})"
+    if not isinstance(raw, dict) or not raw:
+        return f"it holds {'nothing' if not raw else 'a ' + type(raw).__name__}, not a mapping of config keys"
+    unknown = [k for k in raw if not isinstance(k, str) or k not in FIELD_NAMES]
+    if unknown:
+        keys = ", ".join(repr(k) for k in unknown[:3]) + (", …" if len(unknown) > 3 else "")
+        return f"it has keys that are not ann2snn config keys: {keys}"
+    return None
+
+
+def check_own_files(run_dir: str | os.PathLike, log_fields: list[str]) -> None:
+    """Refuse a ``run_dir`` whose ``config.yaml`` or ``log.csv`` is not an ann2snn run's: training
+    would overwrite them.  Reads only; call before anything is written."""
+    run_dir = Path(run_dir)
+    cfg = run_dir / "config.yaml"
+    if cfg.exists():
+        why = _is_own_config(cfg) if cfg.is_file() else "it is not a file"
+        if why:
+            raise ConfigError(f"{str(cfg)!r} is not an ann2snn run's config ({why}); training would overwrite "
+                              "it. Pass another --out (or --id), or move the file away.")
+    log_path = run_dir / "log.csv"
+    if log_path.exists():
+        header = ",".join(log_fields)
+        try:
+            first = log_path.read_bytes().split(b"\n", 1)
+        except OSError as err:
+            raise ConfigError(f"{str(log_path)!r} cannot be read ({err.strerror or err}). Fix its permissions, "
+                              "or pass another --out (or --id).") from None
+        line = first[0].rstrip(b"\r")
+        complete = len(first) > 1
+        ok = line == header.encode() or (not complete and header.encode().startswith(line))
+        if not ok:
+            shown = line[:80].decode("utf-8", "replace")
+            raise ConfigError(f"{str(log_path)!r} is not an ann2snn training log (its first line is {shown!r}, not "
+                              f"the header {header!r}); training would overwrite it. Pass another --out (or "
+                              "--id), or move the file away.")
+
+
+def check_log(log_path: str | os.PathLike, log_fields: list[str]) -> None:
+    """Refuse to ``--resume`` into a ``log.csv`` holding anything but the header and complete,
+    well-formed rows (numbers, one per field) -- except a partial last line (no newline), which
+    is what a kill in the middle of a write leaves, and which :func:`truncate_log` drops.  The
+    error names the file and the first bad line."""
+    log_path = Path(log_path)
+    try:
+        data = log_path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise ConfigError(f"{str(log_path)!r} cannot be read ({err.strerror or err}). Fix its permissions, "
+                          "then `--resume` again.") from None
+    fix = ("Move it away (a new log.csv is started; the checkpoints do not need it) or repair that line, "
+           "then `--resume` again.")
+    lines = data.split(b"\n")[:-1]  # the part after the last newline is a partial line: dropped
+    for i, raw in enumerate(lines, 1):
+        raw = raw.rstrip(b"\r")
+        where = f"{str(log_path)!r} is corrupt at line {i}"
+        if b"\0" in raw:
+            raise ConfigError(f"{where}: it holds NUL bytes. {fix}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{where}: byte 0x{raw[err.start]:02x} is not UTF-8 text. {fix}") from None
+        row = next(csv.reader([text]), [])
+        if i == 1:
+            if row != list(log_fields):
+                raise ConfigError(f"{where}: {text[:80]!r} is not the header {','.join(log_fields)!r} (it is not "
+                                  f"an ann2snn training log). {fix}")
+            continue
+        if len(row) != len(log_fields):
+            raise ConfigError(f"{where}: it has {len(row)} fields, not {len(log_fields)} ({text[:80]!r}). {fix}")
+        try:
+            epoch = int(row[0])
+            for v in row[1:]:
+                float(v)
+        except ValueError:
+            raise ConfigError(f"{where}: {text[:80]!r} is not a row of numbers. {fix}") from None
+        if epoch < 1:
+            raise ConfigError(f"{where}: epoch {epoch} is not a training epoch. {fix}")
+
+
+def claim(run_dir: Path, out_root: Path | None = None) -> None:
     """Create ``run_dir`` for writing and remember it, so a failure before its first checkpoint
     removes it again -- unless it already held other files (e.g. ``--out`` pointing at a folder
-    of the user's), which are never touched.  ``latest``: the LATEST marker this run may update,
-    put back if the run is discarded after diverging.  Call on the rank that writes (rank 0)."""
+    of the user's), which are never touched.  ``out_root``: the folder whose LATEST this run may
+    update, put back if the run is discarded after diverging.  Call on the rank that writes
+    (rank 0)."""
     run_dir = Path(run_dir)
     had_checkpoint = has_run_checkpoint(run_dir)
     foreign = run_dir.is_dir() and any(p.name not in _WRITTEN + CHECKPOINTS and not p.name.endswith(".tmp")
                                        for p in run_dir.iterdir())
     before = None
-    if latest is not None:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            before = Path(latest).read_text()
+    if out_root is not None:
+        with contextlib.suppress(ConfigError):  # a corrupt LATEST names no run to put back
+            before = read_latest(out_root)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run_dir)
     if _CLAIMED:
-        _CLAIMED[-1].append(_Claim(run_dir, foreign, had_checkpoint, None if latest is None else Path(latest),
+        _CLAIMED[-1].append(_Claim(run_dir, foreign, had_checkpoint, None if out_root is None else Path(out_root),
                                    before))
 
 
@@ -98,9 +300,9 @@ def discard_unfinished(run_dir: Path) -> bool:
     return True
 
 
-def _same_path(a: str | Path, b: Path) -> bool:
+def _same_path(a: Path, b: Path) -> bool:
     try:
-        return Path(str(a).strip()).resolve() == b.resolve()
+        return Path(a).resolve() == Path(b).resolve()
     except (OSError, RuntimeError, ValueError):
         return False
 
@@ -113,22 +315,19 @@ def discard_diverged(claim: _Claim) -> None:
         with contextlib.suppress(OSError):
             (run_dir / name).unlink()
     remove_stale_temps(run_dir)
-    marker = claim.latest
-    if marker is None or not marker.is_file():
+    root = claim.out_root
+    if root is None:
         return
     try:
-        names_this_run = _same_path(marker.read_text(), run_dir)
-    except (OSError, UnicodeDecodeError):
-        return
-    if not names_this_run:
+        named = read_latest(root)
+    except ConfigError:
+        return  # corrupt: it names no run, so not this one
+    if named is None or not _same_path(named, run_dir):
         return  # another run's (e.g. a concurrent one): not ours to change
-    before = claim.latest_before
-    if (before is not None and not _same_path(before, run_dir)
-            and (Path(before.strip()) / "best_model.pt").is_file()):
-        tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(before)
-        tmp.replace(marker)
-        log.warning("%s names %s again (as before the diverged run)", marker, before.strip())
+    marker, before = root / LATEST, claim.latest_before
+    if before is not None and not _same_path(before, run_dir) and (before / "best_model.pt").is_file():
+        write_latest(before, root)
+        log.warning("%s names %s again (as before the diverged run)", marker, before)
     else:
         with contextlib.suppress(OSError):
             marker.unlink()
@@ -186,31 +385,42 @@ def resume_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 
 def truncate_log(log_path: Path, epoch: int) -> None:
     """Keep the header and the rows of epochs <= ``epoch`` (drops rows a killed run wrote after
-    its last checkpoint, and a partial last line); rewritten atomically."""
+    its last checkpoint, and a partial last line: one without a newline); rewritten atomically.
+    Call after :func:`check_log`, which refuses anything else that is wrong."""
     log_path = Path(log_path)
     if not log_path.is_file():
         return
     with open(log_path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
+        text = f.read()
+    lines = text.split("\n")
+    complete = lines[:-1]  # lines[-1]: "" after a final newline, else a partial line
+    if not complete:
         return
-    header, keep = rows[0], [rows[0]]
-    for row in rows[1:]:
+    header, keep = next(csv.reader([complete[0].rstrip("\r")])), []
+    for line in complete[1:]:
+        row = next(csv.reader([line.rstrip("\r")]), [])
         try:
             ok = len(row) == len(header) and int(row[0]) <= epoch
         except ValueError:
             ok = False
         if ok:
             keep.append(row)
-    if len(keep) == len(rows):
+    if len(keep) == len(complete) - 1 and lines[-1] == "":
         return
-    tmp = log_path.with_name(f".{log_path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, log_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{log_path.name}.", suffix=".tmp", dir=log_path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            os.fchmod(f.fileno(), 0o644)
+            csv.writer(f).writerows([header, *keep])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, log_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-__all__ = ["CHECKPOINTS", "claim", "cleanup_on_failure", "discard_diverged", "discard_unfinished",
-           "has_checkpoint", "has_run_checkpoint", "remove_stale_temps", "resume_checkpoint", "truncate_log"]
+__all__ = ["CHECKPOINTS", "LATEST", "check_log", "check_own_files", "claim", "cleanup_on_failure",
+           "discard_diverged", "discard_unfinished", "has_checkpoint", "has_run_checkpoint", "locked",
+           "read_latest", "remove_stale_temps", "resume_checkpoint", "truncate_log", "write_latest"]

@@ -24,16 +24,15 @@ import torch
 from spikingjelly.activation_based import base, functional
 from torch import nn
 
-from ann2snn.convert import SpikingNetwork
-
 log = logging.getLogger("ann2snn")
 
 
 class Simulator:
     """Steps a :class:`~ann2snn.convert.SpikingNetwork` (or a
-    :class:`~ann2snn.models.direct.DirectNetwork`), owning its clock, neuron parameters and resets."""
+    :class:`~ann2snn.models.direct.DirectNetwork`: anything with ``net``, ``clock``, ``options``
+    and ``neurons()``), owning its clock, neuron parameters and resets."""
 
-    def __init__(self, snn: SpikingNetwork):
+    def __init__(self, snn: nn.Module):
         self.snn = snn.eval()
         self.neurons = snn.neurons()
         self.memory_modules = [m for m in snn.modules() if isinstance(m, base.MemoryModule)]
@@ -143,18 +142,4 @@ class Simulator:
         return out
 
 
-def simulator_for(model: nn.Module, cfg) -> Simulator:
-    """The simulator for a trained model: converted with ``cfg.preset`` when it is a QCFS ANN,
-    stepped as trained (no conversion; ``preset`` does not apply) when it is a direct SNN."""
-    from ann2snn.convert import convert
-    from ann2snn.models import model_kind
-    from ann2snn.models.direct import DirectNetwork
-
-    if model_kind(cfg.model) == "convertible":
-        return Simulator(convert(model, cfg.preset))
-    log.info("%s is a directly trained SNN: evaluated step by step as trained, no conversion "
-             "(preset %r does not apply)", cfg.model, cfg.preset)
-    return Simulator(DirectNetwork(model))
-
-
-__all__ = ["Simulator", "simulator_for"]
+__all__ = ["Simulator"]

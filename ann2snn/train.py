@@ -12,7 +12,9 @@ recent run that has a best checkpoint, which `convert`/`table` use by default.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import logging
 import math
 import random
@@ -27,8 +29,8 @@ from torch import nn
 
 from ann2snn import distributed, rundir
 from ann2snn.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, check_compatible,
-                                checkpoint_config, load_checkpoint, load_state, rng_state, set_rng_state)
-from ann2snn.config import Config, save_config
+                                checkpoint_config, load_checkpoint, load_state, rng_state)
+from ann2snn.config import Config, ConfigError, resume_changes, resumed_config, save_config
 from ann2snn.data import DataInfo
 from ann2snn.metrics import evaluate_ann
 from ann2snn.models import create_model, model_kind
@@ -134,13 +136,6 @@ def _unique_run_dir(path: Path) -> Path:
     return new
 
 
-def mark_latest(run_dir: Path, out_root: Path) -> None:
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = out_root / ".LATEST.tmp"
-    tmp.write_text(str(run_dir.resolve()) + "\n")
-    tmp.replace(out_root / "LATEST")
-
-
 def _non_finite(tr_loss: float, ev: dict, model: nn.Module, epoch: int) -> str | None:
     """What became non-finite in ``epoch`` (the epoch's mean training loss, the test loss, a
     weight or buffer), or None.  The same on every rank: the losses are reduced over ranks and
@@ -166,20 +161,69 @@ def _after_divergence(run_dir: Path, kept: bool, epoch: int) -> str:
             f"`--inherit true --model_path {run_dir / 'best_model.pt'} --lr 1e-3` (without --resume).")
 
 
+def _write_failed(err: OSError, what: Path, run_dir: Path, epoch: int) -> TrainingError:
+    """The error for a write of ``epoch``'s results that failed (a full disk, mostly): what could
+    not be written, and what is kept for `--resume`.  The half-written file is gone already
+    (atomic_save removes its temporary file), so last.pt is still the one of the epoch before."""
+    name = getattr(err, "filename", None) or what
+    why = err.strerror or str(err)
+    fix = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+    if (run_dir / "last.pt").is_file():
+        return TrainingError(f"could not write {name} in epoch {epoch}: {why}. The checkpoints of epoch {epoch - 1} "
+                             f"in {str(run_dir)!r} are kept; {fix} and `--resume` (the same command with --resume).")
+    return TrainingError(f"could not write {name} in epoch {epoch}: {why}. The run had no checkpoint yet, so "
+                         f"nothing of it is kept; {fix} and run the same command again.")
+
+
+def _write_epoch(cfg: Config, run_dir: Path, epoch: int, row: list, improved: bool, best: float, rng: dict,
+                 model: nn.Module, ev: dict, optimizer, scheduler, scaler, world_size: int) -> None:
+    """Append ``epoch``'s log row, then write its checkpoints (best_model.pt and LATEST if it
+    improved, then last.pt).  A failed write is a TrainingError saying what is kept
+    (:func:`_write_failed`): every checkpoint write is atomic, so last.pt stays the previous epoch's."""
+    log_path = run_dir / "log.csv"
+    if cfg.save_acc:
+        try:
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        except OSError as err:  # a partial row is dropped by `--resume`
+            raise _write_failed(err, log_path, run_dir, epoch) from None
+    if not cfg.save:
+        return
+    state = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(), "epoch": epoch,
+             "metrics": {k: float(v) for k, v in ev.items()}, "world_size": world_size}
+    target = run_dir / "best_model.pt"
+    try:
+        if improved:
+            atomic_save(state, target)
+            target = Path(cfg.out_root) / rundir.LATEST
+            rundir.write_latest(run_dir, cfg.out_root)
+        target = run_dir / "last.pt"
+        atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else {}, "best": best, **rng}, target)
+    except OSError as err:
+        raise _write_failed(err, target, run_dir, epoch) from None
+
+
 def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
     """Train ``cfg``; returns {"run_dir", "best_top1", "epochs"}.  Under torchrun: DDP (see
     ann2snn.distributed).  A run that fails before its first checkpoint is removed again, and
-    so is a new run whose loss becomes non-finite at any epoch (DivergedError)."""
-    with rundir.cleanup_on_failure(discard_on=(DivergedError,)):
-        return _train(cfg, out, resume)
+    so is a new run whose loss becomes non-finite at any epoch (DivergedError).  The run folder
+    is locked for the whole training, its cleanup included (:func:`ann2snn.rundir.locked`)."""
+    with contextlib.ExitStack() as held:  # the run folder's lock: released after the cleanup below
+        with rundir.cleanup_on_failure(discard_on=(DivergedError,)):
+            return _train(cfg, out, resume, held)
 
 
-def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
+def _train(cfg: Config, out: str | None, resume: bool, held: contextlib.ExitStack) -> dict:
     ctx = distributed.setup(cfg)  # joins the torchrun process group, if any
     device = ctx.device
     run_dir = Path(out) if out else cfg.run_dir
     if not resume:
         run_dir = distributed.on_rank0(lambda d=run_dir: _unique_run_dir(d))
+    # Nothing is written before every check has passed: lock the folder (a second training of
+    # it refuses), refuse files that are not a run's, then (below) a resume's config and log.
+    distributed.on_rank0(lambda: held.enter_context(rundir.locked(run_dir)) and None)
+    distributed.on_rank0(lambda: rundir.check_own_files(run_dir, LOG_FIELDS))
     seed_all(cfg.seed)
     train_loader, test_loader, info = distributed.build_loaders(cfg, ctx)
     model = build_model(cfg, info).to(device)
@@ -195,7 +239,16 @@ def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
     kept = resume and distributed.on_rank0(lambda: rundir.has_run_checkpoint(run_dir))
     if ckpt is not None:  # None: --resume of a run killed before its first checkpoint
         ckpt_path = run_dir / "last.pt"
-        check_compatible(checkpoint_config(ckpt, ckpt_path), cfg, ckpt_path)
+        stored = checkpoint_config(ckpt, ckpt_path)
+        changed = resume_changes(stored, cfg, direct=model_kind(cfg.model) == "direct")
+        if changed:
+            raise ConfigError(
+                f"--resume of {str(run_dir)!r} with changed settings: {'; '.join(changed)}. These keys define "
+                "the run (last.pt's optimiser, schedule and weights were made with the stored values), so a "
+                f"resume cannot change them. Resume with the run's own settings (`-c {run_dir / 'config.yaml'}` "
+                "--resume), or start a new run (another --out/--id) to use the new values.")
+        cfg = resumed_config(stored, cfg)  # what runs (and goes into config.yaml)
+        check_compatible(stored, cfg, ckpt_path)
         load_state(model, ckpt["model"], ckpt_path)
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -215,14 +268,17 @@ def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
         if not cfg.model_path:
             raise CheckpointError("inherit: true needs model_path: the checkpoint to start from.")
         ckpt = load_checkpoint(cfg.model_path)
-        check_compatible(checkpoint_config(ckpt, cfg.model_path), cfg, cfg.model_path)
+        # a start from another dataset's weights is fine-tuning: no dataset warning
+        check_compatible(checkpoint_config(ckpt, cfg.model_path), cfg, cfg.model_path, warn_data=False)
         load_state(model, ckpt["model"], cfg.model_path)
         if hasattr(model, "time_steps"):  # a direct SNN's T comes with its weights; train at cfg.t
             model.time_steps.fill_(cfg.t)
 
     log_path = run_dir / "log.csv"
+    if start:  # a resume appends to the log: refuse one that is not clean (a partial last line is)
+        distributed.on_rank0(lambda: rundir.check_log(log_path, LOG_FIELDS))
     if ctx.is_main:  # only rank 0 writes
-        rundir.claim(run_dir, Path(cfg.out_root) / "LATEST")  # removed again if the run fails early
+        rundir.claim(run_dir, Path(cfg.out_root))  # removed again if the run fails early
         save_config(cfg, run_dir / "config.yaml")
         if not start or not log_path.exists():
             with open(log_path, "w", newline="") as f:
@@ -255,25 +311,15 @@ def _train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
         dt = time.perf_counter() - t0
         row = [epoch, f"{lr:.6g}", f"{tr_loss:.4f}", f"{tr_top1:.2f}", f"{ev['loss']:.4f}",
                f"{ev['top1']:.2f}", f"{ev['top5']:.2f}", f"{dt:.1f}"]
-        if cfg.save_acc and ctx.is_main:
-            with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow(row)
         log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%% (top-5 %.2f%%)  %.1f s", epoch,
                  cfg.epochs, tr_loss, tr_top1, ev["top1"], ev["top5"], dt)
         improved = ev["top1"] > best
         best = max(best, ev["top1"])
-        if cfg.save:
-            rng = distributed.rng_payload(rng_state())  # every rank's RNG (a collective)
-        if cfg.save and ctx.is_main:
-            state = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
-                     "epoch": epoch, "metrics": {k: float(v) for k, v in ev.items()},
-                     "world_size": ctx.world_size}
-            if improved:
-                atomic_save(state, run_dir / "best_model.pt")
-                mark_latest(run_dir, Path(cfg.out_root))
-            atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict() if use_amp else {}, "best": best, **rng},
-                        run_dir / "last.pt")
+        rng = distributed.rng_payload(rng_state()) if cfg.save else {}  # every rank's RNG (a collective)
+        # rank 0 writes; a failed write (a full disk) is raised on every rank, so none waits forever
+        distributed.on_rank0(lambda: _write_epoch(cfg, run_dir, epoch, row, improved, best, rng, model, ev,
+                                                  optimizer, scheduler, scaler if use_amp else None,
+                                                  ctx.world_size))
     if math.isinf(best):  # pragma: no cover - epochs == 0
         best = float("nan")
     return {"run_dir": str(run_dir), "best_top1": best, "epochs": cfg.epochs}

@@ -47,7 +47,7 @@ from ann2snn.config import load_config
 from ann2snn.models import model_kind
 from ann2snn.energy import measure_energy
 from ann2snn.metrics import evaluate_ann
-from ann2snn.simulate import simulator_for
+from ann2snn.convert import simulator_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # name: (config, how it is trained, SNN time steps to report)

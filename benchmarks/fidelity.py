@@ -26,7 +26,7 @@ from ann2snn.cli import load_trained, parse_range
 from ann2snn.config import load_config
 from ann2snn.report import table_markdown, write_table
 from ann2snn.metrics import evaluate_ann, evaluate_table
-from ann2snn.simulate import simulator_for
+from ann2snn.convert import simulator_for
 from ann2snn.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -396,23 +396,23 @@ def test_a_diverged_run_in_a_users_folder_loses_only_what_it_wrote(tmp_path):
     for d in (mine, resumed):
         latest.write_text(f"{old_run.resolve()}\n")
         with pytest.raises(Diverged), rundir.cleanup_on_failure(discard_on=(Diverged,)):
-            rundir.claim(d, latest)
+            rundir.claim(d, tmp_path)  # tmp_path: the out_root holding LATEST
             for name in ("config.yaml", "log.csv", "best_model.pt", "last.pt"):
                 (d / name).write_text("x")
-            latest.write_text(f"{d.resolve()}\n")  # what mark_latest does after an improved epoch
+            latest.write_text(f"{d.resolve()}\n")  # what write_latest does after an improved epoch
             raise Diverged
     assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "log.csv", "notes.txt"]
     assert (resumed / "last.pt").is_file() and (resumed / "best_model.pt").is_file()
     assert Path(latest.read_text().strip()) == resumed.resolve()  # the resumed run keeps LATEST
     with pytest.raises(Diverged), rundir.cleanup_on_failure(discard_on=(Diverged,)):  # a new run
-        rundir.claim(tmp_path / "new", latest)
+        rundir.claim(tmp_path / "new", tmp_path)
         (tmp_path / "new" / "best_model.pt").write_text("x")
         latest.write_text(f"{(tmp_path / 'new').resolve()}\n")
         raise Diverged
     assert not (tmp_path / "new").exists() and Path(latest.read_text().strip()) == resumed.resolve()
     shutil.rmtree(resumed)  # LATEST's run before is gone: LATEST is removed, not pointed at nothing
     with pytest.raises(Diverged), rundir.cleanup_on_failure(discard_on=(Diverged,)):
-        rundir.claim(tmp_path / "new", latest)
+        rundir.claim(tmp_path / "new", tmp_path)
         (tmp_path / "new" / "best_model.pt").write_text("x")
         latest.write_text(f"{(tmp_path / 'new').resolve()}\n")
         raise Diverged

@@ -18,7 +18,8 @@ from ann2snn.models import create_model, list_models, model_kind
 from ann2snn.models.sdt import SDSA, spike_mask
 from ann2snn.models.spikformer import token_last_state_dict
 from ann2snn.models.direct import DirectNetwork
-from ann2snn.simulate import Simulator, simulator_for
+from ann2snn.convert import simulator_for
+from ann2snn.simulate import Simulator
 from ann2snn.train import _train_one_epoch, build_scheduler, mixup_batch
 
 SMALL = dict(dim=16, num_heads=2, depth=1, mlp_ratio=2, in_channels=1, img_size=8, num_classes=5)

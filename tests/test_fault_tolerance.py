@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 
 from ann2snn import cli, rundir
 from ann2snn.checkpoint import atomic_save, load_checkpoint
+from ann2snn.train import LOG_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yml")
@@ -321,6 +321,6 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(referenc
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("id: run\n")  # what a run killed in epoch 1 leaves
-    (run / "log.csv").write_text("epoch,lr\n")
+    (run / "log.csv").write_text(",".join(LOG_FIELDS) + "\r\n")  # its header (a foreign one is refused)
     assert cli.main(train_args(run, EPOCHS, "--resume")) == 0
     assert metrics(run) == metrics(reference)

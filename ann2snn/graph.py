@@ -1,0 +1,195 @@
+"""torch.fx plumbing shared by quantization (:mod:`ann2snn.quant`) and conversion
+(:mod:`ann2snn.convert`): tracing with source locations, what each node is, and errors that
+name the node.
+
+A traced model is a :class:`torch.fx.GraphModule`: every call of a module, a function or a
+tensor method is a node, so that a module called at two sites, a functional ``F.relu`` or a
+``Tensor.softmax`` is seen where it is used, not only where it is defined (the module tree alone
+cannot tell a ReLU shared by two sites from two ReLUs).  Our own operators are leaves: the
+tracer records calls of them and does not look inside.
+
+Each node gets a *kind* (:func:`classify`):
+
+- ``spike``: a tensor that depends on the network input, i.e. one that, in the converted network,
+  carries a different value on every time step (spikes, or sums and linear maps of them);
+- ``const``: a tensor or value that does not depend on the input (parameters, buffers, Python
+  numbers);
+- ``meta``: values computed from shapes (``x.shape``, ``x.size(1)``, arithmetic on them), which
+  are the same on every step.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+_HERE = str(Path(__file__).resolve().parent)
+
+
+class ConversionError(ValueError):
+    """A model (or one node of it) that cannot be quantized or converted exactly; the message
+    names the node, its module path and source line, and the way out."""
+
+
+class Tracer(fx.Tracer):
+    """``torch.fx`` tracer that records source lines and keeps ``leaves`` (module types: our
+    operators, :data:`ann2snn.quant.TRACE_LEAVES`) as leaves."""
+
+    def __init__(self, leaves: tuple[type, ...] = ()):
+        super().__init__()
+        self.record_stack_traces = True
+        self.leaves = tuple(leaves)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def _user_frame(frames: Iterable[tuple[str, int, str, str]]) -> str:
+    """``file:line (code)`` of the innermost frame that is not in torch or in this package."""
+    chosen = None
+    for file, line, _, code in frames:
+        path = str(Path(file).resolve()) if file and not file.startswith("<") else file
+        if path.startswith(_TORCH_DIR) or path.startswith(_HERE):
+            continue
+        chosen = f"{file}:{line}" + (f" ({code.strip()})" if code else "")
+    return chosen or "an unknown line"
+
+
+def trace(model: nn.Module, leaves: tuple[type, ...] = ()) -> fx.GraphModule:
+    """The model as a GraphModule (parameters shared with ``model``), or a ConversionError that
+    says which line of the model could not be traced and why."""
+    tracer = Tracer(leaves)
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # torch.fx raises TraceError, TypeError, RuntimeError, ... from user code
+        frames = [(f.filename, f.lineno, f.name, f.line or "") for f in traceback.extract_tb(err.__traceback__)]
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ConversionError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {first}, at "
+            f"{_user_frame(frames)}. Data-dependent Python control flow (an `if` on a tensor's value, a "
+            "loop over a tensor) cannot be traced: rewrite that line with tensor ops, or mark the "
+            "sub-module as a leaf only if it holds no activation, BatchNorm, pooling or product.") from None
+    return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def module_path(node: fx.Node) -> str:
+    """The qualified name of the module whose forward made ``node`` ('' for the top level)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    last = list(stack.values())[-1]
+    return str(last[0]) if isinstance(last, tuple) else str(last)
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+
+
+def source_line(node: fx.Node) -> str:
+    """Where in the model's code ``node`` was created, as ``file:line (code)``."""
+    text = node.stack_trace or node.meta.get("stack_trace") or ""
+    frames = [(m.group(1), int(m.group(2)), m.group(3), m.group(4)) for m in _FRAME.finditer(text)]
+    return _user_frame(frames)
+
+
+def target_name(node: fx.Node) -> str:
+    t = node.target
+    if node.op == "call_method":
+        return f"Tensor.{t}"
+    if node.op == "call_function":
+        mod = getattr(t, "__module__", None) or ""
+        name = getattr(t, "__name__", str(t))
+        if mod in ("_operator", "operator"):
+            return f"operator.{name}"
+        if mod.startswith("torch"):
+            mod = {"torch._C._nn": "torch.nn.functional", "torch._C._VariableFunctions": "torch"}.get(mod, mod)
+            return f"{mod}.{name}"
+        return f"{mod}.{name}" if mod else name
+    return str(t)
+
+
+def describe(node: fx.Node, gm: fx.GraphModule | None = None) -> str:
+    """``node 'relu_1' (torch.sigmoid) in module 'layer1.0', at model.py:42 (x = torch.sigmoid(x))``."""
+    what = target_name(node)
+    if node.op == "call_module" and gm is not None:
+        what = f"{type(gm.get_submodule(str(node.target))).__name__} module"
+    path = module_path(node)
+    where = f" in module '{path}'" if path else " at the top level"
+    return f"node '{node.name}' ({what}){where}, at {source_line(node)}"
+
+
+# --------------------------------------------------------------------------------------------
+# node kinds
+SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
+SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
+
+
+def _arg_nodes(node: fx.Node) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n))
+    return out
+
+
+def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
+    """Every node's kind: ``spike``, ``const`` or ``meta`` (see the module docstring)."""
+    kinds: dict[fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            kinds[node] = "spike"
+            continue
+        if node.op == "get_attr":
+            kinds[node] = "const"
+            continue
+        ins = [kinds[a] for a in _arg_nodes(node)]
+        shape_query = (node.op == "call_method" and node.target in SHAPE_METHODS) or (
+            node.op == "call_function" and node.target is getattr and len(node.args) > 1
+            and node.args[1] in SHAPE_ATTRS)
+        if shape_query:
+            kinds[node] = "meta"
+        elif "spike" in ins:
+            kinds[node] = "spike"
+        elif ins and all(k == "meta" for k in ins):
+            kinds[node] = "meta"  # arithmetic on shapes
+        else:
+            kinds[node] = "const"  # a parameter, buffer or constant, possibly shaped by meta values
+    return kinds
+
+
+def is_getitem(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target is operator.getitem
+
+
+def replace_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    """Put ``module`` at the qualified name ``target`` of ``gm`` (creating no new parents)."""
+    parent_name, _, attr = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, attr, module)
+
+
+def add_module(gm: fx.GraphModule, base: str, module: nn.Module) -> str:
+    """Register ``module`` under a fresh qualified name derived from ``base`` (``layer1.0.relu`` →
+    ``layer1.0.relu_2`` when taken), inside ``base``'s parent module when it exists; returns it."""
+    parent_name, _, leaf = base.rpartition(".")
+    try:
+        parent = gm.get_submodule(parent_name) if parent_name else gm
+    except AttributeError:
+        parent_name, leaf, parent = "", base, gm
+    leaf = re.sub(r"[^0-9a-zA-Z_]", "_", leaf) or "m"
+    candidate, i = leaf, 1
+    while hasattr(parent, candidate):
+        i += 1
+        candidate = f"{leaf}_{i}"
+    name = f"{parent_name}.{candidate}" if parent_name else candidate
+    gm.add_submodule(name, module)
+    return name
+
+
+__all__ = ["ConversionError", "Tracer", "add_module", "classify", "describe", "module_path", "replace_module",
+           "source_line", "target_name", "trace"]

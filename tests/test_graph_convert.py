@@ -1,0 +1,261 @@
+"""The graph front door: any traceable model is quantized site by site and converted node by node,
+exactly or not at all.
+
+Claims, each with its tolerance:
+- under ``exact``, torchvision's resnet18, vgg11_bn, mobilenet_v2 and densenet121 (random weights,
+  random BatchNorm statistics and λ, 32×32 inputs) and a hand-written model (a shared ReLU,
+  functional relus, attribute BatchNorms, a BatchNorm after a residual add, matmul + softmax)
+  settle on the quantized ANN's logits within 1e-4 · max(1, max |logit|);
+- the check is not vacuous: the ``rate`` preset off t = L, and a wrong conversion, miss it by far;
+- every unsupported construct raises a ConversionError that names the node, its module path and
+  the source line; an untraceable model names the line that failed.
+"""
+from __future__ import annotations
+
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ann2snn
+from ann2snn.convert import verify
+from ann2snn.graph import ConversionError
+from ann2snn.neurons import GatedBatchNorm, SpikeMatMul
+from ann2snn.quant import QCFS, calibrate_lambdas
+from conftest import randomize_bn, randomize_lambdas
+
+TOL = 1e-4
+HERE = "test_graph_convert.py"
+
+
+def _torchvision():
+    from ann2snn._compat import import_torchvision
+
+    return import_torchvision()
+
+
+def prepared(model: nn.Module, levels: int = 4, seed: int = 0) -> nn.Module:
+    q = ann2snn.quantize(model.eval(), levels)
+    randomize_bn(q, torch.Generator().manual_seed(seed))
+    randomize_lambdas(q, 0.5, 2.0, torch.Generator().manual_seed(seed + 1))
+    return q.eval()
+
+
+# ------------------------------------------------------------------------------ torchvision
+@pytest.mark.parametrize("name,sites", [("resnet18", 17), ("vgg11_bn", 10), ("mobilenet_v2", 35),
+                                        ("densenet121", 121)])
+def test_torchvision_models_settle_on_the_quantized_ann(name, sites):
+    torch.manual_seed(0)
+    q = prepared(getattr(_torchvision().models, name)(num_classes=10))
+    assert sum(isinstance(m, QCFS) for m in q.modules()) == sites  # one QCFS per call site
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    snn = ann2snn.convert(q, "exact")
+    assert len(snn.neurons()) == sites
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in snn.modules())
+    for t in (1, 4):
+        r = verify(q, snn, x, t=t)
+        assert r["quiescent"] and r["ok"], r
+        assert r["max_abs_diff"] <= TOL * max(1.0, r["scale"])
+    # not vacuous: the SNN is active, and rate coding at t = 2 != L misses the ANN by far
+    assert ann2snn.Simulator(snn).run(x, 4).abs().sum() > 0
+    rate = verify(q, ann2snn.convert(q, "rate"), x, t=2)
+    assert not rate["ok"] and rate["max_abs_diff"] > 100 * TOL * max(1.0, rate["scale"])
+
+
+def test_resnet_shared_relu_gets_one_neuron_per_site_and_bns_fold():
+    q = prepared(_torchvision().models.resnet18(num_classes=10))
+    names = {n for n, m in q.named_modules() if isinstance(m, QCFS)}
+    assert {"layer1.0.relu", "layer1.0.relu_2"} <= names  # BasicBlock calls self.relu twice
+    snn = ann2snn.convert(q, "exact")
+    assert len(snn.report["fold_bn"]) == 20 and not snn.report["gate_batchnorm"]
+
+
+def test_mobilenet_relu6_clip_is_respected():
+    q = ann2snn.quantize(_torchvision().models.mobilenet_v2(num_classes=10).eval(), 4)
+    sites = [m for m in q.modules() if isinstance(m, QCFS)]
+    assert sites and all(m.clip == 6.0 for m in sites)
+    with torch.no_grad():
+        sites[0].lam.fill_(10.0)
+    assert sites[0].threshold() == 6.0
+    with torch.no_grad():
+        assert float(sites[0](torch.full((3,), 50.0)).max()) == 6.0
+
+
+# ------------------------------------------------------------------------------ a hand-written model
+class Hand(nn.Module):
+    """Shared ReLU, functional relus (F.relu, torch.relu, Tensor.relu, in place), attribute BNs, a
+    residual add with a BN after it (not foldable), max-pool, a constant added in, matmul + softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.bn_add = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.pos = nn.Parameter(torch.randn(1, 16, 8) * 0.1)
+        self.q, self.k = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        z = self.relu(self.bn2(self.conv2(y)))  # the same ReLU module, a second site
+        r = F.relu(self.bn_add(y + z))
+        tok = self.pool(r).flatten(2).transpose(1, 2) + self.pos  # [B, 16, 8], plus a constant
+        q = torch.relu(self.q(tok))
+        k = self.k(tok)
+        F.relu(k, inplace=True)  # the return value unused: later reads of k see the activation
+        att = (q @ k.transpose(-2, -1) * 8 ** -0.5).softmax(dim=-1)
+        out = (att @ tok).relu()
+        return self.head(out.mean(1))
+
+
+def test_hand_written_model_settles_on_the_quantized_ann():
+    torch.manual_seed(0)
+    q = prepared(Hand())
+    assert isinstance(q, torch.fx.GraphModule)  # shared and functional sites: rewritten as a graph
+    assert sum(isinstance(m, QCFS) for m in q.modules()) == 6
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    snn = ann2snn.convert(q, "exact")
+    rep = snn.report
+    assert rep["fold_bn"] == ["bn1", "bn2"] and rep["gate_batchnorm"] == ["bn_add"]
+    assert len(rep["replace_products"]) == 2 and len(rep["replace_softmax"]) == 1 and rep["gate_constants"]
+    assert sum(isinstance(m, SpikeMatMul) for m in snn.modules()) == 2
+    assert sum(isinstance(m, GatedBatchNorm) for m in snn.modules()) == 1
+    for t in (1, 2, 4, 8):
+        r = verify(q, snn, x, t=t)
+        assert r["ok"], (t, r)
+
+
+def test_inplace_functional_relu_whose_result_is_unused_still_quantizes_the_later_reads():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.a(x)
+            F.relu(y, inplace=True)
+            return self.b(y)
+
+    torch.manual_seed(0)
+    m = M()
+    x = torch.randn(5, 4)
+    q = ann2snn.quantize(m, 4, lambda_init=1.0)
+    site = next(mod for mod in q.modules() if isinstance(mod, QCFS))
+    torch.testing.assert_close(q(x), m.b(site(m.a(x))), rtol=0, atol=0)
+
+
+def test_wrong_conversion_would_be_caught_by_verify():
+    """The old module-replacement path on resnet18 (one neuron for two sites, BN shifts on every
+    step) is what verify exists to catch: replace one neuron's λ and the check fails."""
+    q = prepared(_torchvision().models.resnet18(num_classes=10))
+    snn = ann2snn.convert(q, "exact")
+    snn.neurons()[3].lam *= 1.5
+    r = verify(q, snn, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    assert not r["ok"] and r["max_abs_diff"] > 1e-3
+
+
+# ------------------------------------------------------------------------------ refusals
+class _One(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.lin, self.act, self.op = nn.Linear(4, 4), nn.ReLU(), op
+
+    def forward(self, x):
+        return self.op(self, self.act(self.lin(x)))
+
+
+UNSUPPORTED = {
+    "sigmoid": (lambda s, h: torch.sigmoid(h), "sigmoid"),
+    "tanh": (lambda s, h: h.tanh(), "tanh"),
+    "gelu": (lambda s, h: F.gelu(h), "gelu"),
+    "layernorm": (lambda s, h: F.layer_norm(h, (4,)), "layer_norm"),
+    "product": (lambda s, h: h * h, "mul"),
+    "divide": (lambda s, h: h / (h + 1), "truediv"),
+    "functional-linear-bias": (lambda s, h: F.linear(h, s.lin.weight, s.lin.bias), "linear"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSUPPORTED))
+def test_unsupported_constructs_are_refused_naming_the_node(case):
+    op, word = UNSUPPORTED[case]
+    q = ann2snn.quantize(_One(op), 4)
+    with pytest.raises(ConversionError) as err:
+        ann2snn.convert(q, "exact")
+    msg = str(err.value)
+    assert "Cannot convert node '" in msg and word in msg and HERE in msg, msg
+    assert "allow_float_ops" in msg
+
+
+def test_module_layernorm_and_gelu_name_their_module_path():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.LayerNorm(4), nn.GELU())
+
+        def forward(self, x):
+            return self.block(x)
+
+    with pytest.raises(ConversionError, match=r"node 'block_2' \(LayerNorm module\) in module 'block\.2'"):
+        ann2snn.convert(ann2snn.quantize(M(), 4), "exact")
+
+
+def test_opt_in_keeps_a_float_op_with_a_warning():
+    q = ann2snn.quantize(_One(UNSUPPORTED["sigmoid"][0]), 4)
+    with pytest.warns(UserWarning, match="per-step float op"):
+        snn = ann2snn.convert(q, "exact", allow_float_ops={"sigmoid"})
+    assert snn.report["kept_float_ops"] == ["sigmoid"]
+
+
+def test_untraceable_model_names_the_failing_line():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return F.relu(self.lin(x))
+            return self.lin(x)
+
+    with pytest.raises(ConversionError, match=rf"cannot trace Branchy.*{HERE}:\d+ \(if x.sum\(\) > 0:"):
+        ann2snn.quantize(Branchy(), 4)
+
+
+def test_a_model_without_relu_is_refused():
+    with pytest.raises(ConversionError, match="no ReLU-family activation"):
+        ann2snn.quantize(nn.Sequential(nn.Linear(3, 3), nn.GELU()), 4)
+
+
+# ------------------------------------------------------------------------------ calibration
+def test_calibration_sets_lambda_to_the_activation_percentile():
+    lin = nn.Linear(1, 1)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.bias.zero_()
+    model = ann2snn.quantize(nn.Sequential(lin, nn.ReLU()), 4)
+    data = [(torch.linspace(-5, 10, 3001).view(-1, 1), torch.zeros(3001))]
+    lams = calibrate_lambdas(model, data, percentile=99.0, batches=1)
+    expected = float(torch.quantile(torch.linspace(-5, 10, 3001).clamp(min=0), 0.99))
+    assert lams == {"1": pytest.approx(expected, rel=1e-6)}
+    assert not model[1].calibrating  # back to QCFS afterwards
+    # quantize(..., calibrate=loader) does the same in one call
+    again = ann2snn.quantize(nn.Sequential(lin, nn.ReLU()), 4, calibrate=data, percentile=99.0)
+    assert again[1].threshold() == pytest.approx(expected, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ energy on graphs
+def test_energy_counts_layers_after_residual_adds_and_functional_products():
+    torch.manual_seed(0)
+    q = prepared(Hand())
+    sim = ann2snn.Simulator(ann2snn.convert(q, "exact"))
+    x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
+    res = ann2snn.measure_energy(q, sim, [(x, y)], t=4)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert res["totals"]["flops_layers"] == res["totals"]["flops"] > 0  # every op belongs to a row
+    products = [r for r in res["rows"] if r["kind"] == "product"]
+    assert len(products) == 2 and all(r["flops"] > 0 for r in products)
+    assert rows["conv2"]["input"] == "spikes" and rows["conv2"]["sops"] > 0
+    assert rows["head"]["flops"] == 8 * 10
