@@ -223,3 +223,27 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
         first = [_CONTROL.sub(" ", _ANSI.sub("", ln)) for ln in str(err).splitlines()]
         raise CheckpointError(f"Checkpoint {str(path)!r} does not fit this model: "
                               f"{' '.join(first[:3])[:400]}. Use the config it was trained with.") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    """The state dict in a local weights file: a plain ``{name: tensor}`` mapping, a dict with a
+    ``"state_dict"`` entry, or an ann2snn checkpoint (its ``"model"``); read weights-only."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Pretrained weights {str(path)!r} do not exist (or are not a file). Pass a local "
+                              "state dict with --pretrained PATH (no downloads: this tool reads local files only).")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"Pretrained weights {str(path)!r} cannot be read ({_reason(err)}). Save them with "
+                              "`torch.save(model.state_dict(), PATH)`.") from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                         for k, v in obj.items()):
+        raise CheckpointError(f"{str(path)!r} holds no state dict ({_short(obj)}). Save the ReLU model's weights "
+                              "with `torch.save(model.state_dict(), PATH)`.")
+    return obj

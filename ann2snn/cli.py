@@ -314,6 +314,30 @@ def load_trained(cfg: Config, ckpt_path: Path):
     return model.to(ctx.device).eval(), test_loader, info
 
 
+def self_check(model, sim, loader, cfg) -> dict | None:
+    """``verify`` on the first test batch under the exact preset (a converted model only): the
+    largest |SNN − quantized ANN| once the network is quiescent.  Warns when it exceeds the
+    tolerance; None for direct SNNs and the other presets, which approximate by design."""
+    from ann2snn.convert import VERIFY_TOLERANCE, verify
+    from ann2snn.models import model_kind
+
+    if model_kind(cfg.model) != "convertible" or cfg.preset != "exact":
+        return None
+    x, _ = next(iter(loader))
+    res = verify(model, sim, x)
+    if not res["ok"]:
+        log.warning("verify: the converted network does NOT settle on the quantized ANN: %s. The conversion "
+                    "is wrong for this model; please report it.", verify_line(res))
+    return res
+
+
+def verify_line(res: dict) -> str:
+    state = "quiescent" if res["quiescent"] else f"NOT quiescent after {res['steps_run']} steps"
+    return (f"verify (exact, first test batch, t = {res['t']}): max |SNN - quantized ANN| = "
+            f"{res['max_abs_diff']:.3g} (logit scale {res['scale']:.3g}, tolerance {res['tolerance']:g} x max(1, "
+            f"scale)): {'OK' if res['ok'] else 'FAILED'}; {state}, settled after {res['settle_steps']} steps")
+
+
 def eval_dir(run_dir: Path, ckpt: Path, kind: str, preset: str) -> Path:
     """Where an evaluation of checkpoint ``ckpt`` writes by default: ``<its folder>/<kind>-<its
     name>-<preset>``, so that two checkpoints in one folder never overwrite each other's results."""
@@ -353,6 +377,7 @@ def cmd_convert(args, overrides) -> int:
     preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
     model, loader, _ = load_trained(cfg, ckpt)
     sim = simulator_for(model, cfg)
+    check = self_check(model, sim, loader, cfg)
     latency_extra = getattr(args, "latency_extra", 0)  # `run` has no --latency-extra
     with EnergyMeter.for_simulator(sim) as meter:  # firing rates and operations of the t-step run
         res = evaluate(sim, loader, cfg.t, cfg.extra_t, ann=model, meter=meter, latency_extra=latency_extra)
@@ -360,6 +385,8 @@ def cmd_convert(args, overrides) -> int:
               "snn": {"t": cfg.t, "extra_t": cfg.extra_t, "preset": cfg.preset, "k_step": res["k_step"],
                       "k_step_is_prefix": res["k_step_is_prefix"], "within_run": res["within_run"]},
               "effective_latency": res["effective_latency"], "checkpoint": str(ckpt), "n": res["n"]}
+    if check is not None:
+        result["verify"] = check
     if not _is_main():  # under torchrun only rank 0 reports and writes
         return 0
     sample = next(iter(loader))[0][:1].to(device_of(model))
@@ -369,6 +396,8 @@ def cmd_convert(args, overrides) -> int:
     full = getattr(args, "energy", False)  # `run` has no --energy
     result.update({"energy": energy} if full else {"energy_totals": energy["totals"]})
     print(format_steps(result))
+    if check is not None and getattr(args, "verify", False):
+        print(verify_line(check))
     print(format_energy_table(energy) if full else summary_line(energy))
     write_json(out / f"convert_t{cfg.t}_e{cfg.extra_t}.json", result)
     write_convert_plots(result, energy, out)
@@ -526,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="checkpoint (default: the config's run, or the latest run)")
     sp.add_argument("--json", help="also write the results to this JSON file")
     sp.add_argument("--energy", action="store_true", help="print the per-layer energy table (see `energy`)")
+    sp.add_argument("--verify", action="store_true",
+                    help="print the self-check: max |SNN - quantized ANN| once quiescent, and the settle steps")
     latency_option(sp)
     energy_options(sp)
     sp.set_defaults(func=cmd_convert)
@@ -560,9 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ann2snn.checkpoint import CheckpointError
     from ann2snn.data import DataError
+    from ann2snn.graph import ConversionError
     from ann2snn.train import TrainingError
 
-    return USER_ERRORS + (CheckpointError, DataError, TrainingError)
+    return USER_ERRORS + (CheckpointError, ConversionError, DataError, TrainingError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,10 @@ class Config:
     attn: str = "softmax"  # softmax | softmax_seed | ssa
     lambda_init: float = 8.0  # initial QCFS threshold
     ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
+    quantize: bool = True  # QCFS sites for conversion; false trains the plain ReLU ANN (to pretrain)
+    pretrained: str | None = None  # local state dict of the ReLU model, loaded before quantizing
+    calibrate_batches: int = 0  # > 0: a fresh QCFS run sets each λ from this many training batches
+    calibrate_percentile: float = 99.9  # the activation percentile λ is calibrated to
     # --- training recipe additions (defaults keep the original QCFS recipe) ------------------
     warmup_epochs: int = 0  # linear LR warmup over this many epochs, then cosine over the rest
     label_smoothing: float = 0.0  # cross-entropy label smoothing
@@ -107,6 +111,10 @@ class Config:
         need(hidden < MAX_WIDTH + 1, f"mlp_ratio {self.mlp_ratio:g} is too large for dim {self.dim}: the MLP "
              f"hidden size int(dim * mlp_ratio) = {hidden:g} is over {MAX_WIDTH}. Use e.g. `--mlp_ratio 4`.")
         need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
+        need(self.calibrate_batches >= 0, f"calibrate_batches must be >= 0 (0: no calibration), got "
+             f"{self.calibrate_batches}.")
+        need(0 < self.calibrate_percentile <= 100, f"calibrate_percentile must be in (0, 100], got "
+             f"{self.calibrate_percentile}. The usual choice is 99.9.")
         need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
         for key in ("train_subset", "test_subset"):
@@ -131,10 +139,10 @@ class Config:
         from ann2snn.convert import PRESETS  # late import: convert imports torch
 
         need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}.")
-        from ann2snn.models import list_models
+        from ann2snn.models import is_model, unknown_model_message
 
-        need(self.model in list_models(), f"Unknown model {self.model!r}. Registered models: "
-             f"{', '.join(list_models())}. Set `model:` in the config or pass `--model NAME`.")
+        need(is_model(self.model), f"{unknown_model_message(self.model)} Set `model:` in the config or pass "
+             "`--model NAME` (torchvision's classifiers are `--model torchvision:NAME`).")
         return self
 
     # ------------------------------------------------------------------------------------
@@ -153,7 +161,7 @@ class Config:
 ATTN_CHOICES = ("softmax", "softmax_seed", "ssa")
 SSA_FORM_CHOICES = ("token_first", "token_last")
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
-MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form")
+MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize")
 # Largest layer width (dim, and the MLP hidden size int(dim * mlp_ratio)) accepted: far above any
 # real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
 # torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).

@@ -35,7 +35,7 @@ from ann2snn.data import DataInfo
 from ann2snn.metrics import evaluate_ann
 from ann2snn.models import create_model, model_kind
 from ann2snn.progress import progress
-from ann2snn.quant import quantize
+from ann2snn.quant import calibrate_lambdas, quantize
 
 log = logging.getLogger("ann2snn")
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "epoch_s"]
@@ -62,14 +62,32 @@ def seed_all(seed: int) -> None:
 
 
 def build_model(cfg: Config, info: DataInfo) -> nn.Module:
-    """The registered model, with QCFS activations when it is meant for conversion."""
+    """The registered model, with QCFS activations when it is meant for conversion (and
+    ``quantize`` is on), with its initial weights (``pretrained`` is loaded by training, see
+    :func:`load_pretrained`)."""
     direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
     model = create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
                          mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=info.img_size,
                          num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
-    if model_kind(cfg.model) == "convertible":
-        quantize(model, cfg.l, cfg.lambda_init)
+    if model_kind(cfg.model) == "convertible" and cfg.quantize:
+        model = quantize(model, cfg.l, cfg.lambda_init)
     return model
+
+
+def load_pretrained(model: nn.Module, path: str) -> None:
+    """Load a local state dict of the ReLU model into ``model`` (ReLU or already quantized: the
+    QCFS thresholds ``*.lam`` are the only weights it may lack).  The file is a plain state dict,
+    ``{"state_dict": ...}``, or an ann2snn checkpoint of a ``quantize: false`` run.  No downloads
+    (the field's pretrained → calibrate → QCFS fine-tune workflow)."""
+    from ann2snn.checkpoint import read_state_dict
+    from ann2snn.quant import QCFS
+
+    state = dict(read_state_dict(path))
+    lams = {f"{n}.lam" for n, m in model.named_modules() if isinstance(m, QCFS)}
+    own = model.state_dict()
+    for key in lams - set(state):
+        state[key] = own[key]  # keeps lambda_init (or the calibration that follows)
+    load_state(model, state, path)
 
 
 def build_scheduler(optimizer, cfg: Config):
@@ -273,6 +291,11 @@ def _train(cfg: Config, out: str | None, resume: bool, held: contextlib.ExitStac
         load_state(model, ckpt["model"], cfg.model_path)
         if hasattr(model, "time_steps"):  # a direct SNN's T comes with its weights; train at cfg.t
             model.time_steps.fill_(cfg.t)
+    if ckpt is None and cfg.pretrained and not cfg.inherit:  # a fresh start from a ReLU model's weights
+        load_pretrained(model, cfg.pretrained)
+    if ckpt is None and cfg.calibrate_batches > 0 and model_kind(cfg.model) == "convertible" and cfg.quantize:
+        # a fresh QCFS run (typically from `pretrained` weights): λ from activation percentiles
+        calibrate_lambdas(model, train_loader, cfg.calibrate_percentile, cfg.calibrate_batches)
 
     log_path = run_dir / "log.csv"
     if start:  # a resume appends to the log: refuse one that is not clean (a partial last line is)

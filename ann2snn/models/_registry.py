@@ -7,6 +7,8 @@ from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _KINDS: dict[str, str] = {}
+# families named "PREFIX:NAME" (e.g. "torchvision:resnet18"): prefix -> (factory(name, **kw), names(), kind)
+_FAMILIES: dict[str, tuple[Callable[..., nn.Module], Callable[[], list[str]], str]] = {}
 
 KINDS = ("convertible", "direct")  # trained as a QCFS ANN and converted | trained as an SNN
 
@@ -26,21 +28,57 @@ def register_model(name: str | None = None, kind: str = "convertible"):
     return wrap
 
 
+def register_family(prefix: str, factory: Callable[..., nn.Module], names: Callable[[], list[str]],
+                    kind: str = "convertible") -> None:
+    """Register models named ``PREFIX:NAME``, built by ``factory(NAME, **kwargs)``; ``names()``
+    lists the valid NAMEs (called only when a name is checked)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    _FAMILIES[prefix] = (factory, names, kind)
+
+
 def list_models(kind: str | None = None) -> list[str]:
-    return sorted(k for k in _MODELS if kind is None or _KINDS[k] == kind)
+    """The registered model names, and each family as ``PREFIX:NAME``."""
+    fams = [f"{p}:NAME" for p, (_, _, k) in _FAMILIES.items() if kind is None or k == kind]
+    return sorted(k for k in _MODELS if kind is None or _KINDS[k] == kind) + sorted(fams)
+
+
+def is_model(name: str) -> bool:
+    """True for a registered name or a valid ``PREFIX:NAME`` of a family."""
+    if name in _MODELS:
+        return True
+    prefix, sep, rest = name.partition(":")
+    return bool(sep) and prefix in _FAMILIES and rest in _FAMILIES[prefix][1]()
 
 
 def model_kind(name: str) -> str:
     _check(name)
-    return _KINDS[name]
+    if name in _KINDS:
+        return _KINDS[name]
+    return _FAMILIES[name.partition(":")[0]][2]
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; ``None`` keyword values are dropped so factory defaults apply."""
     _check(name)
-    return _MODELS[name](**{k: v for k, v in kwargs.items() if v is not None})
+    kw = {k: v for k, v in kwargs.items() if v is not None}
+    if name in _MODELS:
+        return _MODELS[name](**kw)
+    prefix, _, rest = name.partition(":")
+    return _FAMILIES[prefix][0](rest, **kw)
+
+
+def unknown_model_message(name: str) -> str:
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _FAMILIES:
+        import difflib
+
+        close = difflib.get_close_matches(rest, _FAMILIES[prefix][1](), n=3)
+        hint = f" Did you mean {', '.join(f'{prefix}:{c}' for c in close)}?" if close else ""
+        return f"Unknown model {name!r}: {prefix} has no model {rest!r}.{hint}"
+    return f"Unknown model {name!r}. Registered models: {', '.join(list_models())}."
 
 
 def _check(name: str) -> None:
-    if name not in _MODELS:
-        raise KeyError(f"Unknown model {name!r}. Registered models: {', '.join(list_models())}.")
+    if not is_model(name):
+        raise KeyError(unknown_model_message(name))
