@@ -50,7 +50,7 @@ def import_torchvision():
 
 def silence_noise() -> None:
     """Hide third-party warnings that say nothing about the user's run."""
-    for name in ("torch._inductor", "torch.utils._sympy", "torch._dynamo", "torch.distributed.elastic"):
+    for name in ("torch._inductor", "torch.utils._sympy", "torch._dynamo", "torch.distributed.elastic", "torch._library"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*[Tt]riton.*")
     warnings.filterwarnings("ignore", message=".*Failed to initialize NumPy.*")

@@ -333,7 +333,7 @@ def self_check(model, sim, loader, cfg) -> dict | None:
 
 def verify_line(res: dict) -> str:
     state = "quiescent" if res["quiescent"] else f"NOT quiescent after {res['steps_run']} steps"
-    return (f"verify (exact, first test batch, t = {res['t']}): max |SNN - quantized ANN| = "
+    return (f"verify (exact, first test batch, t = {res['t']}, {res['dtype']}): max |SNN - quantized ANN| = "
             f"{res['max_abs_diff']:.3g} (logit scale {res['scale']:.3g}, tolerance {res['tolerance']:g} x max(1, "
             f"scale)): {'OK' if res['ok'] else 'FAILED'}; {state}, settled after {res['settle_steps']} steps")
 

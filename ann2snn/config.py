@@ -54,6 +54,7 @@ class Config:
     attn: str = "softmax"  # softmax | softmax_seed | ssa
     lambda_init: float = 8.0  # initial QCFS threshold
     ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
+    width: float | None = None  # channel multiplier of the CNNs (vgg16, resnet18, resnet20); null = 1
     quantize: bool = True  # QCFS sites for conversion; false trains the plain ReLU ANN (to pretrain)
     pretrained: str | None = None  # local state dict of the ReLU model, loaded before quantizing
     calibrate_batches: int = 0  # > 0: a fresh QCFS run sets each λ from this many training batches
@@ -62,6 +63,9 @@ class Config:
     warmup_epochs: int = 0  # linear LR warmup over this many epochs, then cosine over the rest
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     mixup: float = 0.0  # mixup Beta(alpha, alpha) on every training batch; 0 disables
+    optimizer: str = "adamw"  # adamw (the original transformer recipe) | sgd (QCFS's CNN recipe)
+    momentum: float = 0.9  # SGD momentum (sgd only)
+    nesterov: bool = False  # Nesterov momentum (sgd only)
     # --- data -----------------------------------------------------------------------------
     data_dir: str | None = None
     train_subset: int | None = None  # use only the first N training samples (after shuffling)
@@ -111,6 +115,14 @@ class Config:
         need(hidden < MAX_WIDTH + 1, f"mlp_ratio {self.mlp_ratio:g} is too large for dim {self.dim}: the MLP "
              f"hidden size int(dim * mlp_ratio) = {hidden:g} is over {MAX_WIDTH}. Use e.g. `--mlp_ratio 4`.")
         need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}. QCFS uses 0.9.")
+        need(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+             "nesterov: true needs `optimizer: sgd` and a momentum > 0.")
+        need(self.width is None or 0 < self.width <= 64, f"width (channel multiplier) must be in (0, 64], got "
+             f"{self.width}.")
+        need(self.width is None or self.model in WIDTH_MODELS, f"width applies to the CNNs {WIDTH_MODELS} only, not "
+             f"to {self.model!r}; remove it (the transformers' size is dim).")
         need(self.calibrate_batches >= 0, f"calibrate_batches must be >= 0 (0: no calibration), got "
              f"{self.calibrate_batches}.")
         need(0 < self.calibrate_percentile <= 100, f"calibrate_percentile must be in (0, 100], got "
@@ -159,9 +171,12 @@ class Config:
 
 
 ATTN_CHOICES = ("softmax", "softmax_seed", "ssa")
+OPTIMIZERS = ("adamw", "sgd")
+WIDTH_MODELS = ("vgg16", "resnet18", "resnet20")
 SSA_FORM_CHOICES = ("token_first", "token_last")
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
-MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize")
+MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize",
+              "width")
 # Largest layer width (dim, and the MLP hidden size int(dim * mlp_ratio)) accepted: far above any
 # real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
 # torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).

@@ -86,6 +86,12 @@ class ScaledNeuron(base.MemoryModule):
     ``theta`` is the threshold in units of λ (1 in the original; the simulator may raise it to
     t/L so that t steps reproduce the trained L levels), ``cap`` bounds the net count (the
     original's Tmax).  The membrane starts at θ/2 (the "0.5 precharge").
+
+    With threshold t/L and cap L this is SpikeZIP's signed neuron, spikingjelly's
+    ``STBIFNode(q_threshold=λ·t/L, level=L+1)``, step for step
+    (``tests/test_spikingjelly_equivalents.py``).  It is kept as its own module because the
+    simulator retunes θ and cap per table row on the same instance, and because the ``seed``
+    preset needs the original's lazy negative rule, which STBIF does not have.
     """
 
     def __init__(self, lam: float, levels: int | None = None, neg_rule: str = "exact",

@@ -1,4 +1,5 @@
-"""Training: the original's recipe (AdamW, cosine per epoch, cross-entropy, AMP on CUDA).
+"""Training: the original's recipe (AdamW, cosine per epoch, cross-entropy, AMP on CUDA); SGD with
+momentum for QCFS's CNN recipe (config key ``optimizer``).
 
 Directly trained SNNs (registry kind ``direct``: spikformer, sdt) skip the QCFS pass, are built
 with T = ``cfg.t`` and have their neurons reset after every batch.  Their papers' recipe adds
@@ -66,6 +67,8 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     ``quantize`` is on), with its initial weights (``pretrained`` is loaded by training, see
     :func:`load_pretrained`)."""
     direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
+    if cfg.width is not None:
+        direct["width"] = cfg.width
     model = create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
                          mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=info.img_size,
                          num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
@@ -88,6 +91,15 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     for key in lams - set(state):
         state[key] = own[key]  # keeps lambda_init (or the calibration that follows)
     load_state(model, state, path)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW (betas 0.9/0.999: the original transformer recipe) or SGD with momentum (QCFS's CNN
+    recipe: momentum 0.9, weight decay 5e-4), both with weight decay ``wd`` on every parameter."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd,
+                               nesterov=cfg.nesterov)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.wd, betas=(0.9, 0.999))
 
 
 def build_scheduler(optimizer, cfg: Config):
@@ -246,7 +258,7 @@ def _train(cfg: Config, out: str | None, resume: bool, held: contextlib.ExitStac
     train_loader, test_loader, info = distributed.build_loaders(cfg, ctx)
     model = build_model(cfg, info).to(device)
     distributed.seed_rank(cfg.seed, ctx)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.wd, betas=(0.9, 0.999))
+    optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     use_amp = cfg.use_amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)

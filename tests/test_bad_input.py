@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ann2snn import cli, data
-from ann2snn.config import FIELD_NAMES, Config
+from ann2snn.config import FIELD_NAMES, WIDTH_MODELS, Config
 from ann2snn.convert import PRESETS
 from ann2snn.data import DataError
 from ann2snn.models import list_models
@@ -115,7 +115,7 @@ FOREIGN_CHANGES = {
     "format_none": {"format": None},
     "model_tensor": {"model": torch.zeros(3)},  # model a tensor, not a state dict
     "model_entries": {"model": {"head.weight": [1.0, 2.0]}},  # a dict, but not of tensors
-    "unknown_config": {"config": {"width": 16, "layers": 2}},  # none of our keys: not silently defaults
+    "unknown_config": {"config": {"channels": 16, "layers": 2}},  # none of our keys: not silently defaults
     "empty_config": {"config": {}},
 }
 
@@ -150,7 +150,7 @@ def test_bad_train_arguments(capsys, tmp_path, extra, words):
     assert not (tmp_path / "digits").exists()
 
 
-@pytest.mark.parametrize("model", [m for m in list_models() if ":" not in m])  # families have no mlp
+@pytest.mark.parametrize("model", [m for m in list_models() if ":" not in m and m not in WIDTH_MODELS])  # CNNs: no MLP
 def test_mlp_ratio_is_checked_against_the_hidden_size_the_models_build(model):
     """validate() accepts an mlp_ratio exactly when int(dim * mlp_ratio) >= 1, the MLP width every
     model builds; the smallest accepted one trains a step (no zero-width layer)."""
@@ -199,7 +199,7 @@ def test_missing_config_file(capsys, tmp_path):
                                         ("model_tensor", ["not an ann2snn checkpoint", "a tensor of shape [3]"]),
                                         ("model_entries", ["not an ann2snn checkpoint", "'head.weight'"]),
                                         ("unknown_config", ["not an ann2snn checkpoint", "none of ann2snn's config",
-                                                            "'width'"]),
+                                                            "'channels'"]),
                                         ("empty_config", ["not an ann2snn checkpoint", "it is empty"])])
 @pytest.mark.parametrize("command", ["convert", "table"])
 def test_unusable_checkpoints(capsys, checkpoints, tmp_path, kind, words, command):

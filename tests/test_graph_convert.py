@@ -259,3 +259,11 @@ def test_energy_counts_layers_after_residual_adds_and_functional_products():
     assert len(products) == 2 and all(r["flops"] > 0 for r in products)
     assert rows["conv2"]["input"] == "spikes" and rows["conv2"]["sops"] > 0
     assert rows["head"]["flops"] == 8 * 10
+
+
+def test_the_seed_preset_refuses_models_it_was_not_written_for():
+    """seed is the original's module replacement, defined for its transformer only: on resnet18 it
+    would share one neuron between two call sites, so it refuses instead."""
+    q = prepared(_torchvision().models.resnet18(num_classes=10))
+    with pytest.raises(ConversionError, match="seed preset reproduces the original toolkit"):
+        ann2snn.convert(q, "seed")

@@ -48,7 +48,7 @@ def test_relu_pretrained_torchvision_model_calibrate_finetune_convert(tmp_path, 
     rc, out, err = run(capsys, ["convert", "--checkpoint", qcfs / "best_model.pt", "--t", "4", "--verify",
                                 "--json", tmp_path / "c.json"])
     assert rc == 0, err
-    assert "verify (exact, first test batch, t = 4)" in out and ": OK;" in out, out
+    assert "verify (exact, first test batch, t = 4, float64)" in out and ": OK;" in out, out
     res = json.loads((tmp_path / "c.json").read_text())
     assert res["verify"]["ok"] and res["verify"]["max_abs_diff"] <= 1e-4 * max(1.0, res["verify"]["scale"])
 
