@@ -40,7 +40,7 @@ class Config:
     data: str = "cifar10"
     dim: int = 384
     num_heads: int = 12
-    patch_size: int = 4  # accepted for old files; the SPS embedding's patch is fixed by its pools
+    patch_size: int = 4  # the vit model's patch; the transformer's SPS embedding fixes its patch by its pools
     mlp_ratio: float = 4.0
     save: bool = True  # write checkpoints
     save_acc: bool = True  # write the per-epoch CSV log
@@ -115,6 +115,7 @@ class Config:
         need(hidden < MAX_WIDTH + 1, f"mlp_ratio {self.mlp_ratio:g} is too large for dim {self.dim}: the MLP "
              f"hidden size int(dim * mlp_ratio) = {hidden:g} is over {MAX_WIDTH}. Use e.g. `--mlp_ratio 4`.")
         need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
+        need(1 <= self.patch_size <= 1024, f"patch_size must be between 1 and 1024, got {self.patch_size}.")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
         need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}. QCFS uses 0.9.")
         need(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
@@ -176,7 +177,7 @@ WIDTH_MODELS = ("vgg16", "resnet18", "resnet20")
 SSA_FORM_CHOICES = ("token_first", "token_last")
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
 MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize",
-              "width")
+              "width", "patch_size")
 # Largest layer width (dim, and the MLP hidden size int(dim * mlp_ratio)) accepted: far above any
 # real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
 # torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).
@@ -205,7 +206,6 @@ RESUME_SAFE_KEYS = (
     "preset",  # conversion only
     "action",  # old files' keys: the sub-command decides what runs
     "mode",
-    "patch_size",  # accepted for old files, used by no model
     "model_path",  # used only when the run started (inherit); the stored value is kept
     "inherit",  # ditto: a resume loads last.pt whatever it says
     "t",  # conversion only -- except for direct SNNs, whose training T it is (checked there)

@@ -38,8 +38,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ann2snn.graph import ConversionError, add_module, classify, describe, module_path, replace_module, trace
 from ann2snn.layers import LinearBN, MatMul
-from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, ScaledNeuron,
-                             SpikeEinsum, SpikeMatMul)
+from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron,
+                             RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul)
 from ann2snn.quant import QCFS, trace_leaves
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,19 @@ _SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, operator.imul,
 _MATMULS = {operator.matmul, torch.matmul, torch.bmm}
 _SOFTMAX = {F.softmax, torch.softmax}
 _MAXPOOL_F = {F.max_pool2d, torch.max_pool2d}
+# Non-linear functions of one operand that become RunningFunction (R_k = n·f(X_k / n)): row-wise
+# normalisations and elementwise activations.  Each is a float operation on every step, kept
+# because spikes cannot carry it; its real-valued output makes the next layer pay MACs.
+_RUNNING_MODULES = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None), nn.GELU, nn.SiLU,
+                                     nn.Sigmoid, nn.Tanh, nn.Softplus, nn.ELU, nn.Mish, nn.Hardswish,
+                                     nn.Hardsigmoid, nn.Softsign, nn.LeakyReLU, nn.CELU, nn.SELU)
+                         if t is not None)
+_RUNNING_FUNCTIONS = {f for f in (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm, F.gelu, F.silu,
+                                  torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.elu, F.mish,
+                                  F.hardswish, F.hardsigmoid, F.softsign, F.leaky_relu, F.celu, F.selu,
+                                  torch.exp, torch.erf)
+                      if f is not None}
+_RUNNING_METHODS = {"sigmoid", "tanh", "exp", "erf"}
 
 
 def _fold_bn_graph(gm: fx.GraphModule, kinds: dict, clock: Clock, gate: bool, report: dict) -> None:
@@ -230,8 +243,12 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
       gated (:class:`~ann2snn.neurons.DriveConst`), dropout removed;
     - linear operations pass: pools by averaging, shape and selection ops, sums and means, add /
       subtract of spiking tensors, scaling by constants, matmul by a constant;
-    - anything else on a spiking path (sigmoid, tanh, GELU, LayerNorm, ``*`` of two spiking
-      tensors, …) raises :class:`~ann2snn.graph.ConversionError` naming the node, its module path
+    - LayerNorm, RMSNorm, GroupNorm (row-wise) and GELU, SiLU, sigmoid, tanh and other elementwise
+      activations (module, function or method) → :class:`~ann2snn.neurons.RunningFunction`, the
+      running-sum rule R_k = n·f(X_k / n): a float operation on every step, kept because spikes cannot
+      carry these non-linearities; its output is real-valued, so the next layer pays MACs;
+    - anything else on a spiking path (``*`` or division of two spiking tensors, ``abs``, sorting,
+      …) raises :class:`~ann2snn.graph.ConversionError` naming the node, its module path
       and source line — unless ``allow_float_ops`` (True, or a set of node names) keeps it as a
       per-step float op, with a warning: the network is then an approximation.
 
@@ -244,7 +261,7 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
     kinds = classify(gm)
     report: dict[str, list[str]] = {}
     _fold_bn_graph(gm, kinds, clock, opts.gate_bias, report)
-    neurons, pools, products, softmaxes = [], [], [], []
+    neurons, pools, products, softmaxes, running = [], [], [], [], []
     gated_consts, removed, kept_float = [], [], []
     seen_targets: set[str] = set()
 
@@ -326,6 +343,9 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
                 removed.append(node.name)
+            elif isinstance(mod, _RUNNING_MODULES):
+                site(node, RunningFunction(mod, clock, type(mod).__name__), str(node.target))
+                running.append(str(node.target))
             elif isinstance(mod, _SYNAPSES + _PASS_MODULES + (GatedBatchNorm, DriveGate)):
                 pass  # linear maps (biases gated below)
             elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -359,6 +379,19 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
                 continue
             retarget(node, ECSoftmax(dim, clock), f"softmax_{node.name}", (node.args[0],))
             softmaxes.append(node.name)
+            continue
+        if (fn and t in _RUNNING_FUNCTIONS) or (meth and t in _RUNNING_METHODS):
+            if len(spiking_args) > 1:
+                refuse(node, "a function of several spiking operands has no running-sum form here",
+                       "Make the other operands constant.")
+                continue
+            f = t if fn else getattr(torch, t)
+            name = getattr(f, "__name__", str(t))
+            path = module_path(node)
+            mod_name = add_module(gm, f"{path}.{name}_{node.name}" if path else f"{name}_{node.name}",
+                                  RunningFunction(f, clock, name))
+            node.op, node.target = "call_module", mod_name
+            running.append(node.name)
             continue
         if fn and t in _MAXPOOL_F:
             a = list(node.args) + [None] * 6
@@ -406,8 +439,8 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
         if fn and t in (F.pad,) and node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0) in (0, 0.0, None):
             continue
         refuse(node, "this operation is not linear and has no spike-equivalent operator here",
-               "Replace it by a ReLU (quantized to QCFS) or a supported operator; LayerNorm, GELU, sigmoid and "
-               "tanh are not supported yet")
+               "Replace it by a ReLU (quantized to QCFS) or a supported operator (linear ops, products, softmax, "
+               "norms and elementwise activations: see ann2snn.convert.convert_graph)")
     if opts.gate_bias:
         gates = []
         for name, mod in list(gm.named_modules()):
@@ -419,7 +452,7 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
                 gates.append(name)
         report["gate_biases"] = gates
     report.update(replace_activations=neurons, replace_maxpool=pools, replace_products=products,
-                  replace_softmax=softmaxes, gate_constants=gated_consts, remove_dropout=removed,
+                  replace_softmax=softmaxes, replace_functions=running, gate_constants=gated_consts, remove_dropout=removed,
                   kept_float_ops=kept_float)
     gm.graph.lint()
     gm.delete_all_unused_submodules()  # folded BatchNorms, replaced dropouts

@@ -85,12 +85,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from ann2snn.layers import MatMul
 from ann2snn.metrics import device_of, evaluate
 from ann2snn.models.direct import is_direct
-from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
+from ann2snn.neurons import DriveConst, DriveGate, ECSoftmax, MaxPoolNeuron, RunningFunction, ScaledNeuron, SpikeMatMul
 
 SYNAPSE_TYPES: list[type] = [nn.Linear, nn.Conv1d, nn.Conv2d, DriveGate]
 PRODUCT_TYPES: list[type] = [SpikeMatMul, MatMul]
 NEURON_TYPES: list[type] = [ScaledNeuron, MaxPoolNeuron, BaseNode]
-ANALOG_TYPES: list[type] = [ECSoftmax, nn.Softmax]  # outputs are real-valued, not spikes
+ANALOG_TYPES: list[type] = [ECSoftmax, nn.Softmax, RunningFunction, DriveConst]  # real-valued outputs, not spikes
 FIRST_LAYER_MODES = ("once", "per_step")
 
 

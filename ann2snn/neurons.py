@@ -215,6 +215,14 @@ class DriveGate(nn.Module):
         super().__init__()
         self.layer, self.clock = layer, clock
 
+    @property
+    def weight(self) -> torch.Tensor:  # the wrapped layer's, for code that reads `layer.weight` itself
+        return self.layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.layer.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         bias = layer.bias if self.clock.drive else None
@@ -284,3 +292,34 @@ class GatedBatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         y = x * self.scale.view(shape)
         return y + self.shift.view(shape) if self.clock.drive else y
+
+
+class RunningFunction(_RunningOp):
+    """Spike-equivalent f for any elementwise or row-wise function of one spiking operand:
+    R_k = n_k · f(X_k / n_k) for the running input sum X_k and n_k drive steps (the rule of
+    :class:`ECSoftmax`; Huang et al., "ECMT", 2024, for expectation compensation).
+
+    The outputs sum to n · f(mean input), so once the input has settled the run's mean is f of the
+    ANN's value: exact for LayerNorm, RMSNorm and GroupNorm (row-wise), GELU, SiLU, sigmoid,
+    tanh and the like (elementwise).  ``fn`` is called as ``fn(X_k / n_k, *args, **kwargs)``
+    with the node's other, constant arguments (a LayerNorm's weight and bias, GELU's
+    ``approximate``).  It is a float operation on every step: the price of a non-linearity that
+    spikes cannot carry; its output is real-valued, so the layer that reads it pays MACs.
+    """
+
+    def __init__(self, fn, clock: Clock, name: str = ""):
+        super().__init__(clock)
+        self.fn = fn  # an nn.Module (kept as a sub-module, so .to() moves its parameters) or a function
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.register_memory("acc", None)
+
+    def single_step_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self.acc = x if self.acc is None else self.acc + x
+        n = max(self.clock.driven, 1)
+        return self._emit(n * self.fn(self.acc / n, *args, **kwargs))
+
+    def forward(self, x, *args, **kwargs):  # several inputs: bypass MemoryModule's dispatch
+        return self.single_step_forward(x, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"f={self.name}"

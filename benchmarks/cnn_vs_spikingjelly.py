@@ -183,10 +183,10 @@ def goals(res: dict, L: int) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/cnn_vs_sj")
-    p.add_argument("--train_subset", type=int, default=10000)
+    p.add_argument("--train_subset", type=int, default=20000)
     p.add_argument("--test_subset", type=int, default=1000)
-    p.add_argument("--relu_epochs", type=int, default=3)
-    p.add_argument("--qcfs_epochs", type=int, default=2)
+    p.add_argument("--relu_epochs", type=int, default=8)
+    p.add_argument("--qcfs_epochs", type=int, default=4)
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--calib_batches", type=int, default=20)
     p.add_argument("--repeats", type=int, default=30)

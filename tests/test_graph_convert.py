@@ -148,8 +148,8 @@ def test_inplace_functional_relu_whose_result_is_unused_still_quantizes_the_late
 
 
 def test_wrong_conversion_would_be_caught_by_verify():
-    """The old module-replacement path on resnet18 (one neuron for two sites, BN shifts on every
-    step) is what verify exists to catch: replace one neuron's λ and the check fails."""
+    """A wrong conversion (the old module replacement gave resnet18 one neuron for two sites) is
+    what verify exists to catch: scale one neuron's λ and the check fails."""
     q = prepared(_torchvision().models.resnet18(num_classes=10))
     snn = ann2snn.convert(q, "exact")
     snn.neurons()[3].lam *= 1.5
@@ -168,14 +168,31 @@ class _One(nn.Module):
 
 
 UNSUPPORTED = {
-    "sigmoid": (lambda s, h: torch.sigmoid(h), "sigmoid"),
-    "tanh": (lambda s, h: h.tanh(), "tanh"),
-    "gelu": (lambda s, h: F.gelu(h), "gelu"),
-    "layernorm": (lambda s, h: F.layer_norm(h, (4,)), "layer_norm"),
+    "abs": (lambda s, h: h.abs(), "abs"),
+    "sort": (lambda s, h: torch.sort(h, -1).values, "sort"),
     "product": (lambda s, h: h * h, "mul"),
     "divide": (lambda s, h: h / (h + 1), "truediv"),
     "functional-linear-bias": (lambda s, h: F.linear(h, s.lin.weight, s.lin.bias), "linear"),
 }
+# non-linear functions of one operand: converted by the running-sum rule (RunningFunction)
+RUNNING = {
+    "sigmoid": lambda s, h: torch.sigmoid(h),
+    "tanh": lambda s, h: h.tanh(),
+    "gelu": lambda s, h: F.gelu(h, approximate="tanh"),
+    "layernorm": lambda s, h: F.layer_norm(h, (4,), s.lin.weight[0], s.lin.bias),
+    "silu": lambda s, h: F.silu(h),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUNNING))
+def test_norms_and_activations_convert_by_the_running_sum_rule(case):
+    torch.manual_seed(0)
+    q = ann2snn.quantize(_One(RUNNING[case]), 4, lambda_init=1.0).eval()
+    snn = ann2snn.convert(q, "exact")
+    assert len(snn.report["replace_functions"]) == 1
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    for t in (1, 3):
+        assert verify(q, snn, x, t=t)["ok"]
 
 
 @pytest.mark.parametrize("case", sorted(UNSUPPORTED))
@@ -189,24 +206,30 @@ def test_unsupported_constructs_are_refused_naming_the_node(case):
     assert "allow_float_ops" in msg
 
 
-def test_module_layernorm_and_gelu_name_their_module_path():
+def test_an_unsupported_module_names_its_module_path():
     class M(nn.Module):
         def __init__(self):
             super().__init__()
-            self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.LayerNorm(4), nn.GELU())
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.PReLU(), nn.Linear(4, 2))
 
         def forward(self, x):
             return self.block(x)
 
-    with pytest.raises(ConversionError, match=r"node 'block_2' \(LayerNorm module\) in module 'block\.2'"):
+    with pytest.raises(ConversionError, match=r"node 'block_2' \(PReLU module\) in module 'block\.2'"):
         ann2snn.convert(ann2snn.quantize(M(), 4), "exact")
 
 
 def test_opt_in_keeps_a_float_op_with_a_warning():
-    q = ann2snn.quantize(_One(UNSUPPORTED["sigmoid"][0]), 4)
+    """The refusal names the opt-in for exactly that node; taking it converts, with a warning."""
+    import re
+
+    q = ann2snn.quantize(_One(UNSUPPORTED["abs"][0]), 4)
+    with pytest.raises(ConversionError) as err:
+        ann2snn.convert(q, "exact")
+    name = re.search(r"allow_float_ops=\{'([^']+)'\}", str(err.value)).group(1)
     with pytest.warns(UserWarning, match="per-step float op"):
-        snn = ann2snn.convert(q, "exact", allow_float_ops={"sigmoid"})
-    assert snn.report["kept_float_ops"] == ["sigmoid"]
+        snn = ann2snn.convert(q, "exact", allow_float_ops={name})
+    assert snn.report["kept_float_ops"] == [name]
 
 
 def test_untraceable_model_names_the_failing_line():
@@ -267,3 +290,55 @@ def test_the_seed_preset_refuses_models_it_was_not_written_for():
     q = prepared(_torchvision().models.resnet18(num_classes=10))
     with pytest.raises(ConversionError, match="seed preset reproduces the original toolkit"):
         ann2snn.convert(q, "seed")
+
+
+class PreNormBlock(nn.Module):
+    """A pre-norm transformer: patch embedding, class token and position embedding (constants
+    added into the spiking path), LayerNorm → q, k, v (QCFS sites on q, k and v) → softmax attention
+    → projection, LayerNorm → fc1 → GELU → QCFS → fc2, a final LayerNorm and the class token's head."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.patch = nn.Conv2d(1, dim, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 5, dim) * 0.1)
+        self.ln1, self.ln2, self.ln_out = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.q_act, self.k_act, self.v_act = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.proj = nn.Linear(dim, dim)
+        self.fc1, self.gelu, self.fc1_act, self.fc2 = nn.Linear(dim, 2 * dim), nn.GELU(), nn.ReLU(), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)  # [B, 4, D]
+        B, N, D = x.shape
+        x = torch.cat([self.cls.expand(B, -1, -1), x], 1) + self.pos
+        h = self.ln1(x)
+
+        def heads(t):
+            return t.reshape(B, N + 1, self.heads, D // self.heads).transpose(1, 2)
+
+        q, k, v = heads(self.q_act(self.q(h))), heads(self.k_act(self.k(h))), heads(self.v_act(self.v(h)))
+        att = (q @ k.transpose(-2, -1) * (D // self.heads) ** -0.5).softmax(dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(B, N + 1, D))
+        x = x + self.fc2(self.fc1_act(self.gelu(self.fc1(self.ln2(x)))))
+        return self.head(self.ln_out(x)[:, 0])
+
+
+def test_a_pre_norm_transformer_settles_on_its_quantized_ann():
+    torch.manual_seed(0)
+    q = prepared(PreNormBlock())
+    snn = ann2snn.convert(q, "exact")
+    rep = snn.report
+    assert len(rep["replace_functions"]) == 4  # three LayerNorms and the GELU
+    assert len(rep["gate_constants"]) == 2  # the class token (concatenated) and the position embedding
+    assert len(rep["replace_products"]) == 2 and len(rep["replace_softmax"]) == 1
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    for t in (1, 2, 4, 8):
+        r = verify(q, snn, x, t=t)
+        assert r["ok"], (t, r)
+    # not vacuous: rate coding at t = 2 != L misses the quantized ANN
+    rate_like = verify(q, ann2snn.convert(q, "rate"), x, t=2)
+    assert not rate_like["ok"]
+

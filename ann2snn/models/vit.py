@@ -1,0 +1,81 @@
+"""A pre-norm vision transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021)
+built to be quantized and converted (issue: standard vision transformers).
+
+Patch embedding (a patch_size × patch_size convolution), a class token and learned position
+embeddings, ``depth`` pre-norm blocks ``x + Attn(LN(x))``, ``x + MLP(LN(x))``, a final LayerNorm and
+a Linear head on the class token.  Where the activations are quantized (each an ``nn.ReLU``
+module, so :func:`ann2snn.quant.quantize` gives each its QCFS site):
+
+- on q, k and v (``qkv_act``, after the fused qkv Linear): attention's products then multiply
+  spikes, which the spike-equivalent product counts as accumulates, as Spikformer's SSA does;
+- after GELU in the MLP (``mlp_act``): fc2 reads spikes.
+
+LayerNorm, GELU and softmax stay float operations, converted by the running-sum rule
+(:class:`~ann2snn.neurons.RunningFunction`, :class:`~ann2snn.neurons.ECSoftmax`): they read the
+residual stream or the attention scores, which are sums of spike trains times weights, not
+spikes, so the layers after them (q/k/v, fc1, the attention projection) pay MACs.  The GELU's
+small negative lobe is cut by the QCFS site after it; the ANN is trained that way.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ann2snn.models._registry import register_model
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} must be divisible by num_heads {num_heads}"
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv_act = nn.ReLU()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv_act(self.qkv(x)).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, hd]
+        att = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.fc1, self.gelu, self.mlp_act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.ReLU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.mlp_act(self.gelu(self.fc1(self.norm2(x)))))
+
+
+class ViT(nn.Module):
+    def __init__(self, dim: int = 192, num_heads: int = 3, depth: int = 12, mlp_ratio: float = 4.0,
+                 in_channels: int = 3, img_size: int = 32, num_classes: int = 10, patch_size: int = 4):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        tokens = (img_size // patch_size) ** 2
+        self.patch = nn.Conv2d(in_channels, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+@register_model("vit")
+def vit(dim: int = 192, num_heads: int = 3, depth: int = 12, mlp_ratio: float = 4.0, in_channels: int = 3,
+        img_size: int = 32, num_classes: int = 10, patch_size: int = 4, **ignored) -> ViT:
+    """A pre-norm ViT (defaults: ViT-Tiny's width and depth, patch 4 for 32×32 images)."""
+    return ViT(dim, num_heads, depth, mlp_ratio, in_channels, img_size, num_classes, patch_size)
