@@ -69,7 +69,7 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
     if cfg.width is not None:
         direct["width"] = cfg.width
-    if cfg.model == "vit":
+    if cfg.model == "vit" or cfg.model.startswith("timm:"):
         direct["patch_size"] = cfg.patch_size
     model = create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
                          mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=info.img_size,

@@ -50,3 +50,27 @@ def test_vit_trains_on_digits_and_converts_through_the_cli(tmp_path, capsys):
     assert res["ann"]["top1"] > 50  # 8 epochs on digits (measured: about 70 % after 6); chance is 10 %
     # with extra steps every k-step run has settled to within 2 points of the ANN (measured: within 1)
     assert abs(res["snn"]["k_step"]["top1"][-1] - res["ann"]["top1"]) <= 2.0
+
+
+def test_a_tiny_timm_vit_settles_on_its_quantized_ann():
+    """timm's VisionTransformer (random weights, 16×16 images): its fused attention is rewritten into
+    explicit ops, QCFS sites go on q, k, v and after the MLP's GELU, and under ``exact`` it settles
+    on the quantized ANN within 1e-4 · max(1, max |logit|) (float64), with neurons that fire."""
+    model = create_model("timm:vit_tiny_patch16_224", in_channels=1, img_size=16, num_classes=10, patch_size=4,
+                         timm_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2}).eval()
+    q = ann2snn.quantize(model, 4)
+    assert sum(isinstance(m, QCFS) for m in q.modules()) == 4
+    randomize_lambdas(q, 0.02, 0.1)  # timm's small initial weights: small thresholds make the neurons fire
+    snn = ann2snn.convert(q.eval(), "exact")
+    assert len(snn.report["replace_softmax"]) == 2 and len(snn.report["gate_constants"]) == 2  # cls token, pos
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    rates = []
+    hooks = [n.register_forward_hook(lambda m, a, o: rates.append(float((o != 0).float().mean())))
+             for n in snn.neurons()]
+    ann2snn.Simulator(snn).run(x, 4)
+    for h in hooks:
+        h.remove()
+    assert sum(rates) / len(rates) > 0.05
+    for t in (1, 4):
+        r = ann2snn.verify(q, snn, x, t=t)
+        assert r["ok"] and r["scale"] > 0.1, (t, r)
