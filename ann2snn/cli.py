@@ -318,7 +318,7 @@ def self_check(model, sim, loader, cfg) -> dict | None:
     """``verify`` on the first test batch under the exact preset (a converted model only): the
     largest |SNN − quantized ANN| once the network is quiescent.  Warns when it exceeds the
     tolerance; None for direct SNNs and the other presets, which approximate by design."""
-    from ann2snn.convert import VERIFY_TOLERANCE, verify
+    from ann2snn.convert import verify
     from ann2snn.models import model_kind
 
     if model_kind(cfg.model) != "convertible" or cfg.preset != "exact":

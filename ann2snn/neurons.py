@@ -170,22 +170,33 @@ class _RunningOp(base.MemoryModule):
         return out
 
 
-class SpikeMatMul(_RunningOp):
-    """Spike-equivalent ``a @ b`` of two spiking operands: R_k = A_k @ B_k / n_k."""
+class _Bilinear(_RunningOp):
+    """A product of two spiking operands, bilinear in both: R_k = product(A_k, B_k) / n_k for the
+    running sums A_k, B_k, so the outputs sum to n · product(mean a, mean b)."""
 
     def __init__(self, clock: Clock):
         super().__init__(clock)
         self.register_memory("acc_a", None)
         self.register_memory("acc_b", None)
 
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def single_step_forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self.acc_a = a if self.acc_a is None else self.acc_a + a
         self.acc_b = b if self.acc_b is None else self.acc_b + b
         n = max(self.clock.driven, 1)
-        return self._emit(self.acc_a @ self.acc_b / n)
+        return self._emit(self.product(self.acc_a, self.acc_b) / n)
 
     def forward(self, a, b):  # two inputs: bypass MemoryModule's single-input dispatch
         return self.single_step_forward(a, b)
+
+
+class SpikeMatMul(_Bilinear):
+    """Spike-equivalent ``a @ b`` of two spiking operands: R_k = A_k @ B_k / n_k."""
+
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b
 
 
 class ECSoftmax(_RunningOp):
@@ -231,24 +242,16 @@ class DriveGate(nn.Module):
         return layer._conv_forward(x, layer.weight, bias)
 
 
-class SpikeEinsum(_RunningOp):
+class SpikeEinsum(_Bilinear):
     """Spike-equivalent ``torch.einsum(equation, a, b)`` of two spiking operands (bilinear, like
     :class:`SpikeMatMul`): R_k = einsum(A_k, B_k) / n_k."""
 
     def __init__(self, equation: str, clock: Clock):
         super().__init__(clock)
         self.equation = equation
-        self.register_memory("acc_a", None)
-        self.register_memory("acc_b", None)
 
-    def single_step_forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        self.acc_a = a if self.acc_a is None else self.acc_a + a
-        self.acc_b = b if self.acc_b is None else self.acc_b + b
-        n = max(self.clock.driven, 1)
-        return self._emit(torch.einsum(self.equation, self.acc_a, self.acc_b) / n)
-
-    def forward(self, a, b):
-        return self.single_step_forward(a, b)
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.einsum(self.equation, a, b)
 
     def extra_repr(self) -> str:
         return f"equation={self.equation!r}"

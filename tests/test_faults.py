@@ -26,50 +26,17 @@ import pytest
 import torch
 import yaml
 
-from ann2snn import checkpoint, cli, config, data, rundir
+from ann2snn import checkpoint, cli, config, rundir
 from ann2snn.config import FIELD_NAMES, MAX_STEPS, RESUME_SAFE_KEYS, Config, ConfigError
-from ann2snn.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 ANN2SNN = str(ROOT / ".venv" / "bin" / "ann2snn")
 TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
         "train_subset": 32, "test_subset": 16, "t": 2, "l": 2, "device": "cpu", "use_amp": False}
+from test_bad_input import assert_user_error, offline, run_cli  # noqa: E402,F401  (offline: the autouse fixture)
+
 LOG_HEADER = "epoch,lr,train_loss,train_top1,test_loss,test_top1,test_top5,epoch_s"
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ANN2SNN_NO_TQDM": "1", "PYTHONWARNINGS": "ignore"}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path_factory):
-    """No downloads, one torch thread (as in test_bad_input)."""
-    def no_download(fn, root, not_found):
-        raise DataError(f"{not_found} Downloading it into {str(root)!r} failed (offline test).")
-
-    monkeypatch.setattr(data, "_download", no_download)
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path_factory.getbasetemp() / "no-fmnist"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_cli(capsys, argv: list) -> tuple[int, str]:
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own errors
-        rc = e.code
-    _, err = capsys.readouterr()
-    return rc, err
-
-
-def assert_user_error(rc: int, err: str, command: str, *words: str) -> str:
-    """Exit 2, no traceback, exactly one error line, naming the problem."""
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"ann2snn {command}: error:")]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def write_yaml(path: Path, values: dict) -> Path:
