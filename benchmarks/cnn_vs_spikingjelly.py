@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from _results import write_marked
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -226,14 +228,7 @@ def main() -> int:
     (runs / "cnn_vs_sj.md").write_text(md)
     print(md)
     if args.write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        text = path.read_text()
-        start, end = "<!-- cnn-vs-spikingjelly:start -->", "<!-- cnn-vs-spikingjelly:end -->"
-        if start in text and end in text:
-            text = text[:text.index(start)] + md.strip() + "\n" + text[text.index(end) + len(end):].lstrip("\n")
-        else:
-            text = text.rstrip() + "\n\n" + md
-        path.write_text(text)
+        write_marked("cnn-vs-spikingjelly", md)
     return 0
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from _results import write_marked
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -143,7 +145,8 @@ def markdown(verify_rows, table, args) -> str:
                   f"{table['checks']['float32']['max_abs_diff']:.2g} (activations on a rounding boundary to within the "
                   "last bit round the other way; float64: "
                   f"{table['checks']['float64']['max_abs_diff']:.2g}).",
-                  f"- Time: ReLU training {table['timing']['relu_train_s']:.0f} s, QCFS fine-tuning "
+                  "- Time (training: the run that trained; later runs reuse its checkpoints and "
+                  f"runs/…/train_timing.json): ReLU training {table['timing']['relu_train_s']:.0f} s, QCFS fine-tuning "
                   f"{table['timing']['qcfs_train_s']:.0f} s, convert {table['timing']['convert_eval_s']:.0f} s, table "
                   f"{table['timing']['table_s']:.0f} s.", "", table["table_md"].replace("# Accuracy table", "#### Table"), ""]
     lines.append("<!-- own-models:end -->")
@@ -172,14 +175,7 @@ def main() -> int:
     (runs / "own_models.md").write_text(md)
     print(md)
     if args.write:
-        res = ROOT / "benchmarks" / "RESULTS.md"
-        text = res.read_text()
-        start, end = "<!-- own-models:start -->", "<!-- own-models:end -->"
-        if start in text and end in text:
-            text = text[:text.index(start)] + md.strip() + "\n" + text[text.index(end) + len(end):].lstrip("\n")
-        else:
-            text = text.rstrip() + "\n\n" + md
-        res.write_text(text)
+        write_marked("own-models", md)
     return 0
 
 
