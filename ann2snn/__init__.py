@@ -24,10 +24,12 @@ from ann2snn.config import Config, ConfigError, load_config  # noqa: E402
 from ann2snn.convert import PRESETS, ConversionOptions, SpikingNetwork, simulator_for, verify  # noqa: E402
 from ann2snn.convert import convert as _convert  # noqa: E402
 from ann2snn.energy import EnergyMeter, measure_energy  # noqa: E402
+from ann2snn.frontier import frontier  # noqa: E402
 from ann2snn.metrics import effective_latency, evaluate, evaluate_ann, evaluate_snn, evaluate_table  # noqa: E402
 from ann2snn.models import create_model, list_models, register_model  # noqa: E402
 from ann2snn.quant import QCFS, quantize  # noqa: E402
 from ann2snn.graph import ConversionError  # noqa: E402
+from ann2snn.neurons import bits_per_step  # noqa: E402
 from ann2snn.simulate import Simulator  # noqa: E402
 
 convert = _convert  # the function, not the submodule of the same name
@@ -35,6 +37,6 @@ convert = _convert  # the function, not the submodule of the same name
 __version__ = "0.1.0"
 
 __all__ = ["Config", "ConfigError", "ConversionError", "ConversionOptions", "EnergyMeter", "PRESETS", "QCFS", "Simulator",
-           "SpikingNetwork", "convert", "create_model", "effective_latency", "evaluate", "evaluate_ann",
-           "evaluate_snn", "evaluate_table", "list_models", "load_config", "measure_energy", "quantize",
+           "SpikingNetwork", "bits_per_step", "convert", "create_model", "effective_latency", "evaluate", "evaluate_ann",
+           "evaluate_snn", "evaluate_table", "frontier", "list_models", "load_config", "measure_energy", "quantize",
            "register_model", "simulator_for", "verify"]

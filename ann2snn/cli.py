@@ -338,10 +338,11 @@ def verify_line(res: dict) -> str:
             f"scale)): {'OK' if res['ok'] else 'FAILED'}; {state}, settled after {res['settle_steps']} steps")
 
 
-def eval_dir(run_dir: Path, ckpt: Path, kind: str, preset: str) -> Path:
+def eval_dir(run_dir: Path, ckpt: Path, kind: str, preset: str, spike_levels: int = 1) -> Path:
     """Where an evaluation of checkpoint ``ckpt`` writes by default: ``<its folder>/<kind>-<its
-    name>-<preset>``, so that two checkpoints in one folder never overwrite each other's results."""
-    return run_dir / f"{kind}-{ckpt.stem}-{preset}"
+    name>-<preset>`` (``-m<spike_levels>`` appended when it is not 1), so that two checkpoints or
+    settings in one folder never overwrite each other's results."""
+    return run_dir / (f"{kind}-{ckpt.stem}-{preset}" + (f"-m{spike_levels}" if spike_levels != 1 else ""))
 
 
 def _is_main() -> bool:
@@ -373,7 +374,7 @@ def cmd_convert(args, overrides) -> int:
     from ann2snn.convert import simulator_for
 
     cfg, ckpt, run_dir = resolve(args, overrides)
-    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "eval", cfg.preset)
+    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "eval", cfg.preset, cfg.spike_levels)
     preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
     model, loader, _ = load_trained(cfg, ckpt)
     sim = simulator_for(model, cfg)
@@ -382,7 +383,8 @@ def cmd_convert(args, overrides) -> int:
     with EnergyMeter.for_simulator(sim) as meter:  # firing rates and operations of the t-step run
         res = evaluate(sim, loader, cfg.t, cfg.extra_t, ann=model, meter=meter, latency_extra=latency_extra)
     result = {"ann": res["ann"],
-              "snn": {"t": cfg.t, "extra_t": cfg.extra_t, "preset": cfg.preset, "k_step": res["k_step"],
+              "snn": {"t": cfg.t, "extra_t": cfg.extra_t, "preset": cfg.preset, "spike_levels": res["spike_levels"],
+                      "bits_per_step": res["bits_per_step"], "k_step": res["k_step"],
                       "k_step_is_prefix": res["k_step_is_prefix"], "within_run": res["within_run"]},
               "effective_latency": res["effective_latency"], "checkpoint": str(ckpt), "n": res["n"]}
     if check is not None:
@@ -414,7 +416,7 @@ def cmd_energy(args, overrides) -> int:
     from ann2snn.convert import simulator_for
 
     cfg, ckpt, run_dir = resolve(args, overrides)
-    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "energy", cfg.preset)
+    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "energy", cfg.preset, cfg.spike_levels)
     preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
     model, loader, _ = load_trained(cfg, ckpt)
     res = measure_energy(model, simulator_for(model, cfg), loader, cfg.t, cfg.extra_t, args.constants,
@@ -441,7 +443,7 @@ def cmd_table(args, overrides) -> int:
     rows = parse_range(args.t, "--t", 1)
     extras = parse_range(args.extra_t, "--extra-t", 0)
     cfg, ckpt, run_dir = resolve(args, overrides)
-    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "table", cfg.preset)
+    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "table", cfg.preset, cfg.spike_levels)
     preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
     model, loader, _ = load_trained(cfg, ckpt)
     t0 = time.perf_counter()
@@ -453,12 +455,40 @@ def cmd_table(args, overrides) -> int:
               "table_over_ann_eval": round((t2 - t1) / max(t1 - t0, 1e-9), 2)}
     if _is_main():  # under torchrun only rank 0 writes
         write_table(out, ann, table, extras, meta={"checkpoint": str(ckpt), "preset": cfg.preset, "n": ann["n"],
-                                                    "timing": timing})
+                                                    "spike_levels": cfg.spike_levels, "timing": timing})
         print(f"time: ANN evaluation {timing['ann_eval_s']:.2f} s, table {timing['table_s']:.2f} s "
               f"({timing['table_over_ann_eval']:.1f}x the ANN evaluation, same data, one run)")
         from ann2snn.plots import NAMES, plot_table_heatmap
 
         print(f"heatmap: {plot_table_heatmap(ann, table, extras, out / NAMES['heatmap'])}")
+    return 0
+
+
+def cmd_frontier(args, overrides) -> int:
+    from ann2snn.convert import simulator_for
+    from ann2snn.frontier import frontier, levels_of, parse_levels
+    from ann2snn.plots import NAMES, plot_frontier
+    from ann2snn.report import write_frontier
+
+    cfg, ckpt, run_dir = resolve(args, overrides)
+    out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "frontier", cfg.preset)
+    preflight_outputs(args, out)  # before any work: a bad output path loses no evaluation
+    model, loader, _ = load_trained(cfg, ckpt)
+    sim = simulator_for(model, cfg)
+    try:
+        L = levels_of(sim)
+        levels = parse_levels(args.levels, L)
+        rows = parse_range(args.t.replace("2L", str(2 * L)).replace("L", str(L)), "--t", 1)
+        extras = parse_range(args.extra_t.replace("L", str(L)), "--extra-t", 0)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    res = frontier(model, sim, loader, levels, rows, max(extras), args.energy_batches, args.constants,
+                   args.first_layer)
+    if not _is_main():
+        return 0
+    res.update(checkpoint=str(ckpt), preset=cfg.preset)
+    write_frontier(out, res)
+    print(f"plot: {plot_frontier(res, out / NAMES['frontier'])}")
     return 0
 
 
@@ -578,6 +608,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--t", default="1-8", help="rows: e.g. 1-12 or 1,2,4,8")
     sp.add_argument("--extra-t", dest="extra_t", default="0-4", help="extra steps per row: e.g. 0-4")
     sp.set_defaults(func=cmd_table)
+
+    sp = sub.add_parser("frontier", help="accuracy against total steps and energy, across spike levels")
+    common(sp)
+    sp.add_argument("--checkpoint")
+    sp.add_argument("--levels", default="1,2,L", help="spike_levels m to compare: e.g. 1,2,L or 1,L/2,L")
+    sp.add_argument("--t", default="1-2L", help="rows (input steps): e.g. 1-2L or 1,2,4")
+    sp.add_argument("--extra-t", dest="extra_t", default="0-L",
+                    help="extra zero-input steps tried per row; a row keeps e = 0 and the fewest that reach its best")
+    sp.add_argument("--energy-batches", dest="energy_batches", type=_positive_int, default=4,
+                    help="measure each point's energy on the first N test batches")
+    energy_options(sp)
+    sp.set_defaults(func=cmd_frontier)
 
     sp = sub.add_parser("run", help="do what an original-style config's action/mode keys say")
     common(sp, config_required=True)

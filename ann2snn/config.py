@@ -76,6 +76,7 @@ class Config:
     workers: int = 0  # DataLoader worker processes
     # --- conversion / evaluation ----------------------------------------------------------
     preset: str = "exact"  # exact | seed | rate (see ann2snn.convert.PRESETS)
+    spike_levels: int = 1  # m: most spikes a converted neuron sends per step and sign (1: binary)
     eval_bs: int | None = None  # evaluation batch size (default: bs)
     # --- runtime --------------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -152,6 +153,9 @@ class Config:
         from ann2snn.convert import PRESETS  # late import: convert imports torch
 
         need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}.")
+        need(1 <= self.spike_levels <= MAX_STEPS,
+             f"spike_levels must be between 1 (binary spikes) and {MAX_STEPS}, got {self.spike_levels}. "
+             "Use e.g. `--spike_levels 4` for up to 4 spikes per step and sign.")
         from ann2snn.models import is_model, unknown_model_message
 
         need(is_model(self.model), f"{unknown_model_message(self.model)} Set `model:` in the config or pass "
@@ -204,6 +208,7 @@ RESUME_SAFE_KEYS = (
     "save_acc",  # whether log.csv rows are written
     "extra_t",  # conversion only (`convert`/`table` defaults)
     "preset",  # conversion only
+    "spike_levels",  # conversion only
     "action",  # old files' keys: the sub-command decides what runs
     "mode",
     "model_path",  # used only when the run started (inherit); the stored value is kept

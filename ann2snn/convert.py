@@ -39,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from ann2snn.graph import ConversionError, add_module, classify, describe, module_path, replace_module, trace
 from ann2snn.layers import LinearBN, MatMul
 from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron,
-                             RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul)
+                             RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul, check_spike_levels)
 from ann2snn.quant import QCFS, trace_leaves
 
 log = logging.getLogger(__name__)
@@ -467,9 +467,11 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
 class SpikingNetwork(nn.Module):
     """A converted network: ``net`` processes one time step per call; ``clock`` is its time."""
 
-    def __init__(self, net: nn.Module, clock: Clock, options: ConversionOptions, report: dict[str, list[str]]):
+    def __init__(self, net: nn.Module, clock: Clock, options: ConversionOptions, report: dict[str, list[str]],
+                 spike_levels: int = 1):
         super().__init__()
         self.net, self.clock, self.options, self.report = net, clock, options, report
+        self.spike_levels = check_spike_levels(spike_levels)  # the simulator's default m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -479,7 +481,7 @@ class SpikingNetwork(nn.Module):
 
 
 def convert(ann: nn.Module, options: ConversionOptions | str = "exact", *,
-            allow_float_ops: bool | set[str] = False) -> SpikingNetwork:
+            allow_float_ops: bool | set[str] = False, spike_levels: int = 1) -> SpikingNetwork:
     """Copy a trained QCFS ANN and convert the copy; the ANN is left untouched.
 
     ``exact`` and ``rate`` trace the model and convert it node by node (:func:`convert_graph`):
@@ -488,7 +490,11 @@ def convert(ann: nn.Module, options: ConversionOptions | str = "exact", *,
     :class:`~ann2snn.graph.ConversionError` that names the node (``allow_float_ops`` keeps such
     nodes as per-step float ops instead, with a warning).  ``seed`` reproduces the original
     toolkit on its own models by module replacement, defects included.
+
+    ``spike_levels`` (m) is the default of the network's :class:`~ann2snn.simulate.Simulator`:
+    each neuron may send up to m spikes per step and sign (1: binary spikes).
     """
+    check_spike_levels(spike_levels)
     if isinstance(options, str) and options not in PRESETS:
         raise ValueError(f"unknown preset {options!r}; choose one of {sorted(PRESETS)}")
     opts = PRESETS[options] if isinstance(options, str) else options
@@ -523,7 +529,7 @@ def convert(ann: nn.Module, options: ConversionOptions | str = "exact", *,
     for step, names in report.items():
         if names:
             log.info("convert: %s: %d", step, len(names))
-    return SpikingNetwork(net, clock, opts, report).eval()
+    return SpikingNetwork(net, clock, opts, report, spike_levels).eval()
 
 
 def simulator_for(model: nn.Module, cfg):
@@ -533,8 +539,12 @@ def simulator_for(model: nn.Module, cfg):
     from ann2snn.models.direct import DirectNetwork
     from ann2snn.simulate import Simulator
 
+    m = getattr(cfg, "spike_levels", 1)
     if model_kind(cfg.model) == "convertible":
-        return Simulator(convert(model, cfg.preset))
+        return Simulator(convert(model, cfg.preset), spike_levels=m)
+    if m != 1:
+        raise ConversionError(f"spike_levels: {m} applies to converted networks; {cfg.model} is a directly trained "
+                              "SNN whose neurons send one spike per step. Leave spike_levels at 1 for it.")
     log.info("%s is a directly trained SNN: evaluated step by step as trained, no conversion "
              "(preset %r does not apply)", cfg.model, cfg.preset)
     return Simulator(DirectNetwork(model))
@@ -547,11 +557,13 @@ VERIFY_TOLERANCE = 1e-4
 
 @torch.no_grad()
 def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = VERIFY_TOLERANCE,
-           max_steps: int = 1024, dtype: torch.dtype | None = torch.float64) -> dict:
+           max_steps: int = 1024, dtype: torch.dtype | None = torch.float64,
+           spike_levels: int | None = None) -> dict:
     """Run the converted network on ``batch`` until it is quiescent and compare its output mean with
     the quantized ANN's logits.
 
-    ``snn``: a :class:`SpikingNetwork` (or a :class:`~ann2snn.simulate.Simulator` of one);
+    ``snn``: a :class:`SpikingNetwork` (or a :class:`~ann2snn.simulate.Simulator` of one, whose
+    ``spike_levels`` is used unless ``spike_levels`` is given);
     ``batch``: an input tensor or an ``(x, y)`` pair.  The run feeds ``t`` input steps (default:
     the largest L of the network's neurons) and then zeros until a zero-input step changes no
     operator's state (no neuron fires, no running sum moves): from then on nothing can change, so
@@ -576,11 +588,13 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     from ann2snn.simulate import Simulator
 
     net = snn.snn if isinstance(snn, Simulator) else snn
+    if spike_levels is None:
+        spike_levels = snn.spike_levels if isinstance(snn, Simulator) else getattr(net, "spike_levels", 1)
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     if dtype is not None:
         net, ann = copy.deepcopy(net).to(dtype), copy.deepcopy(ann).to(dtype)
         x = x.to(dtype)
-    sim = Simulator(net)
+    sim = Simulator(net, spike_levels=spike_levels)
     p = next(sim.snn.parameters(), None)
     x = x.to(p.device if p is not None else torch.device("cpu"))
     levels = [n.levels for n in sim.neurons if n.levels]
@@ -613,5 +627,5 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     scale = float(ref.abs().max())
     ok = diff <= tolerance * max(1.0, scale)
     return {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "ok": bool(ok and quiescent), "t": t,
-            "settle_steps": settle, "quiescent": quiescent, "steps_run": steps,
+            "settle_steps": settle, "quiescent": quiescent, "steps_run": steps, "spike_levels": sim.spike_levels,
             "dtype": str(dtype or x.dtype).replace("torch.", "")}

@@ -4,8 +4,9 @@ Convention (Zhou et al., "Spikformer", ICLR 2023; Yao et al., "Spike-driven Tran
 NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm)::
 
     SOP_l  = r_l × S × FLOPs_l                      (r_l: firing rate of the layer's spike input)
-    E_ANN  = E_MAC × Σ FLOPs_l
-    E_SNN  = E_MAC × FLOPs_first + E_AC × Σ SOP_l   (+ E_MAC × MACs that spikes cannot remove)
+    E_ANN  = E_MAC × (Σ FLOPs_l + F)                (F: MACs of the float functions, once)
+    E_SNN  = E_MAC × FLOPs_first + E_AC × Σ SOP_l   (+ E_MAC × MACs that spikes cannot remove,
+                                                      the float functions on every step among them)
 
 - **FLOPs** are multiply-accumulates of the ANN layer for one image, counted by torch's own
   ``torch.utils.flop_counter.FlopCounterMode`` per module and halved (torch counts a MAC as two
@@ -14,6 +15,13 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
   S = t + extra_t steps simulated; a negative spike counts like a positive one (by magnitude).
   Inputs that are sums of spike trains (the residual stream, max-pool neuron outputs, the head's
   token mean) count one event per non-zero entry.
+- **Multi-level spikes** (``spike_levels`` m > 1): an entry k·λθ of a neuron's output is k
+  events, and each event costs one AC per fan-out, as a binary spike does (a synapse adds its
+  weight k times, or once scaled by a k of log2(2m+1) bits: we count the k adds, the dearer
+  reading).  Counted where a layer reads the neuron's output or a view of it; after an operation
+  that copies it (a residual add), one event per non-zero entry, as for every sum of spike
+  trains.  Totals carry ``spike_levels``, ``bits_per_step`` = log2(2m+1) and ``bit_steps`` =
+  S × bits, the spike-step budget.
 - **Event-driven counting**: every operation count is (events of the operand that drives the
   layer) × (its fan-out), where an event is a non-zero entry and the fan-out is the number of
   MACs of the dense layer that one input entry takes part in (FLOPs / entries).  The other
@@ -57,8 +65,20 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
   * A product's output is real-valued (running means divided by n, or integer counts), so
     whatever it feeds (attention's output projection) pays MACs, until a spiking layer
     re-encodes it.
-- Not counted (on either side): softmax exponentials, BatchNorm left unfolded, residual adds,
-  membrane updates, fixed scalings (Spikformer's ×0.125 after SSA, a shift).
+- **Float operations that spikes cannot carry** (LayerNorm, RMSNorm, GroupNorm, softmax, GELU, SiLU,
+  …: :class:`~ann2snn.neurons.RunningFunction`, :class:`~ann2snn.neurons.ECSoftmax`, a per-step
+  ``nn.Softmax``) are counted as MACs, on both sides, by :data:`NONLINEAR_MACS` MACs per output
+  element: the ANN pays them once per image, the SNN on every step, plus
+  :data:`RUNNING_RULE_MACS` per element and step for the running-sum rule of the converted
+  operators (X_k/n and n·f: two scalings; the accumulation and the difference are adds).  The
+  per-element costs are a convention, not a measurement: an exponential, erf or tanh counts as
+  4 MACs (a degree-4 polynomial by Horner's rule, as fixed-function units evaluate them), every
+  add, multiply or divide around it as one MAC.
+- **Non-spike share**: ``totals["energy_breakdown_mj"]`` splits E_SNN into ACs driven by spikes
+  and MACs of the image-fed layer, of layers fed analog values, of products and of the float
+  functions; ``totals["non_spike_share"]`` is the fraction of E_SNN that is not spike-driven.
+- Not counted (on either side): BatchNorm left unfolded, residual adds, membrane updates, fixed
+  scalings (Spikformer's ×0.125 after SSA, a shift), constants injected on drive steps.
 
 Everything is measured with forward hooks (plus the op-level analog tracking) on the stepped
 network while :class:`ann2snn.simulate.Simulator` runs it; the models are not edited, and
@@ -85,13 +105,36 @@ from torch.utils.flop_counter import FlopCounterMode
 from ann2snn.layers import MatMul
 from ann2snn.metrics import device_of, evaluate
 from ann2snn.models.direct import is_direct
-from ann2snn.neurons import DriveConst, DriveGate, ECSoftmax, MaxPoolNeuron, RunningFunction, ScaledNeuron, SpikeMatMul
+from ann2snn.neurons import (DriveConst, DriveGate, ECSoftmax, MaxPoolNeuron, RunningFunction, ScaledNeuron, SpikeEinsum,
+                             SpikeMatMul, bits_per_step)
 
 SYNAPSE_TYPES: list[type] = [nn.Linear, nn.Conv1d, nn.Conv2d, DriveGate]
-PRODUCT_TYPES: list[type] = [SpikeMatMul, MatMul]
+PRODUCT_TYPES: list[type] = [SpikeMatMul, SpikeEinsum, MatMul]
 NEURON_TYPES: list[type] = [ScaledNeuron, MaxPoolNeuron, BaseNode]
 ANALOG_TYPES: list[type] = [ECSoftmax, nn.Softmax, RunningFunction, DriveConst]  # real-valued outputs, not spikes
 FIRST_LAYER_MODES = ("once", "per_step")
+# MACs per output element of a float function (see the module docstring): an exponential, erf or
+# tanh is 4 MACs; LayerNorm: mean, centred square, normalise, affine; softmax: max-subtract, exp,
+# sum, divide; GELU: erf plus three scalings; SiLU / sigmoid: exp plus add, divide (and × x).
+NONLINEAR_MACS: dict[str, int] = {"layernorm": 4, "rmsnorm": 3, "groupnorm": 4, "softmax": 7, "gelu": 7,
+                                  "silu": 7, "sigmoid": 6, "tanh": 4, "hardswish": 3, "hardsigmoid": 2}
+NONLINEAR_DEFAULT_MACS = 4  # an elementwise function not in the table
+RUNNING_RULE_MACS = 2  # X_k / n and n · f(·), per element and step, for RunningFunction / ECSoftmax
+
+
+def nonlinear_macs(module: nn.Module) -> int:
+    """MACs per output element of one evaluation of the float function that ``module`` computes."""
+    if isinstance(module, DriveConst):
+        return 0
+    if isinstance(module, (ECSoftmax, nn.Softmax)):
+        return NONLINEAR_MACS["softmax"]
+    name = module.name if isinstance(module, RunningFunction) else type(module).__name__
+    key = name.lower().replace("_", "").removeprefix("f.")
+    if key in NONLINEAR_MACS:
+        return NONLINEAR_MACS[key]
+    # a name that contains a known one ("BertLayerNorm", "gelu_tanh"): the longest match
+    found = [k for k in NONLINEAR_MACS if k in key]
+    return NONLINEAR_MACS[max(found, key=len)] if found else NONLINEAR_DEFAULT_MACS
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,6 +224,29 @@ def _matmul_macs(a: torch.Tensor, b: torch.Tensor) -> int:
     return math.prod(batch) * a.shape[-2] * a.shape[-1] * b.shape[-1]
 
 
+def _einsum_macs(equation: str, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+    """(MACs, output entries) of the dense ``torch.einsum(equation, a, b)``: one MAC per point of
+    the product of all index ranges (a broadcast index takes its larger size)."""
+    eq = equation.replace(" ", "")
+    ins, _, out = eq.partition("->")
+    sa, sb = ins.split(",")
+    if "." in eq or not out and "->" not in eq:
+        raise ValueError(f"energy counting supports explicit einsum equations without '...', got {equation!r}")
+    size: dict[str, int] = {}
+    for sub, x in ((sa, a), (sb, b)):
+        for letter, n in zip(sub, x.shape):
+            size[letter] = max(size.get(letter, 1), int(n))
+    return math.prod(size.values()), math.prod(size[c] for c in out)
+
+
+def _product_macs(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+    """(MACs, output entries) of one dense evaluation of a product layer."""
+    if isinstance(module, SpikeEinsum):
+        return _einsum_macs(module.equation, a, b)
+    macs = _matmul_macs(a, b)
+    return macs, (macs // a.shape[-1] if a.shape[-1] else 0)
+
+
 def _tensors(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
@@ -232,6 +298,8 @@ class EnergyMeter:
         self._off = False  # paused: nothing is counted
         self._mode: _AnalogFlow | None = None
         self._root_ptr = None
+        self._units: dict[int, float] = {}  # storage → λθ of a multi-level neuron's output, for the step
+        self.spike_levels = 1  # the largest m seen on a converted neuron
 
     @classmethod
     def for_simulator(cls, sim) -> "EnergyMeter":
@@ -252,7 +320,9 @@ class EnergyMeter:
                                 "numel": 0.0, "nnz_b": 0.0, "numel_b": 0.0, "neg": 0.0, "ac": 0.0,
                                 "mac": 0.0, "n_in": 0, "root": False, "analog": False,
                                 "ev_a": 0.0, "ev_b": 0.0, "spike_a": True, "spike_b": True,
-                                "per_step": False}
+                                "per_step": False, "f_elems": 0.0, "f_elems_first": 0.0,
+                                "f_macs": nonlinear_macs(mod) if kind == "nonlinear" else 0,
+                                "running": isinstance(mod, (RunningFunction, ECSoftmax))}
             if kind in ("synapse", "product"):
                 self.handles.append(mod.register_forward_pre_hook(self._quiet(self._make_pre(name, kind))))
             else:
@@ -321,6 +391,7 @@ class EnergyMeter:
             self.images += x.shape[0]
         self.steps += 1
         self._analog = {_ptr(x): x}
+        self._units = {}
         self._root_ptr = _ptr(x)
 
     def _mark(self, module, args, out) -> None:
@@ -330,13 +401,21 @@ class EnergyMeter:
     def _is_analog(self, x: torch.Tensor) -> bool:
         return _ptr(x) in self._analog
 
+    def _events(self, x: torch.Tensor) -> float:
+        """Spike events in ``x``: its non-zero entries, or, for (a view of) the output of a neuron
+        sending up to m > 1 spikes per step, Σ|x| / λθ (an entry k·λθ is k events)."""
+        unit = self._units.get(_ptr(x))
+        if unit is None:
+            return float(torch.count_nonzero(x))
+        return float(torch.round(x.abs().sum() / unit))
+
     def _make_pre(self, name: str, kind: str):
         st = self.stats[name]
 
         def synapse(module, args):
             x = args[0]
             analog = self._is_analog(x)
-            nnz = float(torch.count_nonzero(x))
+            nnz = self._events(x)
             st["nnz"] += nnz
             st["numel"] += x.numel()
             st["n_in"] = x[0].numel()  # entries per sample and step (batch-first input)
@@ -346,7 +425,7 @@ class EnergyMeter:
 
         def product(module, args):
             a, b = args[0], args[1]
-            nnz_a, nnz_b = float(torch.count_nonzero(a)), float(torch.count_nonzero(b))
+            nnz_a, nnz_b = self._events(a), self._events(b)
             st["nnz"] += nnz_a
             st["numel"] += a.numel()
             st["nnz_b"] += nnz_b
@@ -354,16 +433,16 @@ class EnergyMeter:
             spike_a, spike_b = not self._is_analog(a), not self._is_analog(b)
             st["spike_a"] &= spike_a
             st["spike_b"] &= spike_b
-            macs = _matmul_macs(a, b)
+            macs, out_entries = _product_macs(module, a, b)
             # events × fan-out: each non-zero of a meets a row of b (macs / a.numel() MACs), and
             # each non-zero of b a column of a; the other operand is read densely
             ev_a = nnz_a * macs / a.numel() if a.numel() else 0.0
             ev_b = nnz_b * macs / b.numel() if b.numel() else 0.0
-            if isinstance(module, SpikeMatMul):  # running-sum form: a_k·B_{k-1} + A_k·b_k, then ×1/n
+            if isinstance(module, (SpikeMatMul, SpikeEinsum)):  # running-sum form: a_k·B_{k-1} + A_k·b_k, ×1/n
                 if module.acc_b is not None:  # a_k drives a_k·B_{k-1} (from the second step on)
                     st["ac" if spike_a else "mac"] += ev_a
                 st["ac" if spike_b else "mac"] += ev_b  # b_k drives A_k·b_k
-                st["mac"] += float(macs // a.shape[-1]) if a.shape[-1] else 0.0  # 1/n: per output entry
+                st["mac"] += float(out_entries)  # 1/n: one scaling per output entry
             else:  # per-step a_k·b_k: driven by a spike operand, chosen per layer in result()
                 st["per_step"] = True
                 st["ev_a"] += ev_a
@@ -380,8 +459,16 @@ class EnergyMeter:
             st["nnz"] += float(torch.count_nonzero(out))
             st["numel"] += out.numel()
             st["neg"] += float((out < 0).sum())
+            m = getattr(module, "m", 1) if isinstance(module, ScaledNeuron) else 1
+            if m > 1:  # graded counts: synapses reading this output count k events for an entry k·λθ
+                self.spike_levels = max(self.spike_levels, m)
+                self._units[_ptr(out)] = module.lam * module.theta
+                st["events"] = st.get("events", 0.0) + float(torch.round(out.abs().sum() / (module.lam * module.theta)))
             if kind == "nonlinear":
                 self._analog[_ptr(out)] = out
+                st["f_elems"] += out.numel()
+                if self._first_step():
+                    st["f_elems_first"] += out.numel()
             else:  # a spiking layer's output is spikes, whatever its input was
                 self._analog.pop(_ptr(out), None)
 
@@ -396,13 +483,26 @@ class EnergyMeter:
         c = resolve_constants(constants)
         images = max(self.images, 1)
         S = t + extra_t
-        rows, tot = [], {"flops": 0.0, "sops": 0.0, "macs": 0.0, "first_flops": 0.0, "first_macs": 0.0}
+        rows = []
+        tot = {"flops": 0.0, "sops": 0.0, "macs": 0.0, "first_flops": 0.0, "first_macs": 0.0, "syn_macs": 0.0,
+               "prod_macs": 0.0, "f_macs": 0.0, "f_macs_ann": 0.0}
         for name, st in self.stats.items():
             rate = st["nnz"] / st["numel"] if st["numel"] else 0.0
             row = {"name": name, "type": st["type"], "kind": st["kind"], "rate": rate}
-            if st["kind"] in ("neuron", "nonlinear"):
+            if st["kind"] == "neuron":
                 row["neg_rate"] = st["neg"] / st["numel"] if st["numel"] else 0.0
+                if "events" in st:  # m > 1: spike events (up to m per entry and step) per entry and step
+                    row["event_rate"] = st["events"] / st["numel"] if st["numel"] else 0.0
                 row.update(input="", op="", flops=0, sops=0.0, macs=0.0)
+            elif st["kind"] == "nonlinear":  # a float function: MACs per element, per step in the SNN
+                row["neg_rate"] = st["neg"] / st["numel"] if st["numel"] else 0.0
+                per_step = st["f_macs"] + (RUNNING_RULE_MACS if st["running"] else 0)
+                macs = per_step * st["f_elems"] / images if st["f_macs"] else 0.0
+                ann_macs = st["f_macs"] * st["f_elems_first"] / images
+                row.update(input="analog", op="MAC" if macs else "-", flops=0, sops=0.0, macs=macs,
+                           ann_macs=ann_macs)
+                tot["f_macs"] += macs
+                tot["f_macs_ann"] += ann_macs
             else:
                 fl = int(flops.get(name, 0))
                 if st["kind"] == "synapse":  # events × fan-out (FLOPs / inputs) = rate × S × FLOPs
@@ -412,10 +512,13 @@ class EnergyMeter:
                         tot["first_flops"] += fl
                         macs = float(fl) if first_layer == "once" and st["mac"] > 0 else macs
                         tot["first_macs"] += macs
+                    else:
+                        tot["syn_macs"] += macs
                     inp = "image" if st["root"] else "analog" if st["analog"] else "spikes"
                 else:
                     sops, macs = _product_ops(st)
                     sops, macs = sops / images, macs / images
+                    tot["prod_macs"] += macs
                     row["rate_b"] = st["nnz_b"] / st["numel_b"] if st["numel_b"] else 0.0
                     inp = "×".join("spikes" if st[k] else "analog" for k in ("spike_a", "spike_b"))
                 op = "+".join(k for k, v in (("AC", sops), ("MAC", macs)) if v > 0) or "-"
@@ -423,18 +526,28 @@ class EnergyMeter:
                 tot["flops"] += fl
                 tot["sops"] += sops
                 tot["macs"] += macs
-            row["e_ann_mj"] = c.e_mac_pj * row["flops"] * 1e-9
+            row["e_ann_mj"] = c.e_mac_pj * (row["flops"] + row.get("ann_macs", 0.0)) * 1e-9
             row["e_snn_mj"] = (c.e_ac_pj * row["sops"] + c.e_mac_pj * row["macs"]) * 1e-9
             rows.append(row)
         model_flops = int(flops.get("", tot["flops"]))
-        e_ann = c.e_mac_pj * model_flops * 1e-9
-        e_snn = (c.e_ac_pj * tot["sops"] + c.e_mac_pj * tot["macs"]) * 1e-9
+        e_ann = c.e_mac_pj * (model_flops + tot["f_macs_ann"]) * 1e-9
+        e_snn = (c.e_ac_pj * tot["sops"] + c.e_mac_pj * (tot["macs"] + tot["f_macs"])) * 1e-9
+        breakdown = {"ac_spikes": c.e_ac_pj * tot["sops"] * 1e-9,
+                     "mac_image_layer": c.e_mac_pj * tot["first_macs"] * 1e-9,
+                     "mac_analog_inputs": c.e_mac_pj * tot["syn_macs"] * 1e-9,
+                     "mac_products": c.e_mac_pj * tot["prod_macs"] * 1e-9,
+                     "mac_float_functions": c.e_mac_pj * tot["f_macs"] * 1e-9}
+        bits = bits_per_step(self.spike_levels)
         totals = {
             "images": self.images, "t": t, "extra_t": extra_t, "steps": S,
+            "spike_levels": self.spike_levels, "bits_per_step": bits, "bit_steps": S * bits,
             "constants": asdict(c), "first_layer": first_layer,
             "flops": model_flops, "flops_layers": tot["flops"], "first_layer_flops": tot["first_flops"],
             "first_layer_macs": tot["first_macs"], "other_macs": tot["macs"] - tot["first_macs"],
+            "nonlinear_macs": tot["f_macs"], "nonlinear_macs_ann": tot["f_macs_ann"],
             "sops": tot["sops"], "e_ann_mj": e_ann, "e_snn_mj": e_snn,
+            "energy_breakdown_mj": breakdown,
+            "non_spike_share": 1.0 - breakdown["ac_spikes"] / e_snn if e_snn > 0 else 0.0,
             "ann_snn_ratio": e_ann / e_snn if e_snn > 0 else math.inf,
             "mean_rate": _mean([r["rate"] for r in rows if r["kind"] == "neuron"]),
         }
@@ -491,5 +604,5 @@ def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extr
 
 
 __all__ = ["ANALOG_TYPES", "CONSTANTS", "EnergyConstants", "EnergyMeter", "FIRST_LAYER_MODES", "NEURON_TYPES",
-           "PRODUCT_TYPES", "SYNAPSE_TYPES", "count_flops", "flops_per_module", "measure_energy",
+           "NONLINEAR_MACS", "PRODUCT_TYPES", "RUNNING_RULE_MACS", "nonlinear_macs", "SYNAPSE_TYPES", "count_flops", "flops_per_module", "measure_energy",
            "resolve_constants"]

@@ -227,8 +227,11 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
     distributed.reduce_counts(within, loader, S)
     for c in rows.values():
         distributed.reduce_counts(c, loader, 2)
+    bits = getattr(sim, "bits_per_step", math.log2(3))
     out: dict = {"n": within.n, "ann": None, "k_step": None, "k_step_is_prefix": prefix,
-                 "within_run": {"steps": list(range(1, S + 1)), **within.percents()},
+                 "spike_levels": getattr(sim, "spike_levels", 1), "bits_per_step": bits,
+                 "within_run": {"steps": list(range(1, S + 1)), "bit_steps": [s * bits for s in range(1, S + 1)],
+                                **within.percents()},
                  "effective_latency": effective_latency(all_settle, S + N)}
     if ann is not None:
         distributed.reduce_counts(ann_counts, loader, 1)
@@ -237,7 +240,7 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
     if k_step:
         per = {k: c.percents() for k, c in sorted(rows.items())}
         ks = sorted(per)
-        ksr = {"k": ks, "total_steps": [k + extra_t for k in ks]}
+        ksr = {"k": ks, "total_steps": [k + extra_t for k in ks], "bit_steps": [(k + extra_t) * bits for k in ks]}
         for m in ("top1", "top5", "loss"):
             ksr[m] = [per[k][m][1] for k in ks]
             ksr[f"{m}_no_extra"] = [per[k][m][0] for k in ks]
@@ -266,11 +269,14 @@ def count_table(sim, loader, rows: list[int], extra: int) -> dict[int, Counts]:
 
 
 def evaluate_table(sim, loader, rows: list[int], extra: int) -> dict[int, dict]:
-    """The t × (t + e) table: ``{t: {"cols": [t..t+extra], "top1": [...], "top5": [...], "loss": [...]}}``;
-    cell (t, t + e) is a t-step run after e extra steps, its sum divided by t."""
+    """The t × (t + e) table: ``{t: {"cols": [t..t+extra], "bit_steps": [...], "top1": [...], "top5": [...],
+    "loss": [...]}}``; cell (t, t + e) is a t-step run after e extra steps, its sum divided by t, and
+    its spike-step budget is (t + e) × log2(2m + 1) bits for the simulator's spike_levels m."""
+    bits = getattr(sim, "bits_per_step", math.log2(3))
     out = {}
     for t, c in count_table(sim, loader, rows, extra).items():
-        out[t] = {"cols": list(range(t, t + extra + 1)), **c.percents()}
+        cols = list(range(t, t + extra + 1))
+        out[t] = {"cols": cols, "bit_steps": [col * bits for col in cols], **c.percents()}
     return out
 
 

@@ -51,15 +51,38 @@ class Clock:
         self.step, self.driven, self.drive = state
 
 
+def bits_per_step(spike_levels: int) -> float:
+    """Information one signed m-level spike can carry per step: log2(2m + 1) bits (the values
+    −m..m); 1.58 for a binary signed spike.  Reported next to T so that multi-level results are
+    compared with binary ones at equal spike-step budget T × bits."""
+    return math.log2(2 * int(spike_levels) + 1)
+
+
+def check_spike_levels(m) -> int:
+    """``m`` as an int ≥ 1, or a ValueError that says what is accepted."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"spike_levels must be a whole number >= 1 (1: binary spikes), got {m!r}")
+    return m
+
+
 def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: float = 1.0,
-                   cap: float = math.inf, neg_rule: str = "exact"):
+                   cap: float = math.inf, neg_rule: str = "exact", m: int = 1):
     """One step of the signed, capped IF neuron; returns ``(spike, v, n)``.
 
     ``v`` membrane potential, ``n`` net spike count so far, ``u`` input current.  A positive spike
     needs ``v >= theta`` and ``n < cap``; a negative spike needs ``n > 0`` and ``v < 0``
     (``neg_rule="exact"``, Fast-SNN / ST-BIF) or ``v <= -theta`` (``"seed"``, the original code).
     Reset by subtraction: ``v -= spike·theta``.  ``spike`` is in {-1, 0, +1}.
+
+    ``m > 1`` (spike_levels): up to ``m`` spikes of one sign per step, a graded count in −m..m, as
+    burst spikes (Li & Zeng, "Efficient and accurate conversion of spiking neural network with
+    burst spikes", IJCAI 2022) and multi-threshold neurons (Huang et al., "ECMT", ACM MM 2024)
+    send: the step emits at once what m binary steps with no further input would emit, i.e.
+    ``min(⌊v/θ⌋, m, cap − n)`` positive spikes, or ``min(⌈−v/θ⌉, m, n)`` negative ones where
+    ``v < 0`` (``⌊−v/θ⌋`` where ``v <= −θ`` under ``"seed"``), reset by subtraction as above.
     """
+    if m != 1:
+        return _multi_level_step(v, n, u, theta, cap, neg_rule, m)
     v = v + u
     pos = (v >= theta) & (n < cap)
     if neg_rule == "exact":
@@ -80,6 +103,23 @@ def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: flo
     return spike, v - spike * theta, n + spike
 
 
+def _multi_level_step(v, n, u, theta, cap, neg_rule, m):
+    if neg_rule not in NEG_RULES:
+        raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
+    if not theta > 0:
+        raise ValueError(f"a multi-level neuron needs a threshold > 0, got {theta}")
+    v = v + u
+    room = (cap - n) if math.isfinite(cap) else torch.full_like(n, float(m))
+    pos = torch.floor(v / theta).clamp_(min=0).minimum(room.clamp(min=0)).clamp_(max=m)
+    if neg_rule == "exact":
+        neg = torch.where(v < 0, torch.ceil(-v / theta), torch.zeros_like(v))
+    else:
+        neg = torch.where(v <= -theta, torch.floor(-v / theta), torch.zeros_like(v))
+    neg = neg.minimum(n.clamp(min=0)).clamp_(max=m)
+    spike = pos - neg
+    return spike, v - spike * theta, n + spike
+
+
 class ScaledNeuron(base.MemoryModule):
     """Replaces a QCFS site: ``λ · θ · signed_if(x / λ)``; output per step ∈ {−λθ, 0, +λθ}.
 
@@ -92,6 +132,9 @@ class ScaledNeuron(base.MemoryModule):
     (``tests/test_spikingjelly_equivalents.py``).  It is kept as its own module because the
     simulator retunes θ and cap per table row on the same instance, and because the ``seed``
     preset needs the original's lazy negative rule, which STBIF does not have.
+
+    ``m`` (spike_levels, set by the simulator) is the most spikes it may send per step and sign:
+    1 is binary; with ``m > 1`` the output per step is k·λθ for k in −m..m (:func:`signed_if_step`).
     """
 
     def __init__(self, lam: float, levels: int | None = None, neg_rule: str = "exact",
@@ -104,6 +147,7 @@ class ScaledNeuron(base.MemoryModule):
         self.neg_rule = neg_rule
         self.theta = float(theta)
         self.cap = float(cap)
+        self.m = 1  # spike_levels: spikes per step and sign
         self.register_memory("v", None)
         self.register_memory("n", None)
 
@@ -112,12 +156,12 @@ class ScaledNeuron(base.MemoryModule):
             self.v = torch.full_like(x, self.theta / 2)
             self.n = torch.zeros_like(x)
         spike, self.v, self.n = signed_if_step(self.v, self.n, x / self.lam, self.theta, self.cap,
-                                               self.neg_rule)
+                                               self.neg_rule, self.m)
         return spike.mul_(self.lam * self.theta)  # spike is fresh and not kept: scale in place
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam:.4g}, theta={self.theta:g}, cap={self.cap:g}, "
-                f"neg_rule={self.neg_rule}")
+                f"neg_rule={self.neg_rule}" + (f", m={self.m}" if self.m != 1 else ""))
 
 
 class MaxPoolNeuron(base.MemoryModule):

@@ -6,6 +6,8 @@
   (``evaluate_table``'s dict).
 - :func:`plot_firing_rates`: output firing rate of every spiking layer (``measure_energy``'s dict).
 - :func:`plot_energy`: energy per layer, SNN against ANN (``measure_energy``'s dict).
+- :func:`plot_frontier`: accuracy against energy per image across spike levels, steps marked, the
+  Pareto front drawn (``ann2snn.frontier.frontier``'s dict).
 
 Figures are rendered with matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), so
 nothing here touches pyplot's global state or the user's backend.  Sizes are fixed by
@@ -23,7 +25,7 @@ from matplotlib.figure import Figure
 DPI = 100
 WIDTH_IN = 9.0
 NAMES = {"accuracy": "accuracy.png", "heatmap": "table_heatmap.png", "rates": "firing_rates.png",
-         "energy": "energy.png"}
+         "energy": "energy.png", "frontier": "frontier.png"}
 
 
 def figure_size(kind: str, n: int = 0) -> tuple[float, float]:
@@ -180,3 +182,34 @@ def write_convert_plots(result: dict, energy: dict | None, out: str | Path) -> l
     out = Path(out)
     paths = [plot_accuracy(result, out / NAMES["accuracy"])]
     return paths + (write_energy_plots(energy, out) if energy else [])
+
+
+def plot_frontier(res: dict, path: str | Path) -> Path:
+    """Top-1 (%) against energy per image (mJ, log scale) of the frontier's points, one marker per
+    spike_levels m, each point labelled with its total steps T; the Pareto front as a step line and
+    the ANN as a horizontal line."""
+    fig, ax = _figure("frontier")
+    markers = "osD^v<>p*h"
+    for i, m in enumerate(res["levels"]):
+        pts = [p for p in res["points"] if p["spike_levels"] == m]
+        if not pts:
+            continue
+        bits = pts[0]["bits_per_step"]
+        ax.scatter([p["e_snn_mj"] for p in pts], [p["top1"] for p in pts], marker=markers[i % len(markers)],
+                   s=36, label=f"m = {m} ({bits:.2f} bits/step)", alpha=0.85)
+        for p in pts:
+            ax.annotate(f"T={p['steps']}", (p["e_snn_mj"], p["top1"]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
+    front = sorted((p for p in res["points"] if p["pareto"]), key=lambda p: p["e_snn_mj"])
+    if front:
+        ax.step([p["e_snn_mj"] for p in front], [p["top1"] for p in front], where="post", color="0.3", lw=1,
+                label="Pareto front")
+    ax.axhline(res["ann"]["top1"], color="k", ls="--", lw=1, label=f"ANN {res['ann']['top1']:.2f}%")
+    if all(p["e_snn_mj"] > 0 for p in res["points"]) and res["points"]:
+        ax.set_xscale("log")
+    ax.set_xlabel("energy per image (mJ)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"accuracy against energy, steps marked (L = {res['L']})")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ann2snn.metrics import latency_text
+from ann2snn.neurons import bits_per_step
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -22,24 +24,32 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def budget_text(spike_levels: int) -> str:
+    """'spike_levels m = 1 (1.58 bits per step; spike-step budget T × bits)'."""
+    return (f"spike_levels m = {spike_levels} ({bits_per_step(spike_levels):.2f} bits per step, log2(2m+1); "
+            "spike-step budget T × bits)")
+
+
 def format_steps(result: dict[str, Any]) -> str:
     """``convert``'s listing: the k-step curve, then the steps within the t-step run (one listing
     when the two coincide)."""
     ann, snn = result["ann"], result["snn"]
     t, e = snn["t"], snn["extra_t"]
+    bits = snn.get("bits_per_step", math.log2(3))
     lines = [f"ANN   top-1 {ann['top1']:6.2f}%   top-5 {ann['top5']:6.2f}%   ({result.get('n', '?')} test samples)",
-             f"SNN   preset {snn.get('preset', '?')}, t = {t}, extra_t = {e}"]
+             f"SNN   preset {snn.get('preset', '?')}, t = {t}, extra_t = {e}; {budget_text(snn.get('spike_levels', 1))}"]
     ks, within = snn.get("k_step"), snn["within_run"]
     same = ks is not None and snn.get("k_step_is_prefix") and e == 0
     if ks is not None:
         extra = f", then {e} zero steps" if e else ""
         lines.append(f"k-step runs (each a run of its own: input for k steps{extra}, thresholds set for k; "
                      "output sum / k) = the table's cells (k, k + extra_t)")
-        head = "     k  steps   top-1    top-5   Δtop-1 vs ANN"
+        head = "     k  steps  T×bits   top-1    top-5   Δtop-1 vs ANN"
         lines.append(head + ("   top-1 at k (no extra)" if e else ""))
         for i, k in enumerate(ks["k"]):
             a1, a5 = ks["top1"][i], ks["top5"][i]
-            row = f"  {k:4d}  {ks['total_steps'][i]:5d}  {a1:6.2f}%  {a5:6.2f}%   {a1 - ann['top1']:+6.2f}"
+            row = (f"  {k:4d}  {ks['total_steps'][i]:5d}  {ks['total_steps'][i] * bits:6.1f}  {a1:6.2f}%  {a5:6.2f}%   "
+                   f"{a1 - ann['top1']:+6.2f}")
             if e:
                 row += f"         {ks['top1_no_extra'][i]:6.2f}%"
             lines.append(row)
@@ -49,10 +59,10 @@ def format_steps(result: dict[str, Any]) -> str:
     else:
         lines.append(f"within the one {t}-step run (thresholds set for t = {t}; cumulative output after step s, "
                      f"divided by min(s, {t})):")
-        lines.append("  step   top-1    top-5   Δtop-1 vs ANN")
+        lines.append("  step  T×bits   top-1    top-5   Δtop-1 vs ANN")
         for s, a1, a5 in zip(within["steps"], within["top1"], within["top5"]):
             mark = "" if s <= t else "  (extra, zero input)"
-            lines.append(f"  {s:4d}  {a1:6.2f}%  {a5:6.2f}%   {a1 - ann['top1']:+6.2f}{mark}")
+            lines.append(f"  {s:4d}  {s * bits:6.1f}  {a1:6.2f}%  {a5:6.2f}%   {a1 - ann['top1']:+6.2f}{mark}")
         if snn.get("k_step_is_prefix") is False and t > 1:
             lines.append(f"  (under the {snn.get('preset', '?')} preset step s < {t} here is not the accuracy of an "
                          "s-step run: its neurons integrate towards thresholds set for t; see the k-step runs)")
@@ -71,16 +81,20 @@ def table_grid(table: dict[int, dict], extras: list[int]) -> tuple[list[int], li
     return rows, cols, cells
 
 
-def table_markdown(ann: dict, table: dict[int, dict], extras: list[int], title: str = "") -> str:
+def table_markdown(ann: dict, table: dict[int, dict], extras: list[int], title: str = "",
+                   spike_levels: int = 1) -> str:
     rows, cols, cells = table_grid(table, extras)
+    bits = bits_per_step(spike_levels)
     head = "| t \\ t+extra_t | " + " | ".join(str(c) for c in cols) + " |"
     sep = "|---" * (len(cols) + 1) + "|"
     body = []
     for t in rows:
         body.append(f"| {t} | " + " | ".join(f"{cells[(t, c)]:.2f}" if (t, c) in cells else "" for c in cols) + " |")
     top = f"{title}\n\n" if title else ""
+    budget = "| T × bits | " + " | ".join(f"{c * bits:.1f}" for c in cols) + " |"
     return (f"{top}ANN top-1: {ann['top1']:.2f}% (top-5 {ann['top5']:.2f}%). SNN top-1 (%), rows t (input "
-            f"steps), columns t + extra_t (total steps):\n\n" + "\n".join([head, sep, *body]) + "\n")
+            f"steps), columns t + extra_t (total steps T); {budget_text(spike_levels)}:\n\n"
+            + "\n".join([head, sep, *body, budget]) + "\n")
 
 
 def write_table(out: Path, ann: dict, table: dict[int, dict], extras: list[int], meta: dict | None = None,
@@ -88,18 +102,21 @@ def write_table(out: Path, ann: dict, table: dict[int, dict], extras: list[int],
     """Write table.md / table.csv / table.json into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    md = table_markdown(ann, table, extras, title=f"# Accuracy table ({(meta or {}).get('preset', '')})")
+    m = (meta or {}).get("spike_levels", 1)
+    md = table_markdown(ann, table, extras, title=f"# Accuracy table ({(meta or {}).get('preset', '')})",
+                        spike_levels=m)
     paths = {"md": out / "table.md", "csv": out / "table.csv", "json": out / "table.json"}
     paths["md"].write_text(md)
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["t", "extra_t", "steps", "top1", "top5", "loss"])
+        w.writerow(["t", "extra_t", "steps", "spike_levels", "bit_steps", "top1", "top5", "loss"])
         for t, row in sorted(table.items()):
             for col, a1, a5, loss in zip(row["cols"], row["top1"], row["top5"], row["loss"]):
                 if col - t in extras:
-                    w.writerow([t, col - t, col, f"{a1:.2f}", f"{a5:.2f}", f"{loss:.4f}"])
+                    w.writerow([t, col - t, col, m, f"{col * bits_per_step(m):.3f}", f"{a1:.2f}", f"{a5:.2f}",
+                                f"{loss:.4f}"])
     payload = {"ann": ann, "rows": {str(t): row for t, row in sorted(table.items())}, "extras": extras,
-               **(meta or {})}
+               "spike_levels": m, "bits_per_step": bits_per_step(m), **(meta or {})}
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
     if echo:
         print(md)
@@ -123,9 +140,14 @@ def format_energy_table(result: dict) -> str:
             f"{'SOPs':>8} {'MACs':>8} {'E_ANN µJ':>9} {'E_SNN µJ':>9}")
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
-        if r["kind"] in ("neuron", "nonlinear"):
+        if r["kind"] == "neuron" or (r["kind"] == "nonlinear" and not r.get("macs")):
             rate = f"out {r['rate']:.3f}"
             lines.append(f"{r['name']:<28} {r['type']:<13} {'':<14} {'':<7} {rate:>11}")
+            continue
+        if r["kind"] == "nonlinear":
+            lines.append(f"{r['name']:<28} {r['type']:<13} {r['input']:<14} {r['op']:<7} {'':>11} "
+                         f"{'':>8} {'':>8} {_si(r['macs']):>8} "
+                         f"{r['e_ann_mj'] * 1e3:>9.4f} {r['e_snn_mj'] * 1e3:>9.4f}")
             continue
         rate = f"{r['rate']:.3f}" + (f"/{r['rate_b']:.3f}" if "rate_b" in r else "")
         lines.append(f"{r['name']:<28} {r['type']:<13} {r['input']:<14} {r['op']:<7} {rate:>11} "
@@ -136,12 +158,21 @@ def format_energy_table(result: dict) -> str:
         "-" * len(head),
         f"per image, S = t + extra_t = {tot['t']} + {tot['extra_t']} steps, {tot['images']} images, "
         f"{c['name']}: E_MAC = {c['e_mac_pj']:g} pJ, E_AC = {c['e_ac_pj']:g} pJ",
-        f"  ANN  MACs {_si(tot['flops']):>7}   E_ANN = {tot['e_ann_mj']:.4g} mJ",
-        f"  SNN  MACs {_si(tot['first_layer_macs'] + tot['other_macs']):>7}   image-fed layer "
-        f"{_si(tot['first_layer_macs'])} ({once}); analog inputs and 1/n rescaling {_si(tot['other_macs'])}",
+        f"  {budget_text(tot.get('spike_levels', 1))}: S × bits = "
+        f"{tot['steps'] * bits_per_step(tot.get('spike_levels', 1)):.1f}",
+        f"  ANN  MACs {_si(tot['flops'] + tot.get('nonlinear_macs_ann', 0)):>7}   E_ANN = {tot['e_ann_mj']:.4g} mJ"
+        + (f" (float functions {_si(tot['nonlinear_macs_ann'])})" if tot.get("nonlinear_macs_ann") else ""),
+        f"  SNN  MACs {_si(snn_macs(tot)):>7}   image-fed layer "
+        f"{_si(tot['first_layer_macs'])} ({once}); analog inputs and 1/n rescaling {_si(tot['other_macs'])}"
+        + (f"; float functions {_si(tot['nonlinear_macs'])}" if tot.get("nonlinear_macs") else ""),
         f"       SOPs {_si(tot['sops']):>7}   E_SNN = {tot['e_snn_mj']:.4g} mJ",
         f"  E_ANN / E_SNN = {tot['ann_snn_ratio']:.2f}x; mean firing rate over spiking layers {tot['mean_rate']:.3f}",
     ]
+    if "non_spike_share" in tot:
+        b = tot["energy_breakdown_mj"]
+        parts = ", ".join(f"{k.replace('_', ' ')} {100 * v / tot['e_snn_mj']:.1f}%" for k, v in b.items()
+                          if v > 0 and tot["e_snn_mj"] > 0)
+        lines.append(f"  not driven by spikes: {100 * tot['non_spike_share']:.1f}% of E_SNN ({parts})")
     acc = result.get("accuracy")
     if acc and acc.get("snn_top1_within_run"):
         ann = f"ANN top-1 {acc['ann_top1']:.2f}%, " if acc.get("ann_top1") is not None else ""
@@ -152,7 +183,12 @@ def format_energy_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("name", "type", "kind", "input", "op", "rate", "rate_b", "neg_rate", "flops", "sops", "macs",
+def snn_macs(tot: dict) -> float:
+    """All MACs of the SNN per image: the image-fed layer, analog inputs, products, float functions."""
+    return tot["first_layer_macs"] + tot["other_macs"] + tot.get("nonlinear_macs", 0.0)
+
+
+CSV_FIELDS = ("name", "type", "kind", "input", "op", "rate", "rate_b", "neg_rate", "flops", "ann_macs", "sops", "macs",
               "e_ann_mj", "e_snn_mj")
 
 
@@ -167,7 +203,7 @@ def write_energy_csv(path: str | Path, result: dict) -> Path:
         for r in result["rows"]:
             w.writerow(r)
         w.writerow({"name": "TOTAL", "flops": tot["flops"], "sops": tot["sops"],
-                    "macs": tot["first_layer_macs"] + tot["other_macs"], "e_ann_mj": tot["e_ann_mj"],
+                    "macs": snn_macs(tot), "e_ann_mj": tot["e_ann_mj"],
                     "e_snn_mj": tot["e_snn_mj"]})
     return path
 
@@ -181,4 +217,61 @@ def summary_line(result: dict) -> str:
     tot = result["totals"]
     return (f"energy/image ({tot['constants']['name']}): ANN {tot['e_ann_mj']:.4g} mJ, SNN {tot['e_snn_mj']:.4g} mJ "
             f"(ANN/SNN {tot['ann_snn_ratio']:.2f}x); mean firing rate {tot['mean_rate']:.3f}; "
-            f"{latency_text(result.get('effective_latency'))}")
+            + (f"{100 * tot['non_spike_share']:.0f}% of E_SNN not spike-driven; " if "non_spike_share" in tot else "")
+            + latency_text(result.get("effective_latency")))
+
+
+# --------------------------------------------------------------------------------------------
+# the frontier (the dict of ann2snn.frontier.frontier)
+FRONTIER_FIELDS = ("spike_levels", "bits_per_step", "t", "extra_t", "steps", "bit_steps", "top1", "top5",
+                   "delta_top1", "e_snn_mj", "e_ann_mj", "ann_snn_ratio", "non_spike_share", "mean_rate", "pareto")
+
+
+def fewest_steps(res: dict, m: int, within: float) -> dict | None:
+    """The point of spike_levels ``m`` with the fewest total steps (then the least energy) whose top-1
+    is within ``within`` points of the ANN, or None."""
+    ok = [p for p in res["points"] if p["spike_levels"] == m and p["delta_top1"] >= -within]
+    return min(ok, key=lambda p: (p["steps"], p["e_snn_mj"])) if ok else None
+
+
+def frontier_markdown(res: dict) -> str:
+    ann = res["ann"]
+    lines = [f"# Accuracy, latency and energy (L = {res['L']})", "",
+             f"ANN top-1 {ann['top1']:.2f}% ({ann['n']} test images). Energy per image on the first "
+             f"{res['energy_images']} test images ({res['constants']}). Bits per step log2(2m+1); the spike-step "
+             "budget is T × bits. * marks the Pareto front of accuracy against energy.", "",
+             "| m | bits/step | t | extra | T | T × bits | top-1 | Δ vs ANN | E_SNN (mJ) | ANN/SNN | not spike-driven |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in res["points"]:
+        lines.append(f"| {p['spike_levels']} | {p['bits_per_step']:.2f} | {p['t']} | {p['extra_t']} | {p['steps']} | "
+                     f"{p['bit_steps']:.1f} | {p['top1']:.2f}{' *' if p['pareto'] else ''} | {p['delta_top1']:+.2f} | "
+                     f"{p['e_snn_mj']:.4g} | {p['ann_snn_ratio']:.2f}× | {100 * p['non_spike_share']:.0f}% |")
+    lines += ["", "Fewest total steps within 0.5 / 0.1 points of the ANN:", ""]
+    for m in res["levels"]:
+        cells = []
+        for within in (0.5, 0.1):
+            p = fewest_steps(res, m, within)
+            cells.append(f"within {within}: " + ("not reached" if p is None else
+                         f"T = {p['steps']} (t = {p['t']} + {p['extra_t']}; {p['bit_steps']:.1f} bit-steps, "
+                         f"{p['e_snn_mj']:.4g} mJ)"))
+        lines.append(f"- m = {m}: " + "; ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def write_frontier(out: str | Path, res: dict, echo: bool = True) -> dict[str, Path]:
+    """frontier.md / frontier.csv / frontier.json in ``out``; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "frontier.md", "csv": out / "frontier.csv", "json": out / "frontier.json"}
+    md = frontier_markdown(res)
+    paths["md"].write_text(md)
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FRONTIER_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for p in res["points"]:
+            w.writerow(p)
+    write_json(paths["json"], res)
+    if echo:
+        print(md)
+        print(f"written: {paths['md']}, {paths['csv']}, {paths['json']}")
+    return paths

@@ -24,6 +24,8 @@ import torch
 from spikingjelly.activation_based import base, functional
 from torch import nn
 
+from ann2snn.neurons import ScaledNeuron, bits_per_step, check_spike_levels
+
 log = logging.getLogger("ann2snn")
 
 
@@ -32,10 +34,29 @@ class Simulator:
     :class:`~ann2snn.models.direct.DirectNetwork`: anything with ``net``, ``clock``, ``options``
     and ``neurons()``), owning its clock, neuron parameters and resets."""
 
-    def __init__(self, snn: nn.Module):
+    def __init__(self, snn: nn.Module, spike_levels: int | None = None):
         self.snn = snn.eval()
         self.neurons = snn.neurons()
         self.memory_modules = [m for m in snn.modules() if isinstance(m, base.MemoryModule)]
+        self.spike_levels = getattr(snn, "spike_levels", 1) if spike_levels is None else spike_levels
+
+    @property
+    def spike_levels(self) -> int:
+        """m, the most spikes a converted neuron sends per step and sign (1: binary spikes)."""
+        return self._spike_levels
+
+    @spike_levels.setter
+    def spike_levels(self, m: int) -> None:
+        m = check_spike_levels(m)
+        if m != 1 and not all(isinstance(n, ScaledNeuron) for n in self.neurons):
+            raise ValueError("spike_levels > 1 applies to converted networks (ScaledNeuron); this network's "
+                             "neurons are trained spiking neurons, which send one spike per step")
+        self._spike_levels = m
+
+    @property
+    def bits_per_step(self) -> float:
+        """log2(2m + 1): what one signed m-level spike carries per step."""
+        return bits_per_step(self._spike_levels)
 
     # -- neuron parameters for a row t ---------------------------------------------------------
     def neuron_params(self, neuron, t: int) -> tuple[float, float]:
@@ -48,6 +69,8 @@ class Simulator:
         for nrn in self.neurons:
             nrn.theta, cap = self.neuron_params(nrn, t)
             nrn.cap = cap if cap_active else math.inf
+            if isinstance(nrn, ScaledNeuron):
+                nrn.m = self._spike_levels
 
     def shares_trunk(self, t: int) -> bool:
         """True when row t's neurons have threshold 1, so its first t steps equal the trunk's."""

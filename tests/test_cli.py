@@ -62,7 +62,9 @@ def test_convert_json_schema(trained, capsys):
     # the schema: "ann" and "snn" key for key; the top level may carry more (energy figures)
     assert {"ann", "snn", "checkpoint", "n", "effective_latency"} <= set(res)
     assert set(res["ann"]) == {"top1", "top5", "loss"}
-    assert set(res["snn"]) == {"t", "extra_t", "preset", "k_step", "k_step_is_prefix", "within_run"}
+    assert set(res["snn"]) == {"t", "extra_t", "preset", "spike_levels", "bits_per_step", "k_step", "k_step_is_prefix",
+                               "within_run"}
+    assert res["snn"]["spike_levels"] == 1 and res["snn"]["bits_per_step"] == pytest.approx(1.585, abs=1e-3)
     assert all(isinstance(res["ann"][k], float) for k in ("top1", "top5", "loss"))
     snn = res["snn"]
     assert (snn["t"], snn["extra_t"], snn["preset"]) == (4, 0, "exact")  # digits.yml: extra_t 0
@@ -130,14 +132,15 @@ def test_table_outputs(trained, capsys):
         assert (out / name).is_file(), name
     with open(out / "table.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["t", "extra_t", "steps", "top1", "top5", "loss"]
+    assert rows[0] == ["t", "extra_t", "steps", "spike_levels", "bit_steps", "top1", "top5", "loss"]
     assert [tuple(map(int, r[:3])) for r in rows[1:]] == [(t, e, t + e) for t in (1, 2, 3) for e in (0, 1, 2)]
     table = json.loads((out / "table.json").read_text())
     # the CSV is the JSON, cell by cell (rounded to 2 decimals)
     for r in rows[1:]:
         cell = table["rows"][r[0]]
-        assert float(r[3]) == pytest.approx(cell["top1"][int(r[1])], abs=0.005)
-        assert float(r[4]) == pytest.approx(cell["top5"][int(r[1])], abs=0.005)
+        assert float(r[5]) == pytest.approx(cell["top1"][int(r[1])], abs=0.005)
+        assert float(r[6]) == pytest.approx(cell["top5"][int(r[1])], abs=0.005)
+        assert r[3] == "1" and float(r[4]) == pytest.approx(int(r[2]) * 1.585, abs=0.01)  # T × log2(3) bits
     assert sorted(table["rows"]) == ["1", "2", "3"] and table["extras"] == [0, 1, 2]
     assert table["rows"]["2"]["cols"] == [2, 3, 4]
     md = (out / "table.md").read_text()

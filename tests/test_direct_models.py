@@ -251,7 +251,7 @@ def test_cli_trains_and_convert_prints_accuracy_per_step(tmp_path, capsys, confi
                  "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
     # one listing: for a direct SNN a k-step run is the first k steps of the 3-step run
-    assert len(re.findall(r"^\s+\d+\s+\d+\s+\d+\.\d+%", printed, flags=re.M)) == 3  # k = 1, 2, 3
+    assert len(re.findall(r"^\s+\d+\s+\d+\s+\d+\.\d+\s+\d+\.\d+%", printed, flags=re.M)) == 3  # k = 1, 2, 3
     assert "within the one" not in printed
     res = json.loads(out_json.read_text())
     assert res["snn"]["k_step_is_prefix"] and res["snn"]["k_step"]["top1"] == res["snn"]["within_run"]["top1"]

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from ann2snn.convert import PRESETS, SpikingNetwork, convert
-from ann2snn.energy import CONSTANTS, EnergyMeter, count_flops, measure_energy, resolve_constants
+from ann2snn.energy import (CONSTANTS, NONLINEAR_MACS, RUNNING_RULE_MACS, EnergyMeter, count_flops, measure_energy,
+                            nonlinear_macs, resolve_constants)
 from ann2snn.metrics import effective_latency, settle_steps
 from ann2snn.report import format_energy_table, write_energy_csv, write_energy_json
 from ann2snn.layers import MatMul
-from ann2snn.neurons import Clock, ScaledNeuron, SpikeMatMul
+from ann2snn.neurons import Clock, RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul
 from ann2snn.simulate import Simulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +115,57 @@ def test_spike_equivalent_product_counts_by_hand():
     assert row["type"] == "SpikeMatMul" and row["input"] == "spikes×spikes"
     assert row["sops"] == pytest.approx(3) and row["macs"] == pytest.approx(2)
     assert row["rate"] == pytest.approx(3 / 4) and row["rate_b"] == pytest.approx(2 / 4)
+
+
+def test_spike_einsum_is_counted_like_the_spike_matmul_it_spells():
+    """``einsum("bij,bjk->bik")`` is the same product as ``@``: the same events, ACs and 1/n MACs."""
+    mm = run_two_operands(SpikeMatMul)
+    es = run_two_operands(lambda clock: SpikeEinsum("bij,bjk->bik", clock))
+    assert es["kind"] == "product" and es["input"] == "spikes×spikes"
+    for key in ("sops", "macs", "rate", "rate_b"):
+        assert es[key] == pytest.approx(mm[key]), key
+
+
+class NormNet(nn.Module):
+    """x → IF → LayerNorm (running-sum rule) → IF: 4 entries per image, one float function."""
+
+    def __init__(self, clock: Clock):
+        super().__init__()
+        self.n1, self.n2 = ScaledNeuron(1.0), ScaledNeuron(1.0)
+        self.norm = RunningFunction(nn.LayerNorm(4), clock, "LayerNorm")
+
+    def forward(self, x):
+        return self.n2(self.norm(self.n1(x)))
+
+
+def test_float_functions_are_counted_as_macs_on_both_sides_and_in_the_non_spike_share():
+    # 2 images × 4 entries; the ANN evaluates LayerNorm once per image (4 MACs per entry: 16 MACs),
+    # the SNN on each of S = 3 steps, plus the running-sum rule's 2 scalings: (4 + 2) × 4 × 3 = 72.
+    clock = Clock()
+    sim = spiking(NormNet(clock), clock)
+    x = torch.tensor([[1.0, 0.5, 0.0, 1.0], [0.2, 1.0, 1.0, 0.0]])
+    with EnergyMeter.for_simulator(sim) as meter:
+        sim.run(x, 3)
+    res = meter.result({"": 0}, 3)
+    row = rows_by_name(res)["norm"]
+    assert NONLINEAR_MACS["layernorm"] == 4 and RUNNING_RULE_MACS == 2
+    assert row["kind"] == "nonlinear" and row["op"] == "MAC" and row["input"] == "analog"
+    assert row["ann_macs"] == pytest.approx(16) and row["macs"] == pytest.approx(72)
+    tot = res["totals"]
+    assert tot["nonlinear_macs"] == pytest.approx(72) and tot["nonlinear_macs_ann"] == pytest.approx(16)
+    assert tot["e_ann_mj"] == pytest.approx(4.6 * 16 * 1e-9)  # no FLOPs: the float function only
+    assert tot["e_snn_mj"] == pytest.approx(4.6 * 72 * 1e-9)  # no synapse: nothing spike-driven
+    assert tot["non_spike_share"] == pytest.approx(1.0)
+    assert sum(tot["energy_breakdown_mj"].values()) == pytest.approx(tot["e_snn_mj"])
+    assert "not driven by spikes: 100.0% of E_SNN" in format_energy_table(res)
+
+
+@pytest.mark.parametrize("fn,macs", [(nn.LayerNorm(4), 4), (nn.GELU(), 7), (nn.SiLU(), 7), (torch.tanh, 4),
+                                     (torch.nn.functional.rms_norm, 3), (torch.erf, 4),
+                                     (nn.Hardsigmoid(), 2)])
+def test_float_function_costs_follow_the_table(fn, macs):
+    name = getattr(fn, "__name__", type(fn).__name__)
+    assert nonlinear_macs(RunningFunction(fn, Clock(), name)) == macs
 
 
 def test_per_step_product_of_two_spike_operands_is_driven_by_the_sparser():
@@ -283,6 +335,11 @@ def test_transformer_rows_totals_and_flops_from_either_side(qcfs_transformer, tm
     assert rows["blocks.0.attn.q.linear"]["type"] == "Linear"  # bias-gated layer reported by its type
     tot = res["totals"]
     assert tot["flops_layers"] == tot["flops"]  # every counted op belongs to a reported layer
+    soft = rows_by_name(res)["blocks.0.attn.softmax"]  # ECSoftmax: a float function on every step
+    assert soft["macs"] > soft["ann_macs"] > 0 and tot["nonlinear_macs"] >= soft["macs"]
+    assert sum(tot["energy_breakdown_mj"].values()) == pytest.approx(tot["e_snn_mj"])
+    assert 0 < tot["non_spike_share"] < 1
+    assert tot["energy_breakdown_mj"]["mac_products"] > 0 and tot["energy_breakdown_mj"]["mac_analog_inputs"] > 0
     assert len(res["accuracy"]["snn_top1_within_run"]) == 4
     text = format_energy_table(res)
     for word in ("layer", "FLOPs", "SOPs", "E_ANN", "E_SNN", "effective latency"):
@@ -439,3 +496,23 @@ def test_spikformer_attention_products_are_acs_at_the_spike_operands_rate(ssa_fo
     assert second["rate_b"] == pytest.approx(second_rate)
     # Spikformer is multiplication-free beyond the image-fed conv
     assert res["totals"]["first_layer_macs"] == 2304 and res["totals"]["other_macs"] == 0
+
+
+@pytest.mark.parametrize("m,events", [(1, 3), (4, 4 + 2 + 0 + 1)])
+def test_multi_level_spikes_cost_one_ac_per_event_and_fan_out(m, events):
+    # λ = 1, L = 4, t = 1 under exact: θ = 1/4, cap 4, membrane from θ/2.  Inputs 1, 0.5, 0, 0.26
+    # give counts ⌊(0.125 + x) / 0.25⌋ = 4, 2, 0, 1 with m = 4 (7 events), one spike each with
+    # m = 1 (3 events).  The Linear 4 → 2 has 8 MACs, fan-out 2: SOPs = 2 × events.
+    clock = Clock()
+    net = nn.Sequential(ScaledNeuron(1.0, levels=4), nn.Linear(4, 2))
+    sim = Simulator(SpikingNetwork(net, clock, PRESETS["exact"], {}), spike_levels=m)
+    x = torch.tensor([[1.0, 0.5, 0.0, 0.26]])
+    with EnergyMeter.for_simulator(sim) as meter:
+        sim.run(x, 1)
+    res = meter.result({"1": 8, "": 8}, 1)
+    assert rows_by_name(res)["1"]["sops"] == pytest.approx(2 * events)
+    tot = res["totals"]
+    assert tot["spike_levels"] == m and tot["bits_per_step"] == pytest.approx(math.log2(2 * m + 1))
+    assert tot["bit_steps"] == pytest.approx(tot["bits_per_step"])  # S = 1
+    if m > 1:
+        assert rows_by_name(res)["0"]["event_rate"] == pytest.approx(events / 4)

@@ -35,8 +35,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = self.qkv_act(self.qkv(x)).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, hd]
+        qkv = self.qkv_act(self.qkv(x)).reshape(B, N, 3, self.num_heads, self.head_dim)
+        # [B, H, N, hd] each, by ops that keep the batch axis first (timm's permute(2, 0, 3, 1, 4) moves
+        # it, which SpikingJelly's step-mode adapter refuses; the values are the same)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
         att = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1)
         return self.proj((att @ v).transpose(1, 2).reshape(B, N, D))
 
