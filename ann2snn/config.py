@@ -54,6 +54,7 @@ class Config:
     attn: str = "softmax"  # softmax | softmax_seed | ssa
     lambda_init: float = 8.0  # initial QCFS threshold
     ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
+    placement: str = "qkv"  # vit: where activations are quantized: qkv (q, k, v and after GELU) | norm (also after each LayerNorm, signed)
     width: float | None = None  # channel multiplier of the CNNs (vgg16, resnet18, resnet20); null = 1
     quantize: bool = True  # QCFS sites for conversion; false trains the plain ReLU ANN (to pretrain)
     pretrained: str | None = None  # local state dict of the ReLU model, loaded before quantizing
@@ -135,6 +136,10 @@ class Config:
             v = getattr(self, key)
             need(v is None or v >= 1, f"{key} must be a positive count or null, got {v}.")
         need(self.attn in ATTN_CHOICES, f"attn must be one of {ATTN_CHOICES}, got {self.attn!r}.")
+        need(self.placement in PLACEMENT_CHOICES,
+             f"placement must be one of {PLACEMENT_CHOICES}, got {self.placement!r}.")
+        need(self.placement == "qkv" or self.model == "vit",
+             f"placement applies to the `vit` model only, not {self.model!r}; leave it at qkv.")
         need(self.ssa_form in SSA_FORM_CHOICES,
              f"ssa_form must be one of {SSA_FORM_CHOICES}, got {self.ssa_form!r}.")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0 (0 disables), got {self.warmup_epochs}.")
@@ -179,9 +184,10 @@ ATTN_CHOICES = ("softmax", "softmax_seed", "ssa")
 OPTIMIZERS = ("adamw", "sgd")
 WIDTH_MODELS = ("vgg16", "resnet18", "resnet20")
 SSA_FORM_CHOICES = ("token_first", "token_last")
+PLACEMENT_CHOICES = ("qkv", "norm")
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
 MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize",
-              "width", "patch_size")
+              "width", "patch_size", "placement")
 # Largest layer width (dim, and the MLP hidden size int(dim * mlp_ratio)) accepted: far above any
 # real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
 # torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).

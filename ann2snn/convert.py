@@ -113,7 +113,7 @@ def fold_bn(model: nn.Module) -> list[str]:
 def replace_activations(model: nn.Module, neg_rule: str = "exact") -> list[str]:
     """QCFS → ScaledNeuron carrying that site's λ and L."""
     return _replace(model, lambda m: isinstance(m, QCFS),
-                    lambda m: ScaledNeuron(m.threshold(), m.levels, neg_rule))
+                    lambda m: ScaledNeuron(m.threshold(), m.levels, neg_rule, signed=getattr(m, "signed", False)))
 
 
 def replace_maxpool(model: nn.Module) -> list[str]:
@@ -321,7 +321,7 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
         if node.op == "call_module":
             mod = gm.get_submodule(str(node.target))
             if isinstance(mod, QCFS):
-                site(node, ScaledNeuron(mod.threshold(), mod.levels, opts.neg_rule), str(node.target))
+                site(node, ScaledNeuron(mod.threshold(), mod.levels, opts.neg_rule, signed=getattr(mod, "signed", False)), str(node.target))
                 neurons.append(str(node.target))
             elif isinstance(mod, nn.MaxPool2d):
                 if mod.return_indices:

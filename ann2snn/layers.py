@@ -13,6 +13,17 @@ import torch
 from torch import nn
 
 
+class SignedSite(nn.Module):
+    """A signed activation site: the identity in the float model, a *signed* QCFS site once
+    :func:`ann2snn.quant.quantize` has run (values −λ..λ in 2L + 1 levels), and a two-sign neuron
+    whose count runs from −L to L after conversion.  Put where the values to be sent as spikes are
+    signed, e.g. after a ViT's LayerNorm (SpikeZIP-TF's placement, You et al., ICML 2024), so that
+    the Linear layers reading it are driven by spikes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class MatMul(nn.Module):
     """``a @ b`` as a module, so that conversion can swap it for a spike-equivalent product."""
 

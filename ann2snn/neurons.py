@@ -66,7 +66,7 @@ def check_spike_levels(m) -> int:
 
 
 def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: float = 1.0,
-                   cap: float = math.inf, neg_rule: str = "exact", m: int = 1):
+                   cap: float = math.inf, neg_rule: str = "exact", m: int = 1, floor: float = 0.0):
     """One step of the signed, capped IF neuron; returns ``(spike, v, n)``.
 
     ``v`` membrane potential, ``n`` net spike count so far, ``u`` input current.  A positive spike
@@ -74,21 +74,25 @@ def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: flo
     (``neg_rule="exact"``, Fast-SNN / ST-BIF) or ``v <= -theta`` (``"seed"``, the original code).
     Reset by subtraction: ``v -= spike·theta``.  ``spike`` is in {-1, 0, +1}.
 
+    ``floor`` < 0 (a signed site): the net count may go down to ``floor`` (−L), so a negative
+    spike needs ``n > floor`` instead of ``n > 0``; the count then settles on the signed QCFS
+    staircase, ⌊X/θ + ½⌋ clamped to [floor, cap].
+
     ``m > 1`` (spike_levels): up to ``m`` spikes of one sign per step, a graded count in −m..m, as
     burst spikes (Li & Zeng, "Efficient and accurate conversion of spiking neural network with
     burst spikes", IJCAI 2022) and multi-threshold neurons (Huang et al., "ECMT", ACM MM 2024)
     send: the step emits at once what m binary steps with no further input would emit, i.e.
-    ``min(⌊v/θ⌋, m, cap − n)`` positive spikes, or ``min(⌈−v/θ⌉, m, n)`` negative ones where
+    ``min(⌊v/θ⌋, m, cap − n)`` positive spikes, or ``min(⌈−v/θ⌉, m, n − floor)`` negative ones where
     ``v < 0`` (``⌊−v/θ⌋`` where ``v <= −θ`` under ``"seed"``), reset by subtraction as above.
     """
     if m != 1:
-        return _multi_level_step(v, n, u, theta, cap, neg_rule, m)
+        return _multi_level_step(v, n, u, theta, cap, neg_rule, m, floor)
     v = v + u
     pos = (v >= theta) & (n < cap)
     if neg_rule == "exact":
-        neg = (v < 0) & (n > 0)
+        neg = (v < 0) & (n > floor)
     elif neg_rule == "seed":
-        neg = (v <= -theta) & (n > 0)
+        neg = (v <= -theta) & (n > floor)
     else:
         raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
     if theta > 0 and pos.shape == v.shape:
@@ -103,7 +107,7 @@ def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: flo
     return spike, v - spike * theta, n + spike
 
 
-def _multi_level_step(v, n, u, theta, cap, neg_rule, m):
+def _multi_level_step(v, n, u, theta, cap, neg_rule, m, floor=0.0):
     if neg_rule not in NEG_RULES:
         raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
     if not theta > 0:
@@ -115,7 +119,7 @@ def _multi_level_step(v, n, u, theta, cap, neg_rule, m):
         neg = torch.where(v < 0, torch.ceil(-v / theta), torch.zeros_like(v))
     else:
         neg = torch.where(v <= -theta, torch.floor(-v / theta), torch.zeros_like(v))
-    neg = neg.minimum(n.clamp(min=0)).clamp_(max=m)
+    neg = neg.minimum((n - floor).clamp(min=0)).clamp_(max=m)
     spike = pos - neg
     return spike, v - spike * theta, n + spike
 
@@ -135,10 +139,11 @@ class ScaledNeuron(base.MemoryModule):
 
     ``m`` (spike_levels, set by the simulator) is the most spikes it may send per step and sign:
     1 is binary; with ``m > 1`` the output per step is k·λθ for k in −m..m (:func:`signed_if_step`).
+    ``signed`` (from a signed QCFS site): the net count runs from −cap to cap, not from 0.
     """
 
     def __init__(self, lam: float, levels: int | None = None, neg_rule: str = "exact",
-                 theta: float = 1.0, cap: float = math.inf):
+                 theta: float = 1.0, cap: float = math.inf, signed: bool = False):
         super().__init__()
         if neg_rule not in NEG_RULES:
             raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
@@ -148,6 +153,7 @@ class ScaledNeuron(base.MemoryModule):
         self.theta = float(theta)
         self.cap = float(cap)
         self.m = 1  # spike_levels: spikes per step and sign
+        self.signed = bool(signed)  # a signed QCFS site: the count runs from −cap to cap
         self.register_memory("v", None)
         self.register_memory("n", None)
 
@@ -156,12 +162,13 @@ class ScaledNeuron(base.MemoryModule):
             self.v = torch.full_like(x, self.theta / 2)
             self.n = torch.zeros_like(x)
         spike, self.v, self.n = signed_if_step(self.v, self.n, x / self.lam, self.theta, self.cap,
-                                               self.neg_rule, self.m)
+                                               self.neg_rule, self.m, -self.cap if self.signed else 0.0)
         return spike.mul_(self.lam * self.theta)  # spike is fresh and not kept: scale in place
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam:.4g}, theta={self.theta:g}, cap={self.cap:g}, "
-                f"neg_rule={self.neg_rule}" + (f", m={self.m}" if self.m != 1 else ""))
+                f"neg_rule={self.neg_rule}" + (f", m={self.m}" if self.m != 1 else "")
+                + (", signed" if self.signed else ""))
 
 
 class MaxPoolNeuron(base.MemoryModule):

@@ -5,6 +5,9 @@ Spiking Neural Networks", ICLR 2022.  One learnable threshold λ per activation 
 
     y = λ · clamp(floor(x·L/λ + 1/2) / L, 0, 1)          values in {0, λ/L, …, λ}
 
+A *signed* site (``signed=True``: a :class:`~ann2snn.layers.SignedSite` or a symmetric
+``Hardtanh(−c, c)``) clamps to [−1, 1] instead: values in {−λ, …, −λ/L, 0, λ/L, …, λ}.
+
 Backward: the floor is straight-through (gradient 1), the clamp passes the gradient where the
 quantized value lies inside [0, 1] and blocks it outside, and λ receives the gradient of the whole
 expression (``q − x/λ`` inside the range, ``1`` above it, ``0`` below).  The forward and backward
@@ -21,17 +24,17 @@ from torch import nn
 log = logging.getLogger("ann2snn")
 
 
-def qcfs(x: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:
+def qcfs(x: torch.Tensor, lam: torch.Tensor, levels: int, signed: bool = False) -> torch.Tensor:
     """Reference QCFS forward (no autograd tricks); the module below must agree with it."""
-    return lam * torch.clamp(torch.floor(x * levels / lam + 0.5) / levels, 0.0, 1.0)
+    return lam * torch.clamp(torch.floor(x * levels / lam + 0.5) / levels, -1.0 if signed else 0.0, 1.0)
 
 
 class _QCFSFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, lam: torch.Tensor, levels: int, low: float = 0.0) -> torch.Tensor:
         s = torch.floor(x * (levels / lam) + 0.5) / levels  # quantized value in units of λ, unclipped
-        inside = (s >= 0) & (s <= 1)
-        q = s.clamp(0.0, 1.0)
+        inside = (s >= low) & (s <= 1)
+        q = s.clamp(low, 1.0)
         ctx.save_for_backward(x, lam, inside, q)
         return q * lam
 
@@ -45,7 +48,7 @@ class _QCFSFunction(torch.autograd.Function):
             # d/dλ [λ·clamp(s)] with d s/dλ = -x/λ² · (L/L) through the straight-through floor.
             dlam = q - inside.to(x.dtype) * (x / lam)
             grad_lam = (grad_out * dlam).sum().reshape(lam.shape)
-        return grad_x, grad_lam, None
+        return grad_x, grad_lam, None, None
 
 
 class QCFS(nn.Module):
@@ -56,8 +59,9 @@ class QCFS(nn.Module):
     :func:`calibrate`) makes the site a plain (clipped) ReLU while its statistics are gathered.
     """
 
-    def __init__(self, levels: int = 4, lambda_init: float = 8.0, clip: float | None = None):
+    def __init__(self, levels: int = 4, lambda_init: float = 8.0, clip: float | None = None, signed: bool = False):
         super().__init__()
+        self.signed = bool(signed)
         if levels < 1:
             raise ValueError(f"QCFS needs levels >= 1, got {levels}")
         self.levels = int(levels)
@@ -75,14 +79,16 @@ class QCFS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
+            if self.signed:
+                return x if self.clip is None else x.clamp(-self.clip, self.clip)
             return x.clamp(min=0) if self.clip is None else x.clamp(0, self.clip)
         lam = self.effective_lambda()
         lam = lam.to(x.dtype) if x.dtype != lam.dtype else lam
-        return _QCFSFunction.apply(x, lam, self.levels)
+        return _QCFSFunction.apply(x, lam, self.levels, -1.0 if self.signed else 0.0)
 
     def extra_repr(self) -> str:
         clip = "" if self.clip is None else f", clip={self.clip:g}"
-        return f"levels={self.levels}, lam={float(self.lam.detach()):.4g}{clip}"
+        return f"levels={self.levels}, lam={float(self.lam.detach()):.4g}{clip}" + (", signed" if self.signed else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,10 +96,23 @@ class QCFS(nn.Module):
 def trace_leaves() -> tuple[type, ...]:
     """Module types torch.fx records as calls without looking inside: QCFS, the marker product,
     and the spiking operators of a converted network."""
-    from ann2snn.layers import MatMul
+    from ann2snn.layers import MatMul, SignedSite
     from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
 
-    return (QCFS, MatMul, ScaledNeuron, MaxPoolNeuron, SpikeMatMul, ECSoftmax, DriveGate)
+    return (QCFS, MatMul, SignedSite, ScaledNeuron, MaxPoolNeuron, SpikeMatMul, ECSoftmax, DriveGate)
+
+
+def _signed_site(node, gm) -> tuple[bool, float | None]:
+    """(is a signed site, its clip or None): a SignedSite module or a symmetric Hardtanh(−c, c)."""
+    from ann2snn.layers import SignedSite
+
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        if isinstance(m, SignedSite):
+            return True, None
+        if isinstance(m, nn.Hardtanh) and float(m.min_val) == -float(m.max_val) and float(m.max_val) > 0:
+            return True, float(m.max_val)
+    return False, None
 
 
 def _activation_clip(node, gm) -> tuple[bool, float | None, bool]:
@@ -151,8 +170,13 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     from ann2snn.graph import ConversionError, add_module, describe, module_path, replace_module, trace
 
     gm = trace(model, trace_leaves())
-    sites = []
+    sites, signed = [], set()
     for node in gm.graph.nodes:
+        is_signed, clip = _signed_site(node, gm)
+        if is_signed:
+            sites.append((node, clip, False))
+            signed.add(node)
+            continue
         is_act, clip, inplace = _activation_clip(node, gm)
         if is_act:
             sites.append((node, clip, inplace))
@@ -167,14 +191,14 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     in_place = all(n.op == "call_module" and uses[str(n.target)] == 1 for n, _, _ in sites)
     if in_place:  # the module tree already has one module per site: keep the model's own class
         for node, clip, _ in sites:
-            replace_module(model, str(node.target), QCFS(levels, lambda_init, clip))
+            replace_module(model, str(node.target), QCFS(levels, lambda_init, clip, signed=node in signed))
         log.info("quantize: %d activation site(s) -> QCFS(L=%d), in place", len(sites), levels)
         out = model
     else:
         seen: set[str] = set()
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         for node, clip, inplace in sites:
-            q = QCFS(levels, lambda_init, clip)
+            q = QCFS(levels, lambda_init, clip, signed=node in signed)
             if node.op == "call_module" and str(node.target) not in seen:
                 name = str(node.target)
                 seen.add(name)
@@ -230,6 +254,8 @@ def calibrate_lambdas(model: nn.Module, loader, percentile: float = 99.9, batche
     def keep(name):
         def hook(module, args, out):
             flat = out.detach().flatten().float().cpu()
+            if sites[name].signed:  # a signed site's λ bounds |x|
+                flat = flat.abs()
             if flat.numel() > limit:
                 flat = flat[torch.randint(flat.numel(), (limit,), generator=gen)]
             samples[name].append(flat)

@@ -73,8 +73,11 @@ class Simulator:
                 nrn.m = self._spike_levels
 
     def shares_trunk(self, t: int) -> bool:
-        """True when row t's neurons have threshold 1, so its first t steps equal the trunk's."""
-        return all(self.neuron_params(n, t)[0] == 1.0 for n in self.neurons)
+        """True when row t's neurons have threshold 1, so its first t steps equal the trunk's.
+
+        Only with binary spikes: the trunk runs without caps, which a binary neuron cannot reach
+        within t ≤ cap steps anyway; a neuron sending m > 1 spikes per step could pass its cap."""
+        return self._spike_levels == 1 and all(self.neuron_params(n, t)[0] == 1.0 for n in self.neurons)
 
     def k_step_runs_share_one_pass(self, t: int) -> bool:
         """True when a k-step run (k ≤ t) is the first k steps of the t-step run for every k

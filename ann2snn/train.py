@@ -71,6 +71,8 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         direct["width"] = cfg.width
     if cfg.model == "vit" or cfg.model.startswith("timm:"):
         direct["patch_size"] = cfg.patch_size
+    if cfg.model == "vit":
+        direct["placement"] = cfg.placement
     model = create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
                          mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=info.img_size,
                          num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)

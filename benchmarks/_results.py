@@ -1,4 +1,5 @@
-"""Writing one benchmark's section of benchmarks/RESULTS.md between its HTML-comment markers."""
+"""What the benchmarks share: writing one benchmark's section of benchmarks/RESULTS.md between its
+HTML-comment markers, and loading a trained run for evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,3 +22,16 @@ def write_marked(name: str, md: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip() + "\n\n" + md
     path.write_text(text)
+
+
+def load_run(ckpt: Path, test_subset: int):
+    """(config, model in eval mode, test loader) of a trained checkpoint, on its first ``test_subset``
+    test images; the config is the one stored with the checkpoint."""
+    from ann2snn.checkpoint import checkpoint_config, load_checkpoint
+    from ann2snn.cli import load_trained
+    from ann2snn.config import load_config
+
+    stored = checkpoint_config(load_checkpoint(ckpt), ckpt)
+    cfg = load_config(None, {**stored.to_dict(), "test_subset": test_subset})
+    model, loader, _ = load_trained(cfg, ckpt)
+    return cfg, model.eval(), loader

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _results import write_marked
+from _results import load_run, write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -58,15 +58,7 @@ def train_all(runs: Path, args) -> dict[str, Path]:
     return out
 
 
-def load(ckpt: Path, test_subset: int):
-    from ann2snn.checkpoint import checkpoint_config, load_checkpoint
-    from ann2snn.cli import load_trained
-    from ann2snn.config import load_config
-
-    stored = checkpoint_config(load_checkpoint(ckpt), ckpt)
-    cfg = load_config(None, {**stored.to_dict(), "test_subset": test_subset})
-    model, loader, _ = load_trained(cfg, ckpt)
-    return cfg, model, loader
+load = load_run
 
 
 @torch.no_grad()

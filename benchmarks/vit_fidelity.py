@@ -1,6 +1,9 @@
 """A pre-norm ViT on Fashion-MNIST: ann2snn's ``exact`` conversion against SpikingJelly 2.0's
 transformer recipes, on the same weights and the same images, in one run.
 
+Two placements of the quantization sites (``--placements``): ``qkv`` (q, k, v and after GELU) and
+``norm`` (also a signed site after every LayerNorm, SpikeZIP-TF's placement), each trained here.
+
 The network: the registered ``vit`` (LayerNorm, GELU, softmax attention, a class token, learned
 position embeddings; QCFS sites on q, k, v and after the MLP's GELU), ``configs/vit_fashion_mnist.yml``,
 trained here on the CPU.  Top-1 after T total steps, T = 1..16, for:
@@ -9,7 +12,7 @@ trained here on the CPU.  Top-1 after T total steps, T = 1..16, for:
   T − L zero steps (the table's row L); the whole t × (t + extra_t) table is written too.
 - SpikingJelly's ``TransformerTDEquivalentRecipe`` (``Converter(recipe=...)``), with each QCFS
   site replaced by SpikeZIP's signed neuron ``STBIFNode(q_threshold=λ/L, level=L+1)``, the QCFS
-  staircase in ST-BIF form.  Its operators are sum-coded (y_k = f(X_k) − f(X_{k−1}) for the
+  staircase in ST-BIF form (``sym=True`` with bounds −L..L for a signed site).  Its operators are sum-coded (y_k = f(X_k) − f(X_{k−1}) for the
   running input sum X_k), so it is fed the image on the first step and zeros afterwards, and its
   outputs are summed.  Two rows: as the recipe ships, and with the class token and position
   embeddings injected on the first step only (a patch of this script: the recipe leaves
@@ -42,17 +45,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _results import write_marked
+from _results import load_run, write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(runs: Path, args) -> Path:
+def train(runs: Path, args, placement: str) -> Path:
     from ann2snn.cli import main
 
-    run = runs / "vit"
+    run = runs / ("vit" if placement == "qkv" else f"vit_{placement}")
     if not (run / "best_model.pt").is_file():
-        extra = ["--epochs", str(args.epochs)] + (["--train_subset", str(args.train_subset)] if args.train_subset else [])
+        extra = ["--epochs", str(args.epochs), "--placement", placement, "--id", run.name]
+        extra += ["--train_subset", str(args.train_subset)] if args.train_subset else []
         t0 = time.perf_counter()
         assert main(["train", "-c", str(ROOT / "configs" / "vit_fashion_mnist.yml"), *extra,
                      "--out", str(run), "--out_root", str(runs)]) == 0
@@ -60,15 +64,7 @@ def train(runs: Path, args) -> Path:
     return run / "best_model.pt"
 
 
-def load(ckpt: Path, test_subset: int):
-    from ann2snn.checkpoint import checkpoint_config, load_checkpoint
-    from ann2snn.cli import load_trained
-    from ann2snn.config import load_config
-
-    stored = checkpoint_config(load_checkpoint(ckpt), ckpt)
-    cfg = load_config(None, {**stored.to_dict(), "test_subset": test_subset})
-    model, loader, _ = load_trained(cfg, ckpt)
-    return cfg, model.eval(), loader
+load = load_run
 
 
 # ------------------------------------------------------------------------------ SpikingJelly
@@ -77,10 +73,11 @@ def _set(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
-def _sites(model: nn.Module) -> dict[str, tuple[float, int]]:
+def _sites(model: nn.Module) -> dict[str, tuple[float, int, bool]]:
     from ann2snn.quant import QCFS
 
-    return {n: (float(m.lam.detach()), int(m.levels)) for n, m in model.named_modules() if isinstance(m, QCFS)}
+    return {n: (float(m.lam.detach()), int(m.levels), bool(m.signed)) for n, m in model.named_modules()
+            if isinstance(m, QCFS)}
 
 
 def _once_constants(gm) -> int:
@@ -122,8 +119,10 @@ def spikingjelly_td(q: nn.Module, constants_once: bool):
         _set(a, name, nn.Dropout(0.0))
     snn = Converter(recipe=TransformerTDEquivalentRecipe()).convert(a)
     patched = _once_constants(snn) if constants_once else 0
-    for name, (lam, levels) in sites.items():
-        _set(snn, name, STBIFNode(q_threshold=lam / levels, level=levels + 1))
+    for name, (lam, levels, signed) in sites.items():
+        neuron = (STBIFNode(q_threshold=lam / levels, level=2 * levels + 1, sym=True, pos_max=levels, neg_min=-levels)
+                  if signed else STBIFNode(q_threshold=lam / levels, level=levels + 1))
+        _set(snn, name, neuron)
     functional.set_step_mode(snn, "s")
     return snn.eval(), patched
 
@@ -215,6 +214,7 @@ def energy_points(model, cfg, loader, batches: int) -> dict:
         tot = res["totals"]
         out[label] = {k: tot[k] for k in ("e_ann_mj", "e_snn_mj", "ann_snn_ratio", "non_spike_share",
                                          "energy_breakdown_mj", "mean_rate", "sops", "nonlinear_macs")}
+        out[label]["top1"] = res["accuracy"]["snn_top1_within_run"][-1]
     return out
 
 
@@ -238,50 +238,58 @@ def first_within(curve: dict[int, float], target: float) -> int | None:
 
 
 def markdown(res: dict, args) -> str:
-    steps, L, ann = res["steps"], res["levels"], res["ann_top1"]
+    steps = res["steps"]
     cols = list(range(1, steps + 1))
+    first = next(iter(res["placements"].values()))
     lines = ["<!-- vit-fidelity:start -->", "## ViT: ann2snn against SpikingJelly's transformer recipes (Fashion-MNIST)", "",
              f"Command: `python benchmarks/vit_fidelity.py --write`. Machine: {platform.machine()}, {args.threads} torch "
              f"threads, torch {torch.__version__}, CPU only. `configs/vit_fashion_mnist.yml`: the registered `vit`, "
-             f"dim {res['model']['dim']}, depth {res['model']['depth']}, {res['model']['num_heads']} heads, patch "
-             f"{res['model']['patch_size']}, L = {L}, {res['train']}; trained in {res['train_s']:.0f} s. The first "
-             f"{res['n']} test images; the same weights and images for every row. Quantized ANN: **{ann:.2f} %**. "
-             "Top-1 (%) after T total steps.", "",
-             "| method | " + " | ".join(f"T={T}" for T in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for label, curve in res["rows"]:
-        cells = [f"{curve[T]:.2f}" if T in curve else "" for T in cols]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Goal: within 0.5 of the quantized ANN within 2L = "
-              f"{2 * L} total steps (first T at which top-1 ≥ {ann - 0.5:.2f}):", ""]
-    for label, curve in res["rows"]:
-        T = first_within(curve, ann - 0.5)
-        verdict = "never within 16 steps" if T is None else f"T = {T}" + (" (met)" if T <= 2 * L else " (missed)")
-        lines.append(f"- {label}: {verdict}; at T = 2L: {curve.get(2 * L, float('nan')):.2f}.")
-    lines += ["", "What SpikingJelly's recipes did with this model:", ""] + [f"- {n}" for n in res["notes"]]
-    v = res["verify"]
-    lines += ["", f"ann2snn `verify` (float64, 64 test images, t = L): {'OK' if v['ok'] else 'FAILED'}, "
-              f"max |Δ| = {v['max_abs_diff']:.2g} (logit scale {v['scale']:.3g}), settled after {v['settle_steps']} steps "
-              f"({'quiescent' if v['quiescent'] else 'not quiescent'}).",
-              "", "Energy per image of the ann2snn SNN (fp32 constants, 45 nm; first "
-              f"{res['energy_images']} test images):", "",
-              "| point | E_ANN (mJ) | E_SNN (mJ) | ANN/SNN | not spike-driven | of which float functions | products | "
-              "analog-fed layers | image layer | mean rate |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, e in res["energy"].items():
-        b, tot = e["energy_breakdown_mj"], e["e_snn_mj"]
-        pct = {k: 100 * v / tot if tot else 0.0 for k, v in b.items()}
-        lines.append(f"| {label} | {e['e_ann_mj']:.4g} | {tot:.4g} | {e['ann_snn_ratio']:.2f}× | "
-                     f"{100 * e['non_spike_share']:.1f} % | {pct['mac_float_functions']:.1f} % | {pct['mac_products']:.1f} % | "
-                     f"{pct['mac_analog_inputs']:.1f} % | {pct['mac_image_layer']:.1f} % | {e['mean_rate']:.3f} |")
-    lines += ["", "Float functions (LayerNorm, GELU, softmax by the running-sum rule) are counted as MACs by the "
-              "per-element table in `ann2snn/energy.py`; products and the layers that read LayerNorm or attention "
-              "outputs pay MACs because those operands are real-valued. The full t × (t + extra_t) table is in "
-              "`runs/vit_fidelity/table.md`.", "<!-- vit-fidelity:end -->"]
+             f"dim {first['model']['dim']}, depth {first['model']['depth']}, {first['model']['num_heads']} heads, patch "
+             f"{first['model']['patch_size']}, L = {res['levels']}, {first['train']}, once per placement of the "
+             f"quantization sites: `qkv` (q, k, v and after GELU) and `norm` (also a signed site after every LayerNorm). "
+             f"The first {first['n']} test images; within a placement the same weights and images for every row. "
+             "Top-1 (%) after T total steps.", ""]
+    for placement, r in res["placements"].items():
+        L, ann = res["levels"], r["ann_top1"]
+        lines += [f"### placement `{placement}`: quantized ANN {ann:.2f} % (trained in {r['train_s']:.0f} s)", "",
+                  "| method | " + " | ".join(f"T={T}" for T in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for label, curve in r["rows"]:
+            cells = [f"{curve[T]:.2f}" if T in curve else "" for T in cols]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", f"Goal: within 0.5 of the quantized ANN within 2L = {2 * L} total steps (first T at which "
+                  f"top-1 ≥ {ann - 0.5:.2f}):", ""]
+        for label, curve in r["rows"]:
+            T = first_within(curve, ann - 0.5)
+            verdict = f"never within {steps} steps" if T is None else f"T = {T}" + (" (met)" if T <= 2 * L else " (missed)")
+            lines.append(f"- {label}: {verdict}; at T = 2L: {curve.get(2 * L, float('nan')):.2f}.")
+        lines += ["", "What SpikingJelly's recipes did with this model:", ""] + [f"- {n}" for n in r["notes"]]
+        v = r["verify"]
+        lines += ["", f"ann2snn `verify` (float64, 64 test images, t = L): {'OK' if v['ok'] else 'FAILED'}, "
+                  f"max |Δ| = {v['max_abs_diff']:.2g} (logit scale {v['scale']:.3g}), settled after {v['settle_steps']} "
+                  f"steps ({'quiescent' if v['quiescent'] else 'not quiescent'}).", ""]
+    lines += [f"### Energy per image of the ann2snn SNN (fp32 constants, 45 nm; first {res['energy_images']} test images)",
+              "", "| placement, point | top-1 | E_ANN (mJ) | E_SNN (mJ) | ANN/SNN | not spike-driven | float functions | "
+              "products | analog-fed layers | image layer | mean rate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for placement, r in res["placements"].items():
+        for label, e in r["energy"].items():
+            b, tot = e["energy_breakdown_mj"], e["e_snn_mj"]
+            pct = {k: 100 * v / tot if tot else 0.0 for k, v in b.items()}
+            lines.append(f"| `{placement}`, {label} | {e['top1']:.2f} | {e['e_ann_mj']:.4g} | {tot:.4g} | "
+                         f"{e['ann_snn_ratio']:.2f}× | {100 * e['non_spike_share']:.1f} % | {pct['mac_float_functions']:.1f} % | "
+                         f"{pct['mac_products']:.1f} % | {pct['mac_analog_inputs']:.1f} % | {pct['mac_image_layer']:.1f} % | "
+                         f"{e['mean_rate']:.3f} |")
+    lines += ["", "The columns after *not spike-driven* split E_SNN by what pays MACs. Float functions (LayerNorm, "
+              "GELU, softmax by the running-sum rule) are counted by the per-element table in `ann2snn/energy.py`; "
+              "products and the layers that read real-valued operands (a LayerNorm output under `qkv`, attention's "
+              "output) pay MACs; top-1 is on the energy images, at the point's T. The full t × (t + extra_t) tables are "
+              "in `runs/vit_fidelity/<run>/table.md`.", "<!-- vit-fidelity:end -->"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/vit_fidelity")
+    p.add_argument("--placements", default="qkv,norm", help="comma-separated: qkv, norm")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--train_subset", type=int, default=0, help="0: all 60 000 training images")
     p.add_argument("--test_subset", type=int, default=2000)
@@ -293,23 +301,25 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     runs = Path(args.runs)
-    ckpt = train(runs, args)
-    train_s = train_seconds(ckpt.parent / "log.csv")
-    cfg, model, loader = load(ckpt, args.test_subset)
     from ann2snn.metrics import evaluate_ann
     from ann2snn.report import write_table
 
-    ann = evaluate_ann(model, loader)
-    ours, table = ann2snn_rows(model, cfg, loader, args.steps, args.extra)
-    write_table(runs, ann, table, list(range(args.extra + 1)), meta={"preset": cfg.preset}, echo=False)
-    sj, notes = spikingjelly_rows(model, loader, args.steps)
-    res = {"ann_top1": ann["top1"], "n": ann["n"], "levels": cfg.l, "steps": args.steps,
-           "model": {k: getattr(cfg, k) for k in ("dim", "depth", "num_heads", "patch_size", "mlp_ratio")},
-           "train": f"AdamW, {cfg.epochs} epochs on "
-                    f"{cfg.train_subset or 60000} training images", "train_s": train_s,
-           "rows": ours + sj, "notes": notes, "table": table, "verify": verify_batch(model, cfg, loader),
-           "energy": energy_points(model, cfg, loader, args.energy_batches),
-           "energy_images": min(args.energy_batches * cfg.bs, ann["n"])}
+    res = {"steps": args.steps, "placements": {}}
+    for placement in args.placements.split(","):
+        ckpt = train(runs, args, placement)
+        cfg, model, loader = load(ckpt, args.test_subset)
+        ann = evaluate_ann(model, loader)
+        ours, table = ann2snn_rows(model, cfg, loader, args.steps, args.extra)
+        write_table(ckpt.parent, ann, table, list(range(args.extra + 1)), meta={"preset": cfg.preset}, echo=False)
+        sj, notes = spikingjelly_rows(model, loader, args.steps)
+        res["levels"] = cfg.l
+        res["energy_images"] = min(args.energy_batches * cfg.bs, ann["n"])
+        res["placements"][placement] = {
+            "ann_top1": ann["top1"], "n": ann["n"], "train_s": train_seconds(ckpt.parent / "log.csv"),
+            "model": {k: getattr(cfg, k) for k in ("dim", "depth", "num_heads", "patch_size", "mlp_ratio")},
+            "train": f"AdamW, {cfg.epochs} epochs on {cfg.train_subset or 60000} training images",
+            "rows": ours + sj, "notes": notes, "table": table, "verify": verify_batch(model, cfg, loader),
+            "energy": energy_points(model, cfg, loader, args.energy_batches)}
     (runs / "vit_fidelity.json").write_text(json.dumps(res, indent=2, default=str))
     md = markdown(res, args)
     (runs / "vit_fidelity.md").write_text(md)

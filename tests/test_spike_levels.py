@@ -183,3 +183,15 @@ def test_spike_levels_refused_for_a_directly_trained_snn():
     cfg = load_config(None, {"model": "spikformer", "spike_levels": 2})
     with pytest.raises(ConversionError, match="directly trained"):
         simulator_for(create_model("spikformer", dim=16, num_heads=2, depth=1, in_channels=1, img_size=8), cfg)
+
+
+@pytest.mark.parametrize("preset", ["exact", "rate"])
+def test_table_rows_with_multi_level_spikes_equal_independent_runs(preset):
+    """The table's shared trunk runs without caps, which only binary spikes cannot exceed: with
+    m > 1 every row must still equal its own run (regression: row t = L once overshot its cap)."""
+    q = small_transformer()
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 3
+    sim = ann2snn.Simulator(ann2snn.convert(q, preset), spike_levels=4)
+    rows = sim.run_rows(x, [1, 2, 3, 4, 5], 2)
+    for t, cols in rows.items():
+        assert torch.equal(cols, sim.run(x, t, 2)[t - 1:]), t

@@ -10,6 +10,11 @@ module, so :func:`ann2snn.quant.quantize` gives each its QCFS site):
   spikes, which the spike-equivalent product counts as accumulates, as Spikformer's SSA does;
 - after GELU in the MLP (``mlp_act``): fc2 reads spikes.
 
+``placement="norm"`` also quantizes after every LayerNorm (``norm1_act``, ``norm2_act``,
+``norm_act``: :class:`~ann2snn.layers.SignedSite`, a *signed* QCFS site, since LayerNorm's output
+is signed), SpikeZIP-TF's placement (You et al., ICML 2024): q/k/v, fc1 and the head then read
+spikes and pay accumulates instead of MACs, at the price of quantizing the normalised stream.
+
 LayerNorm, GELU and softmax stay float operations, converted by the running-sum rule
 (:class:`~ann2snn.neurons.RunningFunction`, :class:`~ann2snn.neurons.ECSoftmax`): they read the
 residual stream or the attention scores, which are sums of spike trains times weights, not
@@ -21,7 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ann2snn.layers import SignedSite
 from ann2snn.models._registry import register_model
+
+PLACEMENTS = ("qkv", "norm")
 
 
 class Attention(nn.Module):
@@ -43,41 +51,51 @@ class Attention(nn.Module):
         return self.proj((att @ v).transpose(1, 2).reshape(B, N, D))
 
 
+def _site(placement: str) -> nn.Module:
+    return SignedSite() if placement == "norm" else nn.Identity()
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, placement: str = "qkv"):
         super().__init__()
         self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
+        self.norm1_act, self.norm2_act = _site(placement), _site(placement)
         hidden = int(dim * mlp_ratio)
         self.fc1, self.gelu, self.mlp_act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.ReLU(), nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.fc2(self.mlp_act(self.gelu(self.fc1(self.norm2(x)))))
+        x = x + self.attn(self.norm1_act(self.norm1(x)))
+        return x + self.fc2(self.mlp_act(self.gelu(self.fc1(self.norm2_act(self.norm2(x))))))
 
 
 class ViT(nn.Module):
     def __init__(self, dim: int = 192, num_heads: int = 3, depth: int = 12, mlp_ratio: float = 4.0,
-                 in_channels: int = 3, img_size: int = 32, num_classes: int = 10, patch_size: int = 4):
+                 in_channels: int = 3, img_size: int = 32, num_classes: int = 10, patch_size: int = 4,
+                 placement: str = "qkv"):
         super().__init__()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         tokens = (img_size // patch_size) ** 2
         self.patch = nn.Conv2d(in_channels, dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, placement) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
+        self.norm_act = _site(placement)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch(x).flatten(2).transpose(1, 2)  # [B, N, D]
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.head(self.norm(self.blocks(x))[:, 0])
+        return self.head(self.norm_act(self.norm(self.blocks(x)))[:, 0])
 
 
 @register_model("vit")
 def vit(dim: int = 192, num_heads: int = 3, depth: int = 12, mlp_ratio: float = 4.0, in_channels: int = 3,
-        img_size: int = 32, num_classes: int = 10, patch_size: int = 4, **ignored) -> ViT:
-    """A pre-norm ViT (defaults: ViT-Tiny's width and depth, patch 4 for 32×32 images)."""
-    return ViT(dim, num_heads, depth, mlp_ratio, in_channels, img_size, num_classes, patch_size)
+        img_size: int = 32, num_classes: int = 10, patch_size: int = 4, placement: str = "qkv", **ignored) -> ViT:
+    """A pre-norm ViT (defaults: ViT-Tiny's width and depth, patch 4 for 32×32 images); ``placement``:
+    ``qkv`` (sites on q, k, v and after GELU) or ``norm`` (also a signed site after each LayerNorm)."""
+    return ViT(dim, num_heads, depth, mlp_ratio, in_channels, img_size, num_classes, patch_size, placement)
