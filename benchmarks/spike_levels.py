@@ -54,8 +54,6 @@ load = load_run
 def frontier_of(ckpt: Path, args, levels: list[int] | None = None, rows: list[int] | None = None) -> dict:
     from ann2snn.convert import simulator_for
     from ann2snn.frontier import frontier
-    from ann2snn.plots import plot_frontier
-    from ann2snn.report import write_frontier
 
     cfg, model, loader = load(ckpt, args.test_subset)
     sim = simulator_for(model, cfg)
@@ -65,8 +63,7 @@ def frontier_of(ckpt: Path, args, levels: list[int] | None = None, rows: list[in
                    args.energy_batches)
     res["seconds"] = time.perf_counter() - t0
     if levels is None and rows is None:  # a full frontier: its own files next to the run
-        write_frontier(ckpt.parent / "frontier", res, echo=False)
-        plot_frontier(res, ckpt.parent / "frontier" / "frontier.png")
+        save_frontier(res, ckpt.parent / "frontier")
     print(f"frontier {ckpt.parent.name}: {res['seconds']:.0f} s", flush=True)
     return res
 
@@ -157,7 +154,7 @@ def _point(fr, m, T):
 def goals(fr: dict) -> list[str]:
     from ann2snn.report import fewest_steps
 
-    L, ann = fr["L"], fr["ann"]["top1"]
+    L = fr["L"]
     out = []
     for m, T in ((L, 1), (max(1, L // 2), 2)):
         p = _point(fr, m, T)
@@ -202,10 +199,27 @@ def lag_summary(rows: list[dict], L: int) -> str:
     return text
 
 
-def merge(runs: Path, args) -> int:
-    from ann2snn.frontier import pareto
+def publish(res: dict, runs: Path, args) -> int:
+    """The JSON and Markdown in --runs, the Markdown printed and, with --write, put into RESULTS.md."""
+    (runs / "spike_levels.json").write_text(json.dumps(res, indent=2, default=str))
+    md = markdown(res, args)
+    (runs / "spike_levels.md").write_text(md)
+    print(md)
+    if args.write:
+        write_marked("spike-levels", md)
+    return 0
+
+
+def save_frontier(fr: dict, folder: Path) -> None:
     from ann2snn.plots import plot_frontier
     from ann2snn.report import write_frontier
+
+    write_frontier(folder, fr, echo=False)
+    plot_frontier(fr, folder / "frontier.png")
+
+
+def merge(runs: Path, args) -> int:
+    from ann2snn.frontier import pareto
 
     rows_text, levels_text = args.merge.split(":")
     rows, levels = [int(v) for v in rows_text.split(",")], [int(v) for v in levels_text.split(",")]
@@ -216,15 +230,8 @@ def merge(runs: Path, args) -> int:
         fr["points"] = sorted(keep + new["points"], key=lambda p: (p["spike_levels"], p["t"], p["extra_t"]))
         fr.setdefault("recomputed", []).append(args.merge)
         pareto(fr["points"])
-        write_frontier(runs / attn / "frontier", fr, echo=False)
-        plot_frontier(fr, runs / attn / "frontier" / "frontier.png")
-    (runs / "spike_levels.json").write_text(json.dumps(res, indent=2, default=str))
-    md = markdown(res, args)
-    (runs / "spike_levels.md").write_text(md)
-    print(md)
-    if args.write:
-        write_marked("spike-levels", md)
-    return 0
+        save_frontier(fr, runs / attn / "frontier")
+    return publish(res, runs, args)
 
 
 def main() -> int:
@@ -248,13 +255,7 @@ def main() -> int:
         res["frontiers"][attn] = fr
         res["L"], res["energy_images"] = fr["L"], fr["energy_images"]
     res["lag"] = pipeline_lag(args)
-    (runs / "spike_levels.json").write_text(json.dumps(res, indent=2, default=str))
-    md = markdown(res, args)
-    (runs / "spike_levels.md").write_text(md)
-    print(md)
-    if args.write:
-        write_marked("spike-levels", md)
-    return 0
+    return publish(res, runs, args)
 
 
 if __name__ == "__main__":
