@@ -13,6 +13,7 @@ import os
 import random
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ann2snn.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict
+from ann2snn.data import available_memory
 
 FORMAT_VERSION = 1
 log = logging.getLogger("ann2snn")
@@ -110,11 +112,47 @@ def _foreign(path: Path, what: str) -> CheckpointError:
                            "checkpoint written by `ann2snn train` (a run's best_model.pt or last.pt).")
 
 
+# A deflated zip entry larger than this that inflates more than BOMB_RATIO-fold is a bomb: torch
+# writes every entry STORED (ratio 1), and real weights compress less than 2-fold anyway.
+BOMB_RATIO, BOMB_MIN_BYTES = 100, 64 * 2**20
+
+
+def check_inflated_size(path: Path, what: str = "Checkpoint") -> None:
+    """Refuse a zip checkpoint that would inflate into more memory than there is, before
+    ``torch.load`` inflates it (issue 17, D6): torch's format is a ZIP file whose central directory
+    declares each entry's uncompressed size, so the sizes are known without reading the data.
+    Refused: a compressed entry inflating over ``BOMB_RATIO``-fold to over ``BOMB_MIN_BYTES``, or
+    entries declaring more than half of :func:`ann2snn.data.available_memory` in all.  Files that
+    are not ZIPs (torch's legacy format) hold their tensors raw, bounded by the file's size."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return  # unreadable as a zip: torch.load says why in its own words
+    for info in infos:
+        if (info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES
+                and info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
+            raise CheckpointError(
+                f"{what} {str(path)!r} was not loaded: its entry {info.filename[:80]!r} would inflate from "
+                f"{info.compress_size} to {info.file_size} bytes ({info.file_size // max(info.compress_size, 1)}"
+                "-fold), a compression bomb (torch never compresses checkpoint entries). Use a checkpoint "
+                "written by `ann2snn train` or `torch.save`.")
+    total, avail = sum(info.file_size for info in infos), available_memory()
+    if avail is not None and total > avail // 2:
+        raise CheckpointError(
+            f"{what} {str(path)!r} was not loaded: its entries declare {total / 2**30:.2f} GiB when unpacked, "
+            f"more than half of the memory available ({avail / 2**30:.2f} GiB). Free memory or use a "
+            "machine with more, or check that the file is the checkpoint you meant.")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist. Train first "
                               "(`ann2snn train -c configs/digits.yml`) or pass --checkpoint PATH.")
+    check_inflated_size(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle with foreign objects, not a torch file …
@@ -232,6 +270,7 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"Pretrained weights {str(path)!r} do not exist (or are not a file). Pass a local "
                               "state dict with --pretrained PATH (no downloads: this tool reads local files only).")
+    check_inflated_size(path, "Pretrained weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -291,6 +291,9 @@ def resolve(args, overrides: dict[str, Any]):
     elif args.checkpoint:
         ckpt = Path(args.checkpoint)
         stored = checkpoint_config(load_checkpoint(ckpt), ckpt)
+        if stored.data_dir is not None and "data_dir" not in overrides:  # a file, not the user, picks the folder read
+            log.warning("warning: reading data from %s, the data_dir stored in the checkpoint %r (not given by you); "
+                        "pass `--data_dir DIR` to read another folder.", repr(stored.data_dir)[:200], str(ckpt))
         cfg = load_config(None, {**stored.to_dict(), **overrides})
     else:
         run = latest_run(overrides.get("out_root", "runs"))

@@ -132,6 +132,8 @@ class Config:
              f"{self.calibrate_percentile}. The usual choice is 99.9.")
         need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
+        need(self.data_dir is None or bool(self.data_dir.strip()), "data_dir is empty; omit it to use the default "
+             "locations, or pass a folder (`--data_dir DIR`).")
         for key in ("train_subset", "test_subset"):
             v = getattr(self, key)
             need(v is None or v >= 1, f"{key} must be a positive count or null, got {v}.")

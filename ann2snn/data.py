@@ -16,9 +16,16 @@ Missing or corrupt data raises :class:`DataError`, whose message says how to get
 """
 from __future__ import annotations
 
+import _compat_pickle
 import gzip
+import importlib
+import logging
+import math
 import os
 import pickle
+import resource
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +35,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ann2snn._compat import import_torchvision
+
+log = logging.getLogger("ann2snn")
 
 
 class DataError(Exception):
@@ -130,8 +139,12 @@ def compose(*fns: Callable | None) -> Callable:
     return tv.transforms.Compose([f for f in fns if f is not None])
 
 
-def take_subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
-    """The first ``n`` items of a permutation drawn with ``seed``; the whole set if n is None/large."""
+def take_subset(ds: Dataset, n: int | None, seed: int, key: str = "subset") -> Dataset:
+    """The first ``n`` items of a permutation drawn with ``seed``; the whole set if n is None/large
+    (then a warning says so: a clipped subset is not what the config asked for)."""
+    if n is not None and n > len(ds):
+        log.warning("warning: %s is %d but the set has only %d items; using all %d. Lower %s (or drop it) "
+                    "to silence this.", key, n, len(ds), len(ds), key)
     if n is None or n >= len(ds):
         return ds
     g = torch.Generator().manual_seed(int(seed))
@@ -148,9 +161,40 @@ def build_datasets(cfg, download: bool | None = None) -> tuple[Dataset, Dataset,
     data is not found locally (and turns a network failure into a DataError).
     """
     train, test, info = get_builder(cfg.data)(cfg, download)
-    train = take_subset(train, cfg.train_subset, cfg.seed)
-    test = take_subset(test, cfg.test_subset, TEST_SUBSET_SEED)
+    train = take_subset(train, cfg.train_subset, cfg.seed, "train_subset")
+    test = take_subset(test, cfg.test_subset, TEST_SUBSET_SEED, "test_subset")
     return train, test, info
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, or None when unknown: the kernel's ``MemAvailable``
+    (else free pages from ``os.sysconf``), capped by what ``RLIMIT_AS`` leaves above the current
+    address space.  Files that announce their size (idx headers, checkpoints' zip entries) are
+    checked against it before anything is inflated (issue 17, D6)."""
+    avail = None
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        used = 0
+        try:
+            with open("/proc/self/status", "rb") as f:
+                used = next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith(b"VmSize:")), 0)
+        except (OSError, ValueError, IndexError):
+            pass
+        avail = max(limit - used, 0) if avail is None else min(avail, max(limit - used, 0))
+    return avail
 
 
 def _root(cfg) -> Path:
@@ -197,28 +241,58 @@ _FMNIST_FIXES = ("Fixes: install the Debian package (`sudo apt-get install datas
                  "download (where the internet is reachable) into `--data_dir` (default ./data).")
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse an idx file (gzip or plain) holding uint8 data of ``ndim`` dims; DataError if corrupt."""
+MAX_IDX_ITEMS = 10_000_000  # ~170x Fashion-MNIST's 60 000: a larger count is a lying header
+
+
+def read_idx(path: Path, ndim: int, item_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Parse an idx file (gzip or plain) holding uint8 data of ``ndim`` dims; DataError if corrupt.
+
+    Header first: the magic number, the dims (each item ``item_shape`` when given, at most
+    ``MAX_IDX_ITEMS`` items, no more than half the available memory) are checked before any data
+    is read; then exactly the bytes the header announces are read, and one more read must find
+    the end.  So a gzip bomb or a lying header is refused without being inflated (issue 17, D6)."""
     magic_expected = 0x0800 | ndim
+    bad = f"The idx file {str(path)!r} is corrupt"
+    again = "Delete it and get it again. " + _FMNIST_FIXES
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as err:
+            head = f.read(4 * (1 + ndim))
+            if len(head) < 4 * (1 + ndim):
+                raise DataError(f"{bad}: only {len(head)} bytes. {again}")
+            magic, *dims = struct.unpack(f">{1 + ndim}i", head)
+            if magic != magic_expected:
+                raise DataError(f"{bad}: magic number {magic:#010x}, expected {magic_expected:#010x}. {again}")
+            size = _check_idx_dims(path, dims, item_shape, again)
+            raw = f.read(size)
+            if len(raw) != size:
+                raise DataError(f"{bad}: header says {dims} ({size} bytes) but it holds {len(raw)}. {again}")
+            if f.read(1):
+                raise DataError(f"{bad}: header says {dims} ({size} bytes) but more data follows (a "
+                                f"damaged file or a compression bomb; it was not inflated). {again}")
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"Cannot read the idx file {str(path)!r} ({err}); it is corrupt or truncated. "
-                        "Delete it and get it again. " + _FMNIST_FIXES) from None
-    head = 4 * (1 + ndim)
+                        f"{again}") from None
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
+
+
+def _check_idx_dims(path: Path, dims: list[int], item_shape: tuple[int, ...] | None, again: str) -> int:
+    """The byte count an idx header announces, once its dims are plausible; else a DataError."""
     bad = f"The idx file {str(path)!r} is corrupt"
-    if len(raw) < head:
-        raise DataError(f"{bad}: only {len(raw)} bytes. Delete it and get it again. " + _FMNIST_FIXES)
-    magic, *dims = np.frombuffer(raw[:head], dtype=">i4").tolist()
-    if magic != magic_expected:
-        raise DataError(f"{bad}: magic number {magic:#010x}, expected {magic_expected:#010x}. "
-                        "Delete it and get it again. " + _FMNIST_FIXES)
-    if len(raw) - head != int(np.prod(dims)):
-        raise DataError(f"{bad}: header says {dims} ({int(np.prod(dims))} bytes) but it holds "
-                        f"{len(raw) - head}. Delete it and get it again. " + _FMNIST_FIXES)
-    return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(dims)
+    if any(d < 0 for d in dims):
+        raise DataError(f"{bad}: its header has negative dims {dims}. {again}")
+    if item_shape is not None and tuple(dims[1:]) != tuple(item_shape):
+        want = "x".join(map(str, item_shape))
+        raise DataError(f"{bad}: its header says items of {'x'.join(map(str, dims[1:]))}, expected {want}. {again}")
+    if dims[0] > MAX_IDX_ITEMS:
+        raise DataError(f"{bad}: its header announces {dims[0]} items, more than the {MAX_IDX_ITEMS} any "
+                        f"Fashion-MNIST file holds; it was not read. {again}")
+    size = math.prod(dims)
+    avail = available_memory()
+    if avail is not None and size > avail // 2:
+        raise DataError(f"The idx file {str(path)!r} announces {dims} ({size / 2**30:.2f} GiB), more than half "
+                        f"of the memory available ({avail / 2**30:.2f} GiB); it was not read. {again}")
+    return size
 
 
 def _find_idx_dir(dirs: list[Path]) -> dict[str, Path] | None:
@@ -236,7 +310,7 @@ def _find_idx_dir(dirs: list[Path]) -> dict[str, Path] | None:
 
 
 def _load_fmnist_split(files: dict[str, Path], split: str):
-    x = read_idx(files[f"{split}_x"], 3)
+    x = read_idx(files[f"{split}_x"], 3, item_shape=(28, 28))
     y = read_idx(files[f"{split}_y"], 1)
     if x.shape[1:] != (28, 28) or len(x) != len(y) or (y.size and y.max() > 9):
         raise DataError(f"The Fashion-MNIST {split} files {str(files[f'{split}_x'])!r} and "
@@ -290,18 +364,109 @@ def _cifar_fixes(name: str, root: Path) -> str:
             "`--data fashion_mnist` or `--data digits`.")
 
 
+class _BlockedGlobal(pickle.UnpicklingError):
+    """A CIFAR pickle named a global outside :data:`CIFAR_PICKLE_GLOBALS`; carries ``module.name``."""
+
+
+class _NdarrayType:
+    """Stands for ``numpy.ndarray`` in a CIFAR pickle: the only use of the class there is as the
+    first argument of ``_reconstruct``.  Calling the real class from a pickle would let a few
+    bytes allocate any amount of memory (``ndarray((10**12,))``), so the pickle gets this token."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("numpy.ndarray may only be passed to _reconstruct in a CIFAR pickle")
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _reconstruct(cls, shape, typecode):
+    """``numpy.core.multiarray._reconstruct`` as NumPy's pickles call it: ``(ndarray, (0,), b'b')``
+    (an empty array that the following ``__setstate__`` fills with the pickled bytes)."""
+    if cls is not _NDARRAY or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("_reconstruct is allowed only as numpy pickles an array: (ndarray, (0,), 'b')")
+    return _np_core("multiarray")._reconstruct(np.ndarray, (0,), typecode)
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as Python 3 pickles ``bytes`` for protocols 0-2 (a str and 'latin1'), only."""
+    if not isinstance(text, str) or str(encoding).lower().replace("-", "").replace("_", "") != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is allowed only to turn a str into latin-1 bytes")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args):
+    """``bytes`` as protocols 0-2 pickle ``b""`` (no argument), only: ``bytes(10**12)`` is a bomb."""
+    if args:
+        raise pickle.UnpicklingError("bytes is allowed only without arguments (how pickle writes b'')")
+    return b""
+
+
+def _np_core(name: str):
+    """numpy's private ``multiarray`` / ``numeric`` module (``numpy._core`` since NumPy 2, else
+    ``numpy.core``), imported directly so that NumPy 2 does not warn about ``numpy.core``."""
+    try:
+        return importlib.import_module(f"numpy._core.{name}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{name}")
+
+
+def _cifar_globals() -> dict[tuple[str, str], Callable[[], object]]:
+    """(module, name) -> what a CIFAR pickle gets for it.  The real batches (cPickle protocol 2,
+    Python 2, NumPy 1) name only ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
+    ``numpy.dtype``; the rest covers the same dict of arrays and lists written by Python 3's
+    ``pickle.dumps``: NumPy 2's module names, protocol 5's ``_frombuffer``, NumPy scalars (e.g.
+    ``np.int64`` labels), and ``_codecs.encode`` and ``bytes()`` (how protocols 0-2 write
+    bytes).  Lists, dicts, strings, bytes and numbers are pickle opcodes and need no global.
+    Values are factories so that importing this module touches no private NumPy module."""
+    allowed: dict[tuple[str, str], Callable[[], object]] = {
+        ("numpy", "ndarray"): lambda: _NDARRAY, ("numpy", "dtype"): lambda: np.dtype,
+        ("_codecs", "encode"): lambda: _latin1_encode, ("builtins", "bytes"): lambda: _empty_bytes}
+    for pkg in ("numpy.core", "numpy._core"):
+        allowed[(f"{pkg}.multiarray", "_reconstruct")] = lambda: _reconstruct
+        allowed[(f"{pkg}.multiarray", "scalar")] = lambda: _np_core("multiarray").scalar
+        allowed[(f"{pkg}.numeric", "_frombuffer")] = lambda: _np_core("numeric")._frombuffer
+    return allowed
+
+
+CIFAR_PICKLE_GLOBALS = tuple(f"{m}.{n}" for m, n in _cifar_globals())
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch and nothing else: ``find_class`` resolves only the globals of
+    :func:`_cifar_globals`, so a pickle that names any other (``os.system``, ``builtins.eval``,
+    …) stops before anything is called (issue 17, D7).  ``pickle.load`` would call them."""
+
+    def find_class(self, module: str, name: str):
+        # Python 2's names (``__builtin__.eval``) as pickle's own find_class maps them, so that the
+        # allowed set and the error speak of Python 3's (``builtins.eval``).
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        factory = _cifar_globals().get((module, name))
+        if factory is None:
+            raise _BlockedGlobal(f"{module}.{name}"[:120])
+        return factory()
+
+
 def read_cifar_pickle(path: Path, label_key: bytes, num_classes: int, fixes: str):
-    """(uint8 tensor [N, 3, 32, 32], long labels [N]) from one CIFAR pickle; DataError if corrupt."""
+    """(uint8 tensor [N, 3, 32, 32], long labels [N]) from one CIFAR pickle; DataError if corrupt
+    or if it names a global a CIFAR batch never holds (read with :class:`CifarUnpickler`)."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = CifarUnpickler(f, encoding="bytes").load()
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[label_key], dtype=np.int64)
         ok = data.ndim == 2 and data.shape[1] == 3072 and labels.shape == (len(data),)
         ok = ok and (labels.size == 0 or (labels.min() >= 0 and labels.max() < num_classes))
+    except _BlockedGlobal as err:
+        raise DataError(f"The CIFAR file {str(path)!r} is not a CIFAR batch: it names the Python global {err}, "
+                        "which the CIFAR loader does not allow (it allows only NumPy's array reconstruction, "
+                        "dtypes and plain lists, dicts, bytes and strings); it was refused and nothing in it "
+                        f"was run. Delete the file (it may be malicious) and get the data again. {fixes}") from None
     except Exception as err:  # unpickling garbage raises many kinds of errors
         raise DataError(f"The CIFAR file {str(path)!r} is corrupt or not a CIFAR pickle "
-                        f"({type(err).__name__}: {err}). Delete it and get it again. {fixes}") from None
+                        f"({type(err).__name__}: {' '.join(str(err).split())[:200]}). Delete it and get it "
+                        f"again. {fixes}") from None
     if not ok:
         raise DataError(f"The CIFAR file {str(path)!r} has an unexpected layout (data {data.shape}, "
                         f"labels {labels.shape}; [N, 3072] uint8 and N labels in 0..{num_classes - 1} "
