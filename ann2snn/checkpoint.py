@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ann2snn.atomic import atomic_open
 from ann2snn.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict
 from ann2snn.data import available_memory
 
@@ -33,19 +33,10 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` to ``path`` atomically (:func:`ann2snn.atomic.atomic_open`): a full disk is an
+    OSError naming ``path`` (torch's own RuntimeError is unwrapped), and the old file is kept."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def rng_state() -> dict[str, Any]:

@@ -169,6 +169,12 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     """A folder that outputs go into (created if missing) can be: not an existing non-folder,
     every new name short enough, and its nearest existing folder really writable."""
     path = Path(path)
+    bad = next((c for c in str(path) if ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029"), None)
+    if bad is not None:  # a newline in a run's path would make the LATEST naming it unreadable
+        shown = str(path)[:80] + ("…" if len(str(path)) > 80 else "")
+        raise OutputError(f"{flag} {shown!r} holds a control character ({ord(bad):#04x}); output paths must be "
+                          f"printable text (a run's path is written into LATEST, one line). Pass a plain name "
+                          f"({_hint(flag)}).")
     existing = _nearest_existing(path, flag)
     if existing == path.absolute() and not existing.is_dir():
         raise OutputError(f"{flag} {str(path)!r} is an existing file, not a folder. Pass a folder path "
@@ -363,7 +369,7 @@ def cmd_train(args, overrides) -> int:
     cfg = config_from_args(args, overrides)
     run_dir = Path(args.out) if args.out else cfg.run_dir
     preflight_outputs(args, run_dir, extra_dirs=((Path(cfg.out_root), "out_root"),))  # before any work
-    res = train(cfg, out=args.out, resume=args.resume)
+    res = train(cfg, out=args.out, resume=args.resume, extend=getattr(args, "extend", False))  # `run`: no --extend
     if _is_main():
         print(f"best test top-1 {res['best_top1']:.2f}%  ->  {res['run_dir']}")
     return 0
@@ -581,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a model (QCFS ANN or direct SNN)")
     common(sp, config_required=True)
     sp.add_argument("--resume", action="store_true", help="continue the run in --out / runs/<id> from last.pt")
+    sp.add_argument("--extend", action="store_true",
+                    help="with --resume: lengthen the run to a larger --epochs N (the cosine schedule is rebuilt)")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("convert", help="convert a trained ANN and print per-step SNN accuracy")

@@ -156,6 +156,8 @@ class Config:
         need(bool(self.id) and "/" not in self.id and self.id not in (".", "..")
              and "\\" not in self.id and "\0" not in self.id and self.id.strip() == self.id,
              f"id must be a plain directory name, got {self.id!r}.")
+        need(not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in self.id),  # LATEST
+             f"id must not hold control characters or line breaks, got {self.id[:60]!r}. Use e.g. `--id run2`.")
         need(0 <= self.seed < 2**32, f"seed must be in 0 .. 2**32-1 (NumPy's range), got {self.seed}.")
         from ann2snn.convert import PRESETS  # late import: convert imports torch
 
@@ -382,14 +384,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as YAML to ``path`` atomically (never through a link planted there)."""
+    from ann2snn.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def resume_changes(stored: Config, new: Config, direct: bool = False) -> list[str]:
+def resume_changes(stored: Config, new: Config, direct: bool = False, extend: bool = False) -> list[str]:
     """The run-defining keys whose value in ``new`` differs from the ``stored`` config of the run
     being resumed, as "key: stored -> new" (empty: the resume may go on).  ``direct``: the model
-    is a directly trained SNN, whose ``t`` is its training T and so defines the run."""
+    is a directly trained SNN, whose ``t`` is its training T and so defines the run.  ``extend``
+    (``train --resume --extend``): a larger ``epochs`` is allowed (the schedule is rebuilt for it;
+    a smaller or equal one is the caller's error to raise)."""
     safe = set(RESUME_SAFE_KEYS) - ({"t"} if direct else set())
+    if extend and new.epochs > stored.epochs:
+        safe.add("epochs")
 
     def same(key: str) -> bool:
         a, b = getattr(stored, key), getattr(new, key)

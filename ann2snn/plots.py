@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ann2snn.atomic import atomic_open
+
 DPI = 100
 WIDTH_IN = 9.0
 NAMES = {"accuracy": "accuracy.png", "heatmap": "table_heatmap.png", "rates": "firing_rates.png",
@@ -44,10 +46,12 @@ def _figure(kind: str, n: int = 0):
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` to the PNG ``path`` atomically (:mod:`ann2snn.atomic`: never through a link,
+    no partial file on a full disk)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, format="png")
+    with atomic_open(path) as f:
+        fig.savefig(f, dpi=DPI, format="png")
     return path
 
 

@@ -8,20 +8,28 @@ which one it shows.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from ann2snn.atomic import atomic_write_text
 from ann2snn.metrics import latency_text
 from ann2snn.neurons import bits_per_step
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-    return path
+    """``obj`` as indented JSON, written atomically (:mod:`ann2snn.atomic`: never through a link, and
+    a full disk leaves no partial file; the OSError names the file)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _csv_text(write_rows) -> str:
+    """The CSV text ``write_rows(file)`` writes (built in memory, then written atomically)."""
+    buf = io.StringIO(newline="")
+    write_rows(buf)
+    return buf.getvalue()
 
 
 def budget_text(spike_levels: int) -> str:
@@ -99,15 +107,16 @@ def table_markdown(ann: dict, table: dict[int, dict], extras: list[int], title: 
 
 def write_table(out: Path, ann: dict, table: dict[int, dict], extras: list[int], meta: dict | None = None,
                 echo: bool = True) -> dict[str, Path]:
-    """Write table.md / table.csv / table.json into ``out``; returns their paths."""
+    """Write table.md / table.csv / table.json into ``out``, each atomically; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     m = (meta or {}).get("spike_levels", 1)
     md = table_markdown(ann, table, extras, title=f"# Accuracy table ({(meta or {}).get('preset', '')})",
                         spike_levels=m)
     paths = {"md": out / "table.md", "csv": out / "table.csv", "json": out / "table.json"}
-    paths["md"].write_text(md)
-    with open(paths["csv"], "w", newline="") as f:
+    atomic_write_text(paths["md"], md)
+
+    def rows(f) -> None:
         w = csv.writer(f)
         w.writerow(["t", "extra_t", "steps", "spike_levels", "bit_steps", "top1", "top5", "loss"])
         for t, row in sorted(table.items()):
@@ -115,9 +124,11 @@ def write_table(out: Path, ann: dict, table: dict[int, dict], extras: list[int],
                 if col - t in extras:
                     w.writerow([t, col - t, col, m, f"{col * bits_per_step(m):.3f}", f"{a1:.2f}", f"{a5:.2f}",
                                 f"{loss:.4f}"])
+
+    atomic_write_text(paths["csv"], _csv_text(rows))
     payload = {"ann": ann, "rows": {str(t): row for t, row in sorted(table.items())}, "extras": extras,
                "spike_levels": m, "bits_per_step": bits_per_step(m), **(meta or {})}
-    paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(paths["json"], payload)
     if echo:
         print(md)
         print(f"written: {paths['md']}, {paths['csv']}, {paths['json']}")
@@ -193,11 +204,10 @@ CSV_FIELDS = ("name", "type", "kind", "input", "op", "rate", "rate_b", "neg_rate
 
 
 def write_energy_csv(path: str | Path, result: dict) -> Path:
-    """One row per layer (columns :data:`CSV_FIELDS`), then a ``TOTAL`` row."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One row per layer (columns :data:`CSV_FIELDS`), then a ``TOTAL`` row; written atomically."""
     tot = result["totals"]
-    with open(path, "w", newline="") as f:
+
+    def rows(f) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in result["rows"]:
@@ -205,7 +215,8 @@ def write_energy_csv(path: str | Path, result: dict) -> Path:
         w.writerow({"name": "TOTAL", "flops": tot["flops"], "sops": tot["sops"],
                     "macs": snn_macs(tot), "e_ann_mj": tot["e_ann_mj"],
                     "e_snn_mj": tot["e_snn_mj"]})
-    return path
+
+    return atomic_write_text(path, _csv_text(rows))
 
 
 def write_energy_json(path: str | Path, result: dict) -> Path:
@@ -259,17 +270,20 @@ def frontier_markdown(res: dict) -> str:
 
 
 def write_frontier(out: str | Path, res: dict, echo: bool = True) -> dict[str, Path]:
-    """frontier.md / frontier.csv / frontier.json in ``out``; returns their paths."""
+    """frontier.md / frontier.csv / frontier.json in ``out``, each atomically; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "frontier.md", "csv": out / "frontier.csv", "json": out / "frontier.json"}
     md = frontier_markdown(res)
-    paths["md"].write_text(md)
-    with open(paths["csv"], "w", newline="") as f:
+    atomic_write_text(paths["md"], md)
+
+    def rows(f) -> None:
         w = csv.DictWriter(f, fieldnames=FRONTIER_FIELDS, extrasaction="ignore")
         w.writeheader()
         for p in res["points"]:
             w.writerow(p)
+
+    atomic_write_text(paths["csv"], _csv_text(rows))
     write_json(paths["json"], res)
     if echo:
         print(md)

@@ -1,9 +1,11 @@
 """Run-directory lifecycle: what ``train --resume`` reads, and what a failed run leaves behind.
 
 - A run directory holds ``config.yaml`` and ``log.csv`` from the start, ``last.pt`` and
-  ``best_model.pt`` after the first epoch.  Checkpoints are written atomically
-  (:func:`ann2snn.checkpoint.atomic_save`), so a killed process leaves either the previous or the
-  new file, never a partial one; a stale ``.*.tmp`` left by a kill is removed on the next start.
+  ``best_model.pt`` after the first epoch.  Every file is written atomically
+  (:mod:`ann2snn.atomic`), so a killed process leaves either the previous or the new file, never a
+  partial one; a stale ``.*.tmp`` left by a kill is removed on the next start.  An epoch writes
+  ``last.pt`` first, then ``best_model.pt`` and ``LATEST`` (``ann2snn.train._write_epoch``): a
+  failure between them leaves this epoch's ``last.pt``, from which ``--resume`` writes the rest.
 - A run that fails with an error before it wrote any checkpoint (bad data, Ctrl-C) is removed
   again (:func:`cleanup_on_failure`), so no half-made run remains for a later ``convert`` to find.
   Only the files training itself writes are deleted, and the folder only if that leaves it empty.
@@ -37,15 +39,16 @@ import contextlib
 import csv
 import errno
 import fcntl
+import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
+from ann2snn.atomic import atomic_write_text
 from ann2snn.config import FIELD_NAMES, ConfigError
 
 log = logging.getLogger("ann2snn")
@@ -118,23 +121,10 @@ def read_latest(out_root: str | os.PathLike) -> Path | None:
 
 
 def write_latest(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> None:
-    """Make ``<out_root>/LATEST`` name ``run_dir`` (absolute), atomically: the text goes to a
-    temporary file of its own (unique name, same folder), is fsync'ed and renamed over the marker,
-    so readers see the old or the new path and concurrent writers never share a temporary file."""
-    root = Path(out_root)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{LATEST}.", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide it from other users of the folder
-            f.write(f"{Path(run_dir).resolve()}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / LATEST)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Make ``<out_root>/LATEST`` name ``run_dir`` (absolute), atomically
+    (:func:`ann2snn.atomic.atomic_write_text`): readers see the old or the new path, concurrent
+    writers never share a temporary file, and a link planted at LATEST is replaced, not followed."""
+    atomic_write_text(Path(out_root) / LATEST, f"{Path(run_dir).resolve()}\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,39 +376,34 @@ def resume_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 def truncate_log(log_path: Path, epoch: int) -> None:
     """Keep the header and the rows of epochs <= ``epoch`` (drops rows a killed run wrote after
     its last checkpoint, and a partial last line: one without a newline); rewritten atomically.
-    Call after :func:`check_log`, which refuses anything else that is wrong."""
+    Call after :func:`check_log`, which refuses anything else that is wrong.
+
+    Works on bytes: the partial last line is dropped before anything is decoded (a kill can cut a
+    UTF-8 sequence in half, and :func:`check_log` never looked at that line).  A ``log.csv`` that
+    is a symbolic link is always rewritten, as a file of its own: training appends to it next, and
+    never writes through a link."""
     log_path = Path(log_path)
     if not log_path.is_file():
         return
-    with open(log_path, newline="") as f:
-        text = f.read()
-    lines = text.split("\n")
-    complete = lines[:-1]  # lines[-1]: "" after a final newline, else a partial line
+    data = log_path.read_bytes()
+    lines = data.split(b"\n")
+    complete = [ln.decode("utf-8").rstrip("\r") for ln in lines[:-1]]  # lines[-1]: b"" or a partial line
     if not complete:
         return
-    header, keep = next(csv.reader([complete[0].rstrip("\r")])), []
+    header, keep = next(csv.reader([complete[0]])), []
     for line in complete[1:]:
-        row = next(csv.reader([line.rstrip("\r")]), [])
+        row = next(csv.reader([line]), [])
         try:
             ok = len(row) == len(header) and int(row[0]) <= epoch
         except ValueError:
             ok = False
         if ok:
             keep.append(row)
-    if len(keep) == len(complete) - 1 and lines[-1] == "":
+    if len(keep) == len(complete) - 1 and lines[-1] == b"" and not log_path.is_symlink():
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{log_path.name}.", suffix=".tmp", dir=log_path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            os.fchmod(f.fileno(), 0o644)
-            csv.writer(f).writerows([header, *keep])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, log_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *keep])
+    atomic_write_text(log_path, text.getvalue())
 
 
 __all__ = ["CHECKPOINTS", "LATEST", "check_log", "check_own_files", "claim", "cleanup_on_failure",

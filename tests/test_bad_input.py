@@ -336,7 +336,7 @@ def test_non_finite_test_loss_or_weights_in_a_later_epoch(capsys, checkpoints, t
     _poison_eval(monkeypatch, 2, how)
     rc, err = run_cli(capsys, ["train", "-c", checkpoints["tiny_cfg"], "--epochs", "3", "--out_root", tmp_path])
     assert_user_error(rc, err, "train", *words, "--lr 1e-3", "Nothing of this run is kept")
-    assert saves == [("best_model.pt", 1), ("last.pt", 1)]
+    assert saves == [("last.pt", 1), ("best_model.pt", 1)]  # an epoch writes last.pt first
     assert not (tmp_path / "run").exists() and not (tmp_path / "LATEST").exists()
     assert_no_partial_run(tmp_path)
 

@@ -247,9 +247,10 @@ def test_full_disk_mid_training_keeps_the_last_good_checkpoints(capsys, trained,
 
 
 def test_full_disk_in_the_first_epoch_keeps_nothing_and_says_so(capsys, trained, tmp_path, monkeypatch):
-    _fail_epoch_saves(monkeypatch, 1, "best_model.pt")
+    # last.pt is an epoch's first write (a failed best_model.pt after it: tests/test_faults_disk.py)
+    _fail_epoch_saves(monkeypatch, 1, "last.pt")
     rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path / "run", "--out_root", tmp_path])
-    assert_user_error(rc, err, "train", "could not write", "best_model.pt", "No space left on device",
+    assert_user_error(rc, err, "train", "could not write", "last.pt", "No space left on device",
                       "nothing of it is kept")
     assert not (tmp_path / "run").exists()
 
