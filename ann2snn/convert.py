@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from ann2snn._checks import check_int, check_module, check_optional_int, check_positive
+from ann2snn._checks import describe as describe_value
 from ann2snn.graph import ConversionError, add_module, classify, describe, module_path, replace_module, trace
 from ann2snn.layers import LinearBN, MatMul
 from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron,
@@ -219,6 +221,14 @@ def _fold_bn_graph(gm: fx.GraphModule, kinds: dict, clock: Clock, gate: bool, re
         elif gate:
             replace_module(gm, str(node.target), GatedBatchNorm(bn, clock))
             gated.append(str(node.target))
+
+
+def _is_output_container(target) -> bool:
+    """True for a namedtuple class (torchvision's GoogLeNetOutputs): torch.fx records building one
+    as a call, which only groups tensors into a structured output that the simulator sums tensor
+    by tensor (:func:`ann2snn.simulate.accumulate`).  Mappings need no rule: fx rebuilds them as
+    plain dicts at the output."""
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
 
 
 def _dim_arg(node: fx.Node, pos: int, default=None):
@@ -430,6 +440,8 @@ def convert_graph(net: nn.Module, opts: "ConversionOptions", clock: Clock,
             continue
         if (fn and t in _PASS_FUNCTIONS) or (meth and t in _PASS_METHODS) or (fn and t is getattr):
             continue
+        if fn and _is_output_container(t):  # a namedtuple built of spiking tensors: no arithmetic
+            continue
         if fn and t in (F.linear, F.conv1d, F.conv2d, F.conv3d):
             bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
             if bias is not None and opts.gate_bias:
@@ -494,6 +506,7 @@ def convert(ann: nn.Module, options: ConversionOptions | str = "exact", *,
     ``spike_levels`` (m) is the default of the network's :class:`~ann2snn.simulate.Simulator`:
     each neuron may send up to m spikes per step and sign (1: binary spikes).
     """
+    check_module("convert", "ann", ann, "the trained QCFS ANN")
     check_spike_levels(spike_levels)
     if isinstance(options, str) and options not in PRESETS:
         raise ValueError(f"unknown preset {options!r}; choose one of {sorted(PRESETS)}")
@@ -577,20 +590,24 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     10⁹ times rarer.  ``dtype=None`` checks the networks as they are.
 
     Returns ``{"max_abs_diff", "scale", "tolerance", "ok", "t", "settle_steps", "quiescent",
-    "steps_run", "dtype"}``, where ``scale`` is the largest |ANN logit|, ``ok`` means
+    "steps_run", "dtype", "leaf"}``, where ``scale`` is the largest |ANN logit|, ``ok`` means
     ``max_abs_diff ≤ tolerance · max(1, scale)`` once quiescent, and ``settle_steps`` counts the
-    steps until the last state change (input steps included).  Under the ``exact`` preset a correct
-    conversion gives ok = True; under ``rate`` or ``seed`` the SNN approximates the ANN and the
-    difference says by how much.
+    steps until the last state change (input steps included).  A model whose forward returns a
+    tuple, dict or ModelOutput is compared tensor by tensor, each against its own scale;
+    ``max_abs_diff`` and ``scale`` are then the largest over its tensors and ``leaf`` names the
+    tensor farthest off (``[1]``, ``['logits']``); ``leaf`` is None for a plain tensor output.
+    An empty batch, a non-module or a step count below 1 is refused (ValueError / TypeError).
+    Under the ``exact`` preset a correct conversion gives ok = True; under ``rate`` or ``seed`` the
+    SNN approximates the ANN and the difference says by how much.
     """
     from spikingjelly.activation_based import base
 
     from ann2snn.simulate import Simulator
 
+    x, t, tolerance, max_steps = _verify_args(ann, snn, batch, t, tolerance, max_steps)
     net = snn.snn if isinstance(snn, Simulator) else snn
     if spike_levels is None:
         spike_levels = snn.spike_levels if isinstance(snn, Simulator) else getattr(net, "spike_levels", 1)
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
     if dtype is not None:
         net, ann = copy.deepcopy(net).to(dtype), copy.deepcopy(ann).to(dtype)
         x = x.to(dtype)
@@ -623,9 +640,52 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     finally:
         for h in handles:
             h.remove()
-    diff = float((cum / t - ref).abs().max())
-    scale = float(ref.abs().max())
-    ok = diff <= tolerance * max(1.0, scale)
+    diff, scale, ok, leaf = _compare_outputs(cum, ref, t, tolerance)
     return {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "ok": bool(ok and quiescent), "t": t,
             "settle_steps": settle, "quiescent": quiescent, "steps_run": steps, "spike_levels": sim.spike_levels,
-            "dtype": str(dtype or x.dtype).replace("torch.", "")}
+            "dtype": str(dtype or x.dtype).replace("torch.", ""), "leaf": leaf}
+
+
+def _verify_args(ann, snn, batch, t, tolerance, max_steps) -> tuple:
+    """:func:`verify`'s arguments, checked: (the input tensor, t, tolerance, max_steps)."""
+    from ann2snn.simulate import Simulator
+
+    check_module("verify", "ann", ann, "the quantized ANN the network was converted from")
+    if not isinstance(snn, Simulator):
+        check_module("verify", "snn", snn, "ann2snn.convert(ann), or a Simulator of it")
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"verify: batch must be an input tensor or an (x, y) pair, got {describe_value(batch)}. "
+                        "Pass a batch of inputs, e.g. next(iter(loader)).")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"verify: batch holds no sample (input of shape {list(x.shape)}); the check needs at "
+                         "least one. Pass a batch of one or more inputs.")
+    return (x, check_optional_int("verify", "t", t, 1, "input steps; None: the largest L"),
+            check_positive("verify", "tolerance", tolerance, "relative to max(1, |logit|)", allow_zero=True),
+            check_int("verify", "max_steps", max_steps, 1, "the most steps to wait for quiescence"))
+
+
+def _compare_outputs(cum, ref, t: int, tolerance: float) -> tuple[float, float, bool, str | None]:
+    """(max |cum/t − ref|, max |ref|, ok, leaf) over every tensor of the outputs.  A structured
+    output (tuple, dict, ModelOutput) is compared tensor by tensor, each against its own scale
+    (``diff ≤ tolerance · max(1, scale)``); ``leaf`` names the worst tensor (``[0]``, ``['logits']``)
+    of a structured output, None for a plain tensor."""
+    from ann2snn.simulate import named_leaves
+
+    got, want = named_leaves(cum), named_leaves(ref)
+    if [k for k, _ in got] != [k for k, _ in want]:
+        raise TypeError(f"verify: the converted network's output ({type(cum).__name__}) and the ANN's "
+                        f"({type(ref).__name__}) differ in structure; they cannot be compared. Convert this ANN.")
+    diff, scale, ok, worst, leaf = 0.0, 0.0, True, -1.0, None
+    for (path, c), (_, r) in zip(got, want):
+        if c is None and r is None:
+            continue
+        if not isinstance(c, torch.Tensor) or not isinstance(r, torch.Tensor):
+            raise TypeError(f"verify: the outputs hold {describe_value(r)} at {path or 'the top'}; only tensors can be "
+                            "compared. Wrap the model so that its forward returns tensors only.")
+        d = float((c / t - r).abs().max()) if r.numel() else 0.0
+        size = float(r.abs().max()) if r.numel() else 0.0
+        diff, scale, ok = max(diff, d), max(scale, size), ok and d <= tolerance * max(1.0, size)
+        if len(got) > 1 and d / max(1.0, size) > worst:
+            worst, leaf = d / max(1.0, size), path
+    return diff, scale, ok, leaf

@@ -102,6 +102,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from ann2snn._checks import check_run_args, describe
 from ann2snn.layers import MatMul
 from ann2snn.metrics import device_of, evaluate
 from ann2snn.models.direct import is_direct
@@ -588,9 +589,12 @@ def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extr
     """
     from ann2snn.simulate import Simulator
 
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be >= 1 (or None for the whole loader), got {max_batches}")
+    if not isinstance(snn_or_sim, Simulator) and not isinstance(snn_or_sim, nn.Module):
+        raise TypeError(f"measure_energy: snn_or_sim must be a Simulator or a converted network, got "
+                        f"{describe(snn_or_sim)}. Pass ann2snn.Simulator(ann2snn.convert(model)).")
     sim = snn_or_sim if isinstance(snn_or_sim, Simulator) else Simulator(snn_or_sim)
+    t, extra_t, latency_extra, max_batches = check_run_args("measure_energy", sim, t, extra_t, latency_extra,
+                                                             max_batches)
     ann = None if is_direct(model_ann) else model_ann  # a direct SNN has no ANN to compare with
     with EnergyMeter.for_simulator(sim) as meter:
         run = evaluate(sim, loader, t, extra_t, k_step=False, ann=ann, meter=meter,

@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ann2snn import distributed
+from ann2snn._checks import check_int, check_rows, check_run_args, check_simulator
 from ann2snn.progress import progress
+from ann2snn.simulate import logits_of, logits_view
 
 LATENCY_FRACTION = 0.999
 
@@ -153,10 +155,28 @@ def evaluate_ann(model: nn.Module, loader, desc: str = "ANN") -> dict[str, float
     dev, counts = device_of(model), Counts()
     for x, y in progress(loader, desc=desc):
         x, y = x.to(dev), y.to(dev)
-        counts.add(model(x).unsqueeze(0), y, 1.0)
+        counts.add(logits_of(model(x)).unsqueeze(0), y, 1.0)
     distributed.reduce_counts(counts, loader, 1)  # sum over torchrun ranks when the loader is sharded
     p = counts.percents()
     return {"top1": p["top1"][0], "top5": p["top5"][0], "loss": p["loss"][0], "n": counts.n}
+
+
+class _Logits(nn.Module):
+    """An ANN as the metrics see it: its forward reduced to the logits (:func:`logits_of`)."""
+
+    def __init__(self, ann: nn.Module):
+        super().__init__()
+        self.ann = ann
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.ann(x))
+
+
+def _evaluate_args(sim, ann, t, extra_t, latency_extra, max_batches) -> tuple:
+    """:func:`evaluate`'s arguments, checked, with the simulator and the ANN seen through their
+    logits (:func:`ann2snn.simulate.logits_of`: a model may return a tuple, dict or ModelOutput)."""
+    t, extra_t, latency_extra, max_batches = check_run_args("evaluate", sim, t, extra_t, latency_extra, max_batches)
+    return logits_view(sim), (None if ann is None else _Logits(ann)), t, extra_t, latency_extra, max_batches
 
 
 def _paused(meter):
@@ -179,8 +199,9 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
                     "top1_no_extra", "top5_no_extra", "loss_no_extra"} | None,
          "k_step_is_prefix": bool, "effective_latency": {...}}
 
-    (see the module docstring for what each figure means).
+    (see the module docstring for what each figure means; structured outputs: on their logits).
     """
+    sim, ann, t, extra_t, latency_extra, max_batches = _evaluate_args(sim, ann, t, extra_t, latency_extra, max_batches)
     dev = device_of(sim.snn)
     S, N = t + extra_t, max(int(latency_extra), 0)
     prefix = sim.k_step_runs_share_one_pass(t)
@@ -271,7 +292,11 @@ def count_table(sim, loader, rows: list[int], extra: int) -> dict[int, Counts]:
 def evaluate_table(sim, loader, rows: list[int], extra: int) -> dict[int, dict]:
     """The t × (t + e) table: ``{t: {"cols": [t..t+extra], "bit_steps": [...], "top1": [...], "top5": [...],
     "loss": [...]}}``; cell (t, t + e) is a t-step run after e extra steps, its sum divided by t, and
-    its spike-step budget is (t + e) × log2(2m + 1) bits for the simulator's spike_levels m."""
+    its spike-step budget is (t + e) × log2(2m + 1) bits for the simulator's spike_levels m.
+    ``rows`` must list at least one t ≥ 1 and ``extra`` be ≥ 0 (else ValueError / TypeError)."""
+    rows = check_rows("evaluate_table", "rows", rows)
+    extra = check_int("evaluate_table", "extra", extra, 0, "zero-input steps after each row's input")
+    sim = logits_view(check_simulator("evaluate_table", sim))
     bits = getattr(sim, "bits_per_step", math.log2(3))
     out = {}
     for t, c in count_table(sim, loader, rows, extra).items():

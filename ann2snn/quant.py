@@ -21,6 +21,8 @@ import logging
 import torch
 from torch import nn
 
+from ann2snn._checks import check_int, check_module, check_positive
+
 log = logging.getLogger("ann2snn")
 
 
@@ -62,9 +64,8 @@ class QCFS(nn.Module):
     def __init__(self, levels: int = 4, lambda_init: float = 8.0, clip: float | None = None, signed: bool = False):
         super().__init__()
         self.signed = bool(signed)
-        if levels < 1:
-            raise ValueError(f"QCFS needs levels >= 1, got {levels}")
-        self.levels = int(levels)
+        self.levels = check_int("QCFS", "levels", levels, 1, "quantization levels L")
+        lambda_init = check_positive("QCFS", "lambda_init", lambda_init, "the initial threshold λ")
         self.clip = None if clip is None else float(clip)
         init = float(lambda_init) if clip is None else min(float(lambda_init), float(clip))
         self.lam = nn.Parameter(torch.tensor(init))
@@ -146,6 +147,14 @@ def _activation_clip(node, gm) -> tuple[bool, float | None, bool]:
     return False, None, False
 
 
+def _quantize_args(model, levels, lambda_init) -> tuple[int, float]:
+    """:func:`quantize`'s arguments, checked: ``levels`` an int ≥ 1 (2.5 is refused, not truncated
+    to 2), ``lambda_init`` finite and > 0."""
+    check_module("quantize", "model", model, "the ReLU network to quantize")
+    return (check_int("quantize", "levels", levels, 1, "quantization levels L of every QCFS site"),
+            check_positive("quantize", "lambda_init", lambda_init, "the initial threshold λ of every site"))
+
+
 def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=None,
              percentile: float = 99.9, calibration_batches: int = 4) -> nn.Module:
     """Give every call site of a ReLU-family activation of ``model`` its own :class:`QCFS` site
@@ -169,6 +178,7 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     """
     from ann2snn.graph import ConversionError, add_module, describe, module_path, replace_module, trace
 
+    levels, lambda_init = _quantize_args(model, levels, lambda_init)
     gm = trace(model, trace_leaves())
     sites, signed = [], set()
     for node in gm.graph.nodes:

@@ -13,20 +13,122 @@ the ``exact`` preset, which differ per row; row L has threshold 1) get one pass 
 
 Nothing else in the package ticks the clock or resets a network: metrics and energy
 measurements observe runs of this simulator.  Tensors over time are [T, B, ...].
+
+Structured outputs: a network whose forward returns a tuple, list, dict, namedtuple or Hugging
+Face ``ModelOutput`` (anything ``torch.utils._pytree`` flattens) is accumulated tensor by tensor,
+and the runs return the same structure with every tensor summed (and stacked over steps); a
+converted network returns a mapping as a plain dict (torch.fx rebuilds it so).  Where
+one tensor of class scores is needed (accuracies, losses), :func:`logits_of` takes it by one rule.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from spikingjelly.activation_based import base, functional
 from torch import nn
 
+from ann2snn._checks import check_int, check_module, check_rows, describe
 from ann2snn.neurons import ScaledNeuron, bits_per_step, check_spike_levels
 
 log = logging.getLogger("ann2snn")
+
+_OUTPUT_FIX = ("Return tensors only (a tensor, or a tuple/list/dict of tensors), e.g. by wrapping the model in a "
+               "module whose forward returns model(x)[0].")
+
+
+# --------------------------------------------------------------------------------------------
+# structured outputs: summed and stacked leaf by leaf (torch's pytree: tuple, list, dict,
+# namedtuple, and classes registered with it such as transformers' ModelOutput)
+def named_leaves(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """The tensors (and other leaves) of an output, each with its place: ``[0]``, ``['logits']``,
+    ``.aux`` (a namedtuple's field); ``""`` for a plain tensor.  Mappings of any class (a
+    ``ModelOutput``, an ``OrderedDict``) are walked by their items, so two outputs compare by
+    place even where one is a dict and the other a ModelOutput (torch.fx rebuilds a traced
+    model's mappings as plain dicts)."""
+    if isinstance(out, Mapping):
+        items = [(f"[{k!r}]", v) for k, v in out.items()]
+    elif isinstance(out, tuple) and hasattr(out, "_fields"):
+        items = [(f".{f}", v) for f, v in zip(out._fields, out)]
+    elif isinstance(out, (tuple, list)):
+        items = [(f"[{i}]", v) for i, v in enumerate(out)]
+    else:
+        return [(prefix, out)]
+    return [pair for key, v in items for pair in named_leaves(v, prefix + key)]
+
+
+def _leaves(out: Any, what: str = "the network's output") -> tuple[list, Any]:
+    """(leaves, spec) of an output; every leaf is a tensor or None, else a TypeError naming it."""
+    leaves, spec = pytree.tree_flatten(out)
+    if all(leaf is None or isinstance(leaf, torch.Tensor) for leaf in leaves):
+        return leaves, spec
+    where, leaf = next(((k, v) for k, v in named_leaves(out) if v is not None and not isinstance(v, torch.Tensor)),
+                       ("", out))
+    raise TypeError(f"Simulator: {what} holds {describe(leaf)} at {where or 'the top'} ({type(out).__name__} output); "
+                    f"only tensors can be summed over time steps. {_OUTPUT_FIX}")
+
+
+def _same_spec(spec, other) -> None:
+    if spec != other:
+        raise TypeError("Simulator: the network's output changed its structure between time steps; the runs sum "
+                        f"it step by step, so it must keep one structure. {_OUTPUT_FIX}")
+
+
+def accumulate(acc: Any, y: Any) -> Any:
+    """``acc + y`` for tensors; for a structured output the same structure with each tensor summed."""
+    if isinstance(y, torch.Tensor) and (acc is None or isinstance(acc, torch.Tensor)):
+        return y if acc is None else acc + y
+    leaves, spec = _leaves(y)
+    if acc is None:
+        return y
+    acc_leaves, acc_spec = pytree.tree_flatten(acc)
+    _same_spec(acc_spec, spec)
+    _same_spec([a is None for a in acc_leaves], [b is None for b in leaves])  # None stays None
+    return pytree.tree_unflatten([a if b is None else a + b for a, b in zip(acc_leaves, leaves)], spec)
+
+
+def stack_steps(outs: list) -> Any:
+    """Per-step outputs → one output over time ([S, ...] per tensor), structure kept."""
+    if all(isinstance(o, torch.Tensor) for o in outs):
+        return torch.stack(outs)
+    flat = [_leaves(o) for o in outs]
+    for leaves, spec in flat[1:]:
+        _same_spec(flat[0][1], spec)
+        _same_spec([v is None for v in flat[0][0]], [v is None for v in leaves])
+    cols = zip(*(leaves for leaves, _ in flat))
+    return pytree.tree_unflatten([None if col[0] is None else torch.stack(col) for col in cols], flat[0][1])
+
+
+def select_steps(out: Any, index) -> Any:
+    """``out[index]`` of every tensor of an output over time."""
+    if isinstance(out, torch.Tensor):
+        return out[index]
+    return pytree.tree_map(lambda v: v[index] if isinstance(v, torch.Tensor) else v, out)
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The classifier logits of a network's output, by one documented rule: a tensor as is; a
+    dict or ``ModelOutput``: its ``logits`` entry; a tuple or list (namedtuples included, e.g.
+    torchvision's ``GoogLeNetOutputs``): its first element (the rule applied again to it).
+    Accuracies, losses and predictions are computed on it; anything else is a TypeError."""
+    seen = out
+    for _ in range(8):  # a bounded descent: ((logits, aux), extra) is two levels
+        if isinstance(seen, torch.Tensor):
+            return seen
+        if isinstance(seen, Mapping) and "logits" in seen:
+            seen = seen["logits"]
+        elif isinstance(seen, (tuple, list)) and len(seen):
+            seen = seen[0]
+        else:
+            break
+    raise TypeError(f"the network's output is {describe(out)}, from which no classifier logits can be taken: "
+                    "accuracies need a tensor, a dict/ModelOutput with a 'logits' entry, or a tuple/list whose "
+                    "first element is the logits. Wrap the model so that its forward returns the logits.")
 
 
 class Simulator:
@@ -35,6 +137,11 @@ class Simulator:
     and ``neurons()``), owning its clock, neuron parameters and resets."""
 
     def __init__(self, snn: nn.Module, spike_levels: int | None = None):
+        check_module("Simulator", "snn", snn, "a converted network: ann2snn.convert(model)")
+        if not callable(getattr(snn, "neurons", None)) or not hasattr(snn, "clock"):
+            raise TypeError(f"Simulator: snn must be a converted network (ann2snn.convert(model)) or a DirectNetwork, "
+                            f"got a {type(snn).__name__}, which has no clock or neurons(). Convert the ANN first: "
+                            "Simulator(ann2snn.convert(model)).")
         self.snn = snn.eval()
         self.neurons = snn.neurons()
         self.memory_modules = [m for m in snn.modules() if isinstance(m, base.MemoryModule)]
@@ -121,25 +228,31 @@ class Simulator:
         """One run with thresholds set for ``t`` drive steps: yields the cumulative output sum
         after each of ``steps`` steps (drive for the first ``t``, zeros after).  The network is
         reset before the first step and when the generator is closed or exhausted."""
+        t = check_int("Simulator.iter_run", "t", t, 1, "input steps")
+        steps = check_int("Simulator.iter_run", "steps", steps, 0, "steps to run")
         self.configure(t)
         self.reset()
         try:
             acc = None
             for k in range(steps):
-                y = self.step(x, drive=k < t)
-                acc = y if acc is None else acc + y
+                acc = accumulate(acc, self.step(x, drive=k < t))
                 yield acc
         finally:
             self.reset()
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, t: int, extra_t: int = 0) -> torch.Tensor:
-        """Cumulative output sums after each step: [t + extra_t, B, classes]."""
-        return torch.stack(list(self.iter_run(x, t, t + extra_t)))
+        """Cumulative output sums after each step: [t + extra_t, B, classes] (for a structured
+        output, the same structure with each tensor so stacked)."""
+        t = check_int("Simulator.run", "t", t, 1, "input steps")
+        extra_t = check_int("Simulator.run", "extra_t", extra_t, 0, "zero-input steps after the input")
+        return stack_steps(list(self.iter_run(x, t, t + extra_t)))
 
     @torch.no_grad()
     def run_rows(self, x: torch.Tensor, rows: list[int], extra: int) -> dict[int, torch.Tensor]:
         """For each row t: cumulative sums at columns t..t+extra, [extra + 1, B, classes]."""
+        rows = check_rows("Simulator.run_rows", "rows", rows)
+        extra = check_int("Simulator.run_rows", "extra", extra, 0, "zero-input steps after each row's input")
         out: dict[int, torch.Tensor] = {}
         trunk = sorted(t for t in rows if self.shares_trunk(t))
         if trunk:
@@ -147,8 +260,7 @@ class Simulator:
             self.reset()
             acc = None
             for k in range(1, max(trunk) + 1):
-                y = self.step(x, drive=True)
-                acc = y if acc is None else acc + y
+                acc = accumulate(acc, self.step(x, drive=True))
                 if k in trunk:
                     cols = [acc]
                     if extra:
@@ -156,16 +268,44 @@ class Simulator:
                         self.configure(k)  # the row's own cap (= t) for its extra steps
                         branch = acc
                         for _ in range(extra):
-                            branch = branch + self.step(x, drive=False)
+                            branch = accumulate(branch, self.step(x, drive=False))
                             cols.append(branch)
                         self.restore(snap)
                         self.configure(max(trunk), cap_active=False)
-                    out[k] = torch.stack(cols)
+                    out[k] = stack_steps(cols)
         for t in rows:
             if t not in out:
-                out[t] = self.run(x, t, extra)[t - 1:]
+                out[t] = select_steps(self.run(x, t, extra), slice(t - 1, None))
         self.reset()
         return out
 
 
-__all__ = ["Simulator"]
+class LogitsView:
+    """A simulator as the metrics see it: the same runs, each output reduced to its classifier
+    logits (:func:`logits_of`).  Everything else is the simulator's own."""
+
+    def __init__(self, sim: Simulator):
+        self.sim = sim
+
+    def __getattr__(self, name: str):
+        return getattr(self.sim, name)
+
+    def iter_run(self, x: torch.Tensor, t: int, steps: int) -> Iterator[torch.Tensor]:
+        with closing(self.sim.iter_run(x, t, steps)) as run:  # closing it resets the network
+            for cum in run:
+                yield logits_of(cum)
+
+    def run(self, x: torch.Tensor, t: int, extra_t: int = 0) -> torch.Tensor:
+        return logits_of(self.sim.run(x, t, extra_t))
+
+    def run_rows(self, x: torch.Tensor, rows: list[int], extra: int) -> dict[int, torch.Tensor]:
+        return {t: logits_of(v) for t, v in self.sim.run_rows(x, rows, extra).items()}
+
+
+def logits_view(sim) -> Any:
+    """``sim`` seen through :class:`LogitsView` (once: a view is returned as is)."""
+    return sim if isinstance(sim, LogitsView) else LogitsView(sim)
+
+
+__all__ = ["LogitsView", "Simulator", "accumulate", "logits_of", "logits_view", "named_leaves", "select_steps",
+           "stack_steps"]

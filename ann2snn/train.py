@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import nn
 
-from ann2snn import distributed, rundir
+from ann2snn import distributed, preflight, rundir
 from ann2snn.atomic import atomic_write_text
 from ann2snn.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, check_compatible,
                                 checkpoint_config, load_checkpoint, load_state, rng_state)
@@ -68,7 +68,11 @@ def seed_all(seed: int) -> None:
 def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     """The registered model, with QCFS activations when it is meant for conversion (and
     ``quantize`` is on), with its initial weights (``pretrained`` is loaded by training, see
-    :func:`load_pretrained`)."""
+    :func:`load_pretrained`).
+
+    Before anything is allocated the model is described on the meta device, and one that cannot
+    fit in memory (≈ 4× its parameters for training) or does not run on the data's input size is
+    refused with a ConfigError (:mod:`ann2snn.preflight`)."""
     direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
     if cfg.width is not None:
         direct["width"] = cfg.width
@@ -76,11 +80,19 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         direct["patch_size"] = cfg.patch_size
     if cfg.model == "vit":
         direct["placement"] = cfg.placement
-    model = create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
-                         mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=info.img_size,
-                         num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
+
+    def build_at(img_size: int) -> nn.Module:
+        return create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
+                            mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=img_size,
+                            num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
+
+    meta = preflight.meta_model(lambda: build_at(info.img_size))
+    if meta is not None:
+        preflight.check_memory(meta, cfg.model, distributed.select_device(cfg))
+    model = preflight.built(lambda: build_at(info.img_size), cfg.model)
     if model_kind(cfg.model) == "convertible" and cfg.quantize:
         model = quantize(model, cfg.l, cfg.lambda_init)
+    preflight.check_input(model, meta, cfg.model, info, build_at)
     return model
 
 
