@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ann2snn.atomic import atomic_open
-from ann2snn.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict
+from ann2snn.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict, short_repr
 from ann2snn.data import available_memory
 
 FORMAT_VERSION = 1
@@ -170,8 +170,7 @@ def _short(value: Any) -> str:
     """A value named for an error message: its type, and a short repr of small plain values."""
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {list(value.shape)}"
-    text = repr(value)
-    return f"{text[:60]}{'…' if len(text) > 60 else ''} ({type(value).__name__})"
+    return f"{short_repr(value, 60)} ({type(value).__name__})"  # never the whole repr: it may be huge
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> Config:

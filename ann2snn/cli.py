@@ -7,17 +7,21 @@ Every config key can be overridden as ``--key value`` (dashes or underscores).  
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ann2snn.config import (FIELD_NAMES, MAX_STEPS, Config, ConfigError, load_config, read_config_file,
-                            unknown_key_message)
+                            short_repr, unknown_key_message)
+from ann2snn.progress import interrupted, note_interrupt
 
 log = logging.getLogger("ann2snn")
 
@@ -33,33 +37,56 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
 
 # --------------------------------------------------------------------------------------------
 # argument helpers
-def parse_overrides(rest: list[str]) -> dict[str, Any]:
-    """``--key value`` / ``--key=value`` pairs → {key: raw string}; keys must be config keys."""
+def parse_overrides(rest: list[str], options: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` pairs → {key: raw string}; keys must be config keys, each
+    given once (a repeat, also spelt ``--extra-t`` then ``--extra_t``, is refused: the last one
+    would win without a word).  ``options``: the command's own options, suggested for an unknown
+    key that begins or resembles one (options are not abbreviated: ``--check`` is not
+    ``--checkpoint``)."""
     out: dict[str, Any] = {}
+    spelt: dict[str, str] = {}
     i = 0
     while i < len(rest):
         tok = rest[i]
         if not tok.startswith("--") or tok == "--":
-            raise ConfigError(f"Unexpected argument {tok!r}. Config overrides look like `--key value`.")
+            raise ConfigError(f"Unexpected argument {short_repr(tok)}. Config overrides look like `--key value`.")
         key, eq, value = tok[2:].partition("=")
-        key = key.replace("-", "_")
+        flag, key = f"--{key}", key.replace("-", "_")
         if key not in FIELD_NAMES:
-            raise ConfigError(unknown_key_message(key))
+            raise _unknown_override(flag, key, options)
         if not eq:
             if i + 1 >= len(rest) or (rest[i + 1].startswith("--") and len(rest[i + 1]) > 2):
                 raise ConfigError(f"--{key} needs a value, e.g. `--{key} {getattr(Config(), key)}`.")
             value = rest[i + 1]
             i += 1
-        out[key] = value
+        if key in out:
+            raise ConfigError(f"{key} is given twice: {spelt[key]} {short_repr(out[key])} and {flag} "
+                              f"{short_repr(value)}. Give --{key} once.")
+        out[key], spelt[key] = value, flag
         i += 1
     return out
+
+
+def _unknown_override(flag: str, key: str, options: tuple[str, ...]) -> ConfigError:
+    """The error for ``flag`` (``--key``), not a config key: the closest key, or, when no key is
+    close, the command's option it begins or resembles (``--check``: ``--checkpoint``)."""
+    low = key[:100].lower()
+    near: list[str] = []
+    if not any(f.startswith(low) for f in FIELD_NAMES) and not difflib.get_close_matches(low, FIELD_NAMES, n=1):
+        long = {o[2:]: o for o in options if o.startswith("--")}  # compared without the dashes
+        near = [o for o in long.values() if o.startswith(flag) and len(flag) > 3]
+        near = near or [long[c] for c in difflib.get_close_matches(low, list(long), n=1, cutoff=0.75)]
+    if near:
+        why = " (options are not abbreviated)" if near[0].startswith(flag) else ""
+        return ConfigError(f"Unknown option {short_repr(flag)}: did you mean {near[0]}?{why}")
+    return ConfigError(unknown_key_message(key))
 
 
 def parse_range(text: str, name: str, minimum: int, maximum: int = MAX_STEPS) -> list[int]:
     """'1-12' → [1..12]; '1,2,4' → [1,2,4]; '8' → [8].  Values above ``maximum`` are refused
     before a range is expanded (``1-1000000000`` must not build a billion-entry list)."""
     too_big = ConfigError(f"{name} values must be at most {maximum} (time steps; MAX_STEPS in ann2snn/config.py); "
-                          f"got {text!r}. Use e.g. `{name} {'0-4' if minimum == 0 else '1-8'}`.")
+                          f"got {short_repr(text)}. Use e.g. `{name} {'0-4' if minimum == 0 else '1-8'}`.")
     vals: list[int] = []
     for part in str(text).split(","):
         try:
@@ -70,12 +97,12 @@ def parse_range(text: str, name: str, minimum: int, maximum: int = MAX_STEPS) ->
                 lo = hi = int(part)
         except ValueError:
             raise ConfigError(f"{name} must be a number, a range like 1-12, or a list like 1,2,4; "
-                              f"got {text!r}.") from None
+                              f"got {short_repr(text)}.") from None
         if max(lo, hi) > maximum:
             raise too_big
         vals.extend(range(lo, hi + 1))
     if not vals or min(vals) < minimum:
-        raise ConfigError(f"{name} values must be >= {minimum}; got {text!r}.")
+        raise ConfigError(f"{name} values must be >= {minimum}; got {short_repr(text)}.")
     if max(vals) > maximum:
         raise too_big
     return sorted(set(vals))
@@ -287,12 +314,32 @@ def config_from_args(args, overrides: dict[str, Any]) -> Config:
     return load_config(args.config, overrides, raw=raw)
 
 
+def checkpoint_file(text: str, flag: str = "--checkpoint") -> Path:
+    """The checkpoint file ``text`` names (given with ``flag``): refused when empty (an empty
+    --checkpoint would silently fall back to the config's or the latest run) or a folder (which
+    load_checkpoint would report as missing), suggesting the folder's best_model.pt."""
+    if not str(text).strip():
+        raise ConfigError(f"{flag} is empty; pass a file or omit it (then the config's run, or the latest run, is "
+                          "evaluated).")
+    path = Path(text)
+    if path.is_dir():
+        best = path / "best_model.pt"
+        fix = (f"did you mean `{flag} {best}`?" if best.is_file()
+               else "pass a checkpoint file, e.g. a run's best_model.pt or last.pt.")
+        raise ConfigError(f"{flag} {str(path)!r} is a folder, not a checkpoint file; {fix}")
+    return path
+
+
 def resolve(args, overrides: dict[str, Any]):
     """(config, checkpoint path, run dir) from -c / --checkpoint / the latest run."""
     from ann2snn.checkpoint import checkpoint_config, load_checkpoint
 
+    if args.checkpoint is not None:
+        checkpoint_file(args.checkpoint)
     if args.config:
         cfg = config_from_args(args, overrides)
+        if args.checkpoint is None and cfg.model_path is not None:
+            checkpoint_file(cfg.model_path, "model_path")
         ckpt = Path(args.checkpoint or cfg.model_path or cfg.run_dir / "best_model.pt")
     elif args.checkpoint:
         ckpt = Path(args.checkpoint)
@@ -508,7 +555,12 @@ def cmd_run(args, overrides) -> int:
         return cmd_train(args, overrides)
     preflight_outputs(args, None)  # --out / --json, before any work
     # --checkpoint on the command line wins over the config's model_path
-    args.checkpoint = getattr(args, "checkpoint", None) or cfg.model_path
+    given = getattr(args, "checkpoint", None)
+    if given is not None:
+        checkpoint_file(given)
+    elif cfg.model_path is not None:
+        checkpoint_file(cfg.model_path, "model_path")
+    args.checkpoint = given or cfg.model_path
     if args.checkpoint is None:
         raise ConfigError("action: test needs a checkpoint to evaluate: set model_path in the config "
                           "or pass --checkpoint PATH.")
@@ -536,10 +588,52 @@ def _energy_constants(text: str):
 class _Parser(argparse.ArgumentParser):
     """argparse with the error format of every other user error: one line
     ``<prog>: error: <message> (see `<prog> --help`)`` and exit status 2, without the usage block
-    (sub-command parsers are of this class too: add_subparsers uses the parent's class)."""
+    (sub-command parsers are of this class too: add_subparsers uses the parent's class).
+
+    No abbreviated options: with them a config override that is the prefix of an option was
+    taken for that option without a word (`convert --l 8` set --latency-extra, not l)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def add_argument(self, *args, **kwargs):
+        """Options that take a value are stored once: see _StoreOnce."""
+        if args and str(args[0]).startswith("-") and kwargs.get("action", "store") == "store":
+            kwargs["action"] = _StoreOnce
+        return super().add_argument(*args, **kwargs)
+
+
+# what to do when an option is given twice, by its dest (default: give it once)
+_TWICE_HINT = {"config": "only one config file is read: merge them into one, or override single keys with "
+                         "--key value"}
+
+
+class _StoreOnce(argparse.Action):
+    """argparse's ``store``, except that an option given twice (``-c a.yml -c b.yml``,
+    ``--checkpoint A --checkpoint=B``) is an error naming both values: argparse would keep the
+    last one without a word.  What was given is recorded in ``namespace._given`` (dest ->
+    (value, option string)), which :func:`main` checks against the config overrides
+    (``table --extra-t 0-4 --extra_t 2``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", {})
+        if self.dest in given:
+            first, flag = given[self.dest]
+            hint = _TWICE_HINT.get(self.dest, f"give {option_string} once")
+            parser.error(f"{'/'.join(self.option_strings)} is given twice: {flag} {_shown(first)} and "
+                         f"{option_string} {_shown(values)}; {hint}")
+        given[self.dest] = (values, option_string)
+        setattr(namespace, self.dest, values)
+
+
+def _shown(value: Any) -> str:
+    """An option's value in a message: its name when it has one (energy constants), else a short repr."""
+    name = getattr(value, "name", None)
+    return repr(name) if isinstance(name, str) else short_repr(value)
 
 
 def _positive_int(text: str) -> int:
@@ -650,20 +744,78 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + (CheckpointError, ConversionError, DataError, TrainingError)
 
 
+def _on_sigint(signum, frame) -> NoReturn:
+    """main's SIGINT handler: remember the interrupt, then raise KeyboardInterrupt as Python's own
+    handler does.  Remembered because the KeyboardInterrupt need not reach main intact: landing
+    inside a lazy import (torch.fx importing sympy while tracing) it leaves a half-imported module
+    whose AttributeError then surfaces, and would be reported, as a model error; or it is
+    swallowed there, and the next progress step raises it again (ann2snn.progress)."""
+    note_interrupt()
+    raise KeyboardInterrupt
+
+
+def _install_sigint():
+    """Install :func:`_on_sigint`; the handler it replaces (None: nothing installed, since only
+    the main thread can, and a SIGINT that is ignored -- a background job -- stays ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (None, signal.SIG_IGN):
+        return None
+    signal.signal(signal.SIGINT, _on_sigint)
+    return previous
+
+
+def _options_of(parser: argparse.ArgumentParser, command: str) -> tuple[str, ...]:
+    """The option strings of sub-command ``command`` (for suggestions)."""
+    for action in parser._actions:  # argparse keeps the sub-parsers only there
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return tuple(action.choices[command]._option_string_actions)
+    return ()
+
+
+def _error_message(err: BaseException) -> str | None:
+    """The one line main prints for a user error or an OS fault; None for anything else."""
+    if isinstance(err, _user_errors()):
+        return str(err)
+    if isinstance(err, OSError):  # an OS fault no check caught (a disk filling up mid-run, …): no traceback
+        return os_error_message(err)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    note_interrupt(False)
+    previous = _install_sigint()
     try:
-        overrides = parse_overrides(rest)
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        note_interrupt(False)  # the record lives while main runs: API calls after it are not interrupted
+
+
+def _run(argv: list[str] | None) -> int:
+    command = "?"
+    try:
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        command = args.command
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+        overrides = parse_overrides(rest, _options_of(parser, command))
+        given = getattr(args, "_given", {})
+        for key in overrides:  # `table --extra-t 0-4 --extra_t 2`: an option and an override of one name
+            if key in given:
+                raise ConfigError(f"{key} is given twice: {given[key][1]} {_shown(given[key][0])} and --{key} "
+                                  f"{short_repr(overrides[key])}. Give it once.")
         return args.func(args, overrides)
-    except _user_errors() as err:
-        print(f"ann2snn {args.command}: error: {err}", file=sys.stderr)
+    except BaseException as err:
+        # an interrupt is reported as one, whatever error it turned into on its way up
+        if interrupted() or isinstance(err, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return 130
+        message = None if isinstance(err, SystemExit) else _error_message(err)
+        if message is None:
+            raise
+        print(f"ann2snn {command}: error: {message}", file=sys.stderr)
         return 2
-    except OSError as err:  # an OS fault no check caught (a disk filling up mid-run, …): no traceback
-        print(f"ann2snn {args.command}: error: {os_error_message(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -8,6 +8,7 @@ ranges are checked before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import os
 import types
@@ -21,6 +22,60 @@ import yaml
 
 class ConfigError(ValueError):
     """A user mistake in a config file or a command-line override (printed without traceback)."""
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, without ever building the whole repr.
+
+    A user value must never be formatted into a message in full: a 1.3 KB YAML alias bomb (lists
+    whose items are the same lists again) loads cheaply but has a repr of gigabytes.  reprlib is
+    not enough here: it sorts every dict and set in full and calls repr() on types it does not
+    know.  So the value is walked with a budget of characters: containers stop listing items once
+    it is spent (and below _SHOW_DEPTH levels), strings are cut before their repr, huge ints are
+    named by their size, and types other than YAML's plain ones by their name only."""
+    out: list[str] = []
+    _show_into(value, out, [limit], 0)
+    text = "".join(out)
+    return text if len(text) <= limit else text[:max(limit - 1, 0)] + "…"
+
+
+_SHOW_DEPTH = 4
+_BRACKETS = {list: "[]", tuple: "()", set: "{}", frozenset: "{}", dict: "{}"}
+
+
+def _show_into(value: Any, out: list[str], left: list[int], depth: int) -> None:
+    """Append a repr of ``value`` to ``out``, spending ``left[0]`` characters (see short_repr)."""
+    def emit(text: str) -> None:
+        out.append(text)
+        left[0] -= len(text)
+
+    kind = next((k for k in _BRACKETS if isinstance(value, k)), None)
+    if kind is not None:
+        if depth >= _SHOW_DEPTH:
+            emit(_BRACKETS[kind][0] + "…" + _BRACKETS[kind][1])
+            return
+        emit(_BRACKETS[kind][0])
+        for i, item in enumerate(value.items() if kind is dict else value):
+            if left[0] <= 0:  # every item visited costs at least one character: the walk is bounded
+                emit("…")
+                break
+            if i:
+                emit(", ")
+            if kind is dict:
+                _show_into(item[0], out, left, depth + 1)
+                emit(": ")
+                item = item[1]
+            _show_into(item, out, left, depth + 1)
+        emit(_BRACKETS[kind][1])
+    elif isinstance(value, (str, bytes, bytearray)):
+        cut = value[:max(left[0], 1) + 1]
+        emit(repr(cut) + ("…" if len(cut) < len(value) else ""))
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        emit(f"<an int of {value.bit_length()} bits>")  # str() of a huge int is slow, or refused by Python
+    elif value is None or isinstance(value, (bool, int, float, complex, datetime.date, datetime.time)):
+        emit(repr(value))
+    else:
+        emit(f"<{type(value).__name__}>")
 
 
 @dataclass
@@ -91,15 +146,13 @@ class Config:
                 raise ConfigError(msg)
 
         need(self.l >= 1, f"l (QCFS levels) must be >= 1, got {self.l}. Use e.g. `--l 4`.")
+        need(self.l <= MAX_STEPS, f"l (QCFS levels) must be at most {MAX_STEPS}, got {self.l}. Use e.g. `--l 4`.")
         need(self.t >= 1, f"t (time steps) must be >= 1, got {self.t}. Use e.g. `--t 8`.")
         need(self.t <= MAX_STEPS, f"t (time steps) must be at most {MAX_STEPS}, got {self.t}. Use e.g. `--t 8`.")
         need(self.extra_t >= 0, f"extra_t must be >= 0, got {self.extra_t}.")
         need(self.extra_t <= MAX_STEPS,
              f"extra_t must be at most {MAX_STEPS}, got {self.extra_t}. Use e.g. `--extra_t 4`.")
-        need(self.bs >= 1, f"bs (batch size) must be >= 1, got {self.bs}.")
-        need(self.eval_bs is None or self.eval_bs >= 1, f"eval_bs must be >= 1, got {self.eval_bs}.")
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs} (a run of 0 epochs would save no "
-             "checkpoint). Use e.g. `--epochs 30`.")
+        self._validate_counts(need)
         need(self.lr > 0, f"lr must be > 0, got {self.lr}.")
         need(self.wd >= 0, f"wd must be >= 0, got {self.wd}.")
         need(self.dim >= 8 and self.dim % 8 == 0,
@@ -108,7 +161,6 @@ class Config:
         need(self.num_heads >= 1 and self.dim % self.num_heads == 0,
              f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}). "
              f"Pick num_heads among {[h for h in range(1, 33) if self.dim % h == 0]}.")
-        need(self.depth >= 1, f"depth must be >= 1, got {self.depth}.")
         need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}.")
         hidden = self.dim * self.mlp_ratio  # every model's MLP is dim -> int(dim * mlp_ratio) -> dim
         need(hidden >= 1, f"mlp_ratio {self.mlp_ratio:g} is too small for dim {self.dim}: the MLP hidden size "
@@ -118,50 +170,45 @@ class Config:
              f"hidden size int(dim * mlp_ratio) = {hidden:g} is over {MAX_WIDTH}. Use e.g. `--mlp_ratio 4`.")
         need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
         need(1 <= self.patch_size <= 1024, f"patch_size must be between 1 and 1024, got {self.patch_size}.")
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {short_repr(self.optimizer)}.")
         need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}. QCFS uses 0.9.")
         need(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
              "nesterov: true needs `optimizer: sgd` and a momentum > 0.")
         need(self.width is None or 0 < self.width <= 64, f"width (channel multiplier) must be in (0, 64], got "
              f"{self.width}.")
         need(self.width is None or self.model in WIDTH_MODELS, f"width applies to the CNNs {WIDTH_MODELS} only, not "
-             f"to {self.model!r}; remove it (the transformers' size is dim).")
-        need(self.calibrate_batches >= 0, f"calibrate_batches must be >= 0 (0: no calibration), got "
-             f"{self.calibrate_batches}.")
+             f"to {short_repr(self.model)}; remove it (the transformers' size is dim).")
         need(0 < self.calibrate_percentile <= 100, f"calibrate_percentile must be in (0, 100], got "
              f"{self.calibrate_percentile}. The usual choice is 99.9.")
-        need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
-        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
         need(self.data_dir is None or bool(self.data_dir.strip()), "data_dir is empty; omit it to use the default "
              "locations, or pass a folder (`--data_dir DIR`).")
         for key in ("train_subset", "test_subset"):
             v = getattr(self, key)
             need(v is None or v >= 1, f"{key} must be a positive count or null, got {v}.")
-        need(self.attn in ATTN_CHOICES, f"attn must be one of {ATTN_CHOICES}, got {self.attn!r}.")
+        need(self.attn in ATTN_CHOICES, f"attn must be one of {ATTN_CHOICES}, got {short_repr(self.attn)}.")
         need(self.placement in PLACEMENT_CHOICES,
-             f"placement must be one of {PLACEMENT_CHOICES}, got {self.placement!r}.")
+             f"placement must be one of {PLACEMENT_CHOICES}, got {short_repr(self.placement)}.")
         need(self.placement == "qkv" or self.model == "vit",
-             f"placement applies to the `vit` model only, not {self.model!r}; leave it at qkv.")
+             f"placement applies to the `vit` model only, not {short_repr(self.model)}; leave it at qkv.")
         need(self.ssa_form in SSA_FORM_CHOICES,
-             f"ssa_form must be one of {SSA_FORM_CHOICES}, got {self.ssa_form!r}.")
-        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0 (0 disables), got {self.warmup_epochs}.")
+             f"ssa_form must be one of {SSA_FORM_CHOICES}, got {short_repr(self.ssa_form)}.")
         need(0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing must be in [0, 1), got {self.label_smoothing}. The papers use 0.1.")
         need(self.mixup == 0.0 or self.mixup >= 1e-3,  # tinier alphas underflow Beta's float32 sampling
              f"mixup (Beta alpha) must be 0 (disabled) or >= 0.001, got {self.mixup}. The papers use 0.8.")
-        need(self.mode in ("ann", "snn"), f"mode must be 'ann' or 'snn', got {self.mode!r}.")
-        need(self.action in ("train", "test"), f"action must be 'train' or 'test', got {self.action!r}.")
+        need(self.mode in ("ann", "snn"), f"mode must be 'ann' or 'snn', got {short_repr(self.mode)}.")
+        need(self.action in ("train", "test"), f"action must be 'train' or 'test', got {short_repr(self.action)}.")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+             f"device must be auto, cpu, cuda or cuda:N, got {short_repr(self.device)}.")
         need(bool(self.id) and "/" not in self.id and self.id not in (".", "..")
              and "\\" not in self.id and "\0" not in self.id and self.id.strip() == self.id,
-             f"id must be a plain directory name, got {self.id!r}.")
+             f"id must be a plain directory name, got {short_repr(self.id)}.")
         need(not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in self.id),  # LATEST
              f"id must not hold control characters or line breaks, got {self.id[:60]!r}. Use e.g. `--id run2`.")
         need(0 <= self.seed < 2**32, f"seed must be in 0 .. 2**32-1 (NumPy's range), got {self.seed}.")
         from ann2snn.convert import PRESETS  # late import: convert imports torch
 
-        need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}.")
+        need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {short_repr(self.preset)}.")
         need(1 <= self.spike_levels <= MAX_STEPS,
              f"spike_levels must be between 1 (binary spikes) and {MAX_STEPS}, got {self.spike_levels}. "
              "Use e.g. `--spike_levels 4` for up to 4 spikes per step and sign.")
@@ -170,6 +217,35 @@ class Config:
         need(is_model(self.model), f"{unknown_model_message(self.model)} Set `model:` in the config or pass "
              "`--model NAME` (torchvision's classifiers are `--model torchvision:NAME`).")
         return self
+
+    def _validate_counts(self, need) -> None:
+        """The counts of a run (batches, epochs, blocks, processes): each at least its minimum and at
+        most its bound (MAX_EPOCHS and friends, below), so that a typo such as `epochs: 1e20` is
+        refused with the bound instead of running for ever or filling the memory."""
+        need(self.bs >= 1, f"bs (batch size) must be >= 1, got {self.bs}.")
+        need(self.bs <= MAX_BATCH, f"bs (batch size) must be at most {MAX_BATCH}, got {self.bs}. Use e.g. `--bs 64`.")
+        need(self.eval_bs is None or self.eval_bs >= 1, f"eval_bs must be >= 1, got {self.eval_bs}.")
+        need(self.eval_bs is None or self.eval_bs <= MAX_BATCH,
+             f"eval_bs must be at most {MAX_BATCH}, got {self.eval_bs}. Use e.g. `--eval_bs 256`.")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs} (a run of 0 epochs would save no "
+             "checkpoint). Use e.g. `--epochs 30`.")
+        need(self.epochs <= MAX_EPOCHS, f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}. Use e.g. "
+             "`--epochs 300`.")
+        need(self.depth >= 1, f"depth must be >= 1, got {self.depth}.")
+        need(self.depth <= MAX_DEPTH, f"depth must be at most {MAX_DEPTH}, got {self.depth}. Use e.g. `--depth 4`.")
+        need(self.calibrate_batches >= 0, f"calibrate_batches must be >= 0 (0: no calibration), got "
+             f"{self.calibrate_batches}.")
+        need(self.calibrate_batches <= MAX_COUNT, f"calibrate_batches must be at most {MAX_COUNT}, got "
+             f"{self.calibrate_batches}. A few batches suffice, e.g. `--calibrate_batches 10`.")
+        need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
+        need(self.cutout <= 1024, f"cutout (hole size in px) must be at most 1024, got {self.cutout}. Use e.g. "
+             "`--cutout 16`.")
+        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
+        need(self.workers <= MAX_WORKERS, f"workers must be at most {MAX_WORKERS}, got {self.workers}. Use about "
+             "one per CPU core, e.g. `--workers 4`.")
+        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0 (0 disables), got {self.warmup_epochs}.")
+        need(self.warmup_epochs <= self.epochs, f"warmup_epochs ({self.warmup_epochs}) must be at most epochs "
+             f"({self.epochs}). Use fewer warmup epochs, e.g. `--warmup_epochs {min(5, self.epochs // 10)}`.")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +276,15 @@ MAX_WIDTH = 2**20
 # latencies (T <= 1024 in the slowest rate-coded conversions), low enough that a typo such as
 # `--extra-t 1000000` is refused at once instead of simulating for days.
 MAX_STEPS = 4096
+# Upper bounds of the other counts: far above any real run, so that a typo (`epochs: 1e20`, a
+# batch size with three zeros too many) is refused at once with the bound, not after minutes of
+# setup or by an allocator.  Largest published batch sizes are 32k-64k; 300 epochs is the QCFS
+# recipe; the deepest ViTs have 48 blocks.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536  # bs and eval_bs
+MAX_DEPTH = 1024
+MAX_WORKERS = 512  # DataLoader processes
+MAX_COUNT = 100_000  # calibrate_batches
 FIELD_NAMES = tuple(f.name for f in fields(Config))
 # Keys a `train --resume` may change: they say where things are, how fast they run, or what a
 # later evaluation does, but not what the resumed epochs compute.  Every other key defines the run
@@ -252,7 +337,7 @@ def coerce(key: str, value: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"{key} cannot be null; it needs {_article(tp.__name__)}.")
-    bad = ConfigError(f"{key} must be {_article(tp.__name__)}, got {value!r} ({type(value).__name__}).")
+    bad = ConfigError(f"{key} must be {_article(tp.__name__)}, got {short_repr(value)} ({type(value).__name__}).")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -263,16 +348,16 @@ def coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool):
             raise bad
         if isinstance(value, int):
-            return value
+            return _bounded_int(key, value)
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            return _bounded_int(key, int(value))
         if isinstance(value, str):
             try:
                 f = float(value)
             except ValueError:
                 raise bad from None
             if f.is_integer():
-                return int(f)
+                return _bounded_int(key, int(f))
         raise bad
     if tp is float:
         if isinstance(value, bool):
@@ -287,7 +372,7 @@ def coerce(key: str, value: Any) -> Any:
         else:
             raise bad
         if out != out or out in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}.")
+            raise ConfigError(f"{key} must be a finite number, got {short_repr(value)}.")
         return out
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -296,15 +381,27 @@ def coerce(key: str, value: Any) -> Any:
     raise bad  # pragma: no cover
 
 
+def _bounded_int(key: str, value: int) -> int:
+    """``value`` when it has at most 39 digits: every count is bounded far below that (see
+    Config.validate), and a bounded int keeps every message that names it short."""
+    if abs(value) >= 2**128:
+        raise ConfigError(f"{key} is far too large ({short_repr(value)}); give a realistic count.")
+    return value
+
+
 def _article(noun: str) -> str:
     """'an int', 'a float': the indefinite article by the first letter (enough for type names)."""
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def unknown_key_message(key: str) -> str:
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return (f"Unknown config key {key!r}.{hint} Valid keys: {', '.join(FIELD_NAMES)}. "
+    # matched in lower case (every key is): `LR:` suggests lr; cut first, difflib is quadratic
+    low = str(key)[:100].lower()
+    close = [low] if low in FIELD_NAMES else []
+    close += [c for c in difflib.get_close_matches(low, FIELD_NAMES, n=3) if c not in close]
+    case = " (keys are lower case)" if low in FIELD_NAMES and low != key else ""
+    hint = f" Did you mean {', '.join(close[:3])}{case}?" if close else ""
+    return (f"Unknown config key {short_repr(key)}.{hint} Valid keys: {', '.join(FIELD_NAMES)}. "
             "See README.md, section 'Config keys'.")
 
 
@@ -312,14 +409,15 @@ def read_config_file(path: str | os.PathLike) -> dict[Any, Any]:
     """The mapping in the YAML file ``path``, read exactly once.
 
     Opened and read like any stream, not checked with ``is_file()`` first, so ``-c /dev/stdin``
-    and ``-c <(…)`` (pipes, read once only) work.  Every way the file can be unusable -- missing,
-    a directory, unreadable, not UTF-8, invalid or too deeply nested YAML, not a mapping -- is a
-    ConfigError naming the file and the fix."""
+    and ``-c <(…)`` (pipes, read once only) work.  At most MAX_CONFIG_BYTES are read (plus one
+    byte, to tell a bigger stream): ``-c /dev/zero`` must not fill the memory.  Every way the file
+    can be unusable -- missing, a directory, unreadable, too big, not UTF-8, invalid or too deeply
+    nested YAML, a key set twice, not a mapping -- is a ConfigError naming the file and the fix."""
     p = Path(path)
     name = str(p)
     try:
         with open(p, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"Config file {name!r} does not exist. Pass an existing file with -c, "
                           "e.g. `-c configs/digits.yml`.") from None
@@ -332,6 +430,10 @@ def read_config_file(path: str | os.PathLike) -> dict[Any, Any]:
     except OSError as err:
         raise ConfigError(f"Config file {name!r} cannot be read: {err.strerror or err}. "
                           "Pass a readable YAML file with -c.") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"Config file {name!r} is larger than {MAX_CONFIG_BYTES // 1024} KiB, the most read of a "
+                          "config (a config is a few hundred bytes of `key: value` lines). Pass the YAML config "
+                          "with -c, e.g. `-c configs/digits.yml`.")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -342,10 +444,47 @@ def read_config_file(path: str | os.PathLike) -> dict[Any, Any]:
     return parse_config_text(text, name)
 
 
+# The most bytes of a config file read: a real config is a few hundred bytes.  Not more, since
+# PyYAML's pure-Python loader (kept for its messages and its RecursionError on deep nesting)
+# takes about 6 s for 256 KiB of YAML on a busy machine (measured: 23 s for 1 MiB).
+MAX_CONFIG_BYTES = 256 * 1024
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"duplicate key {short_repr(key)} on lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader (the same safe tags only: `!!python/...` is refused), except that a
+    key set twice in one mapping is an error: PyYAML keeps the last one without a word, and a
+    config whose `lr:` is silently not the one the user reads is a surprise."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:  # the mapping's own keys; a `<<:` merge may be overridden
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # unhashable: the base class reports it
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_config_text(text: str, name: str) -> dict[Any, Any]:
     """The mapping in YAML ``text`` (from the file ``name``, for messages)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_ConfigLoader)  # safe: _ConfigLoader constructs yaml.safe_load's types only
+    except _DuplicateKey as err:
+        raise ConfigError(f"Config file {name!r} sets {short_repr(err.key)} twice (lines {err.first} and "
+                          f"{err.second}); only one value can hold. Delete one of the two lines.") from None
     except yaml.YAMLError as err:
         detail = " ".join(str(err).split())  # one line
         raise ConfigError(f"Config file {name!r} is not valid YAML: {detail}") from None
@@ -353,6 +492,10 @@ def parse_config_text(text: str, name: str) -> dict[Any, Any]:
         raise ConfigError(f"Config file {name!r} is nested too deeply to be a config (YAML lists or "
                           "mappings inside each other thousands of levels deep). A config is a flat "
                           "mapping of `key: value` lines; pass one with -c.") from None
+    except ValueError as err:  # an int of more than 4300 digits: Python refuses to convert it
+        first = str(err).split(";")[0][:120]
+        raise ConfigError(f"Config file {name!r} holds a value YAML cannot read ({first}). A config is a flat "
+                          "mapping of `key: value` lines with realistic values; pass one with -c.") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -378,7 +521,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     kwargs = {}
     for key, value in values.items():
         if not isinstance(key, str):
-            raise ConfigError(f"Config keys must be strings, got {key!r}.")
+            raise ConfigError(f"Config keys must be strings, got {short_repr(key)}.")
         kwargs[key] = coerce(key, value)
     return Config(**kwargs).validate()
 
@@ -406,7 +549,7 @@ def resume_changes(stored: Config, new: Config, direct: bool = False, extend: bo
             return str(a).strip().lower().replace("-", "_") == str(b).strip().lower().replace("-", "_")
         return a == b
 
-    return [f"{k}: {getattr(stored, k)!r} -> {getattr(new, k)!r}" for k in FIELD_NAMES
+    return [f"{k}: {short_repr(getattr(stored, k))} -> {short_repr(getattr(new, k))}" for k in FIELD_NAMES
             if k not in safe and not same(k)]
 
 
@@ -421,6 +564,7 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return Config(**{k: coerce(k, v) for k, v in d.items() if k in FIELD_NAMES}).validate()
 
 
-__all__ = ["Config", "ConfigError", "load_config", "read_config_file", "parse_config_text", "save_config",
+__all__ = ["Config", "ConfigError", "short_repr", "load_config", "read_config_file", "parse_config_text", "save_config",
            "config_from_dict", "coerce", "resume_changes", "resumed_config", "FIELD_NAMES", "MODEL_KEYS",
-           "MAX_WIDTH", "MAX_STEPS", "RESUME_SAFE_KEYS", "RESUME_KEEP_STORED", "ATTN_CHOICES", "field"]
+           "MAX_WIDTH", "MAX_STEPS", "MAX_CONFIG_BYTES", "MAX_EPOCHS", "MAX_BATCH", "MAX_DEPTH", "MAX_WORKERS",
+           "MAX_COUNT", "RESUME_SAFE_KEYS", "RESUME_KEEP_STORED", "ATTN_CHOICES", "field"]

@@ -61,6 +61,23 @@ def _user_frame(frames: Iterable[tuple[str, int, str, str]]) -> str:
     return chosen or "an unknown line"
 
 
+def _after_interrupt(err: BaseException) -> bool:
+    """True when a KeyboardInterrupt is among the exceptions ``err`` was raised while handling
+    (its ``__context__`` / ``__cause__`` chain): a Ctrl-C during tracing, turned by some cleanup
+    code into another error, must end as an interrupt and never be reported as a model error."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        todo += [e.__context__, e.__cause__]
+    return False
+
+
 def trace(model: nn.Module, leaves: tuple[type, ...] = ()) -> fx.GraphModule:
     """The model as a GraphModule (parameters shared with ``model``), or a ConversionError that
     says which line of the model could not be traced and why."""
@@ -68,6 +85,8 @@ def trace(model: nn.Module, leaves: tuple[type, ...] = ()) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as err:  # torch.fx raises TraceError, TypeError, RuntimeError, ... from user code
+        if _after_interrupt(err):  # an error raised while a Ctrl-C unwound is the interrupt, not the model's
+            raise KeyboardInterrupt from err
         frames = [(f.filename, f.lineno, f.name, f.line or "") for f in traceback.extract_tb(err.__traceback__)]
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ConversionError(

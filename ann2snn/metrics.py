@@ -28,6 +28,7 @@ and the settle steps gathered, so every figure covers the whole test set.
 """
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ from ann2snn.progress import progress
 from ann2snn.simulate import logits_of, logits_view
 
 LATENCY_FRACTION = 0.999
+# An evaluation that runs more simulation steps per batch than this says so up front and shows
+# its progress per k-step run (under `exact`, t = 1000 runs 1 + 2 + … + 1000 = 500 500 steps per
+# batch: hours with no sign of life otherwise).  Off a terminal, at most one line per
+# PROGRESS_EVERY_S seconds (tqdm redraws a bar on a terminal).
+LONG_RUN_STEPS = 10_000
+PROGRESS_EVERY_S = 10.0
+log = logging.getLogger("ann2snn")
 
 
 @dataclass
@@ -183,6 +191,50 @@ def _paused(meter):
     return meter.paused() if meter is not None else nullcontext()
 
 
+def _k_step_groups(sim, t: int) -> list[list[int]]:
+    """The k-step runs k = 1..t-1 as ``sim.run_rows`` calls: the rows that share one trunk pass in
+    one call (split, the trunk would run again for each), every other row in a call of its own
+    (a run of its own anyway: the same results), so that progress can be shown between them."""
+    ks = list(range(1, t))
+    shares = getattr(sim, "shares_trunk", None)
+    if shares is None or not ks:
+        return [ks] if ks else []
+    trunk = [k for k in ks if shares(k)]
+    in_trunk = set(trunk)
+    return ([trunk] if trunk else []) + [[k] for k in ks if k not in in_trunk]
+
+
+def _k_step_plan(sim, t: int, extra_t: int, steps: int, separate: bool, label: str) -> tuple[list[list[int]], bool]:
+    """(the k-step runs' groups, long?) of an evaluation whose t-step run has ``steps`` steps;
+    ``separate``: the k-step runs are not prefixes of it.  A long one (over LONG_RUN_STEPS
+    simulation steps per batch) is announced in the log with its count."""
+    groups = _k_step_groups(sim, t) if separate else []
+    per_batch = steps + sum(max(g) + len(g) * extra_t for g in groups)
+    long = per_batch > LONG_RUN_STEPS
+    if long:
+        log.info("%s: %d simulation steps per batch (the %d-step run, and the k-step runs k = 1..%d); progress "
+                 "is shown per k-step run", label, per_batch, steps, t - 1)
+    return groups, long
+
+
+def _add_k_step_rows(sim, x, y, cum, rows: dict, groups: list[list[int]], t: int, extra_t: int, meter,
+                     desc: str | None) -> None:
+    """Add batch ``x``'s k-step figures to ``rows``: row t from ``cum`` (the t-step run's
+    cumulative outputs), the others from the same run when ``groups`` is empty (they are its
+    prefixes), else from the runs of ``groups`` (not metered), with progress titled ``desc``
+    between them unless ``desc`` is None."""
+    rows[t].add(cum[[t - 1, cum.shape[0] - 1]], y, [float(t)] * 2)
+    if not groups:
+        for k in range(1, t):
+            rows[k].add(cum[[k - 1, k - 1]], y, [float(k)] * 2)
+        return
+    runs = groups if desc is None else progress(groups, desc=desc, every_s=PROGRESS_EVERY_S, unit="k-step runs")
+    with _paused(meter):
+        for group in runs:
+            for k, c in sim.run_rows(x, group, extra_t).items():
+                rows[k].add(c[[0, -1]], y, [float(k)] * 2)
+
+
 @torch.no_grad()
 def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann: nn.Module | None = None,
              meter=None, latency_extra: int = 0, max_batches: int | None = None, desc: str = "SNN") -> dict:
@@ -207,10 +259,12 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
     prefix = sim.k_step_runs_share_one_pass(t)
     ann_counts, within = Counts(), Counts()
     rows = {k: Counts() for k in range(1, t + 1)} if k_step else {}
+    label = f"{desc} t={t}+{extra_t}"
+    groups, long = _k_step_plan(sim, t, extra_t, S + N, k_step and not (prefix and extra_t == 0), label)
     settle: list[torch.Tensor] = []
     if ann is not None:
         ann.eval()
-    for i, (x, y) in enumerate(progress(loader, desc=f"{desc} t={t}+{extra_t}")):
+    for i, (x, y) in enumerate(progress(loader, desc=label)):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(dev), y.to(dev)
@@ -232,14 +286,8 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
         within.add(cum, y, step_divisors(t, S))
         settle.append(settle_steps(torch.stack(preds)).cpu())
         if k_step:
-            rows[t].add(cum[[t - 1, S - 1]], y, [float(t)] * 2)
-            if prefix and extra_t == 0:
-                for k in range(1, t):
-                    rows[k].add(cum[[k - 1, k - 1]], y, [float(k)] * 2)
-            elif t > 1:
-                with _paused(meter):
-                    for k, c in sim.run_rows(x, list(range(1, t)), extra_t).items():
-                        rows[k].add(c[[0, -1]], y, [float(k)] * 2)
+            title = f"{label} batch {i + 1}" if long else None
+            _add_k_step_rows(sim, x, y, cum, rows, groups, t, extra_t, meter, title)
     local = torch.cat(settle) if settle else torch.zeros(0, dtype=torch.long)
     sharded = distributed.active() and distributed.is_sharded(loader)
     all_settle = torch.cat(distributed.gather_objects(local)) if sharded else local  # a rank may have had no batch

@@ -68,15 +68,40 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return _FAMILIES[prefix][0](rest, **kw)
 
 
+def _close(name: str, choices: list[str]) -> list[str]:
+    """Up to 3 of ``choices`` close to ``name``, compared in lower case (`Transformer` suggests
+    transformer); an exact match but for case comes first.  ``name`` is cut first: difflib's cost
+    grows with its length."""
+    import difflib
+
+    lower = {c.lower(): c for c in choices}
+    low = name[:100].lower()
+    found = [lower[low]] if low in lower else []
+    found += [lower[c] for c in difflib.get_close_matches(low, list(lower), n=3) if lower[c] not in found]
+    return found[:3]
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """``repr(name)`` of at most ``limit`` characters of it: never a user value whole in a message
+    (config.short_repr does this for any value; imported here it would close an import circle:
+    config -> models -> config)."""
+    name = str(name)
+    return repr(name[:limit]) + ("…" if len(name) > limit else "")
+
+
 def unknown_model_message(name: str) -> str:
     prefix, sep, rest = name.partition(":")
-    if sep and prefix in _FAMILIES:
-        import difflib
-
-        close = difflib.get_close_matches(rest, _FAMILIES[prefix][1](), n=3)
-        hint = f" Did you mean {', '.join(f'{prefix}:{c}' for c in close)}?" if close else ""
-        return f"Unknown model {name!r}: {prefix} has no model {rest!r}.{hint}"
-    return f"Unknown model {name!r}. Registered models: {', '.join(list_models())}."
+    family = {p.lower(): p for p in _FAMILIES}.get(prefix.lower()) if sep else None
+    if family is not None:
+        close = _close(rest, _FAMILIES[family][1]())
+        hint = f" Did you mean {', '.join(f'{family}:{c}' for c in close)}?" if close else ""
+        return f"Unknown model {_shown(name)}: {family} has no model {_shown(rest)}.{hint}"
+    if sep:  # a misspelt family: `torchvisio:resnet18` suggests torchvision:resnet18
+        close = [f"{p}:{rest[:60]}" for p in _close(prefix, list(_FAMILIES))] or _close(name, sorted(_MODELS))
+    else:
+        close = _close(name, sorted(_MODELS))
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"Unknown model {_shown(name)}.{hint} Registered models: {', '.join(list_models())}."
 
 
 def _check(name: str) -> None:
