@@ -9,34 +9,82 @@ The public API (documented in README.md, section "Python API")::
     snn = ann2snn.convert(model, "exact")        # a SpikingNetwork (the ANN is left untouched)
     sim = ann2snn.Simulator(snn)
     res = ann2snn.evaluate(sim, loader, t=8)     # k-step curve, within-run steps, latency
-    table = ann2snn.evaluate_table(sim, loader, rows=[1, 2, 4, 8], extra=4)
+    table = ann2snn.evaluate_table(sim, loader, rows=[1, 2, 4, 8], extra_t=4)
     energy = ann2snn.measure_energy(model, sim, loader, t=8)
 
-Papers this package builds on are cited in the docstrings of the modules that implement them.
-Note: ``ann2snn.convert`` is the function; the module of the same name is imported as
-``from ann2snn.convert import ...``.
+This package is the library: quantization, the spiking operators, graph tracing, the conversion
+rules, passes and presets, the simulator, metrics, energy, the frontier and the model zoo.  It
+imports nothing from the application built on top of it (:mod:`ann2snn.app`: the command line,
+config files, run folders, checkpoints, training, DDP, data loading, reports and plots).
+
+The names below are imported on first use (PEP 562), so ``import ann2snn`` is cheap and loads
+no torch until a name is used: the command line installs its Ctrl-C handling before the heavy
+imports, and ``ann2snn --help`` answers at once.  Papers this package builds on are cited in the
+docstrings of the modules that implement them.  Note: ``ann2snn.convert`` is the function; the
+module of the same name is imported as ``from ann2snn.convert import ...``.
 """
-from ann2snn._compat import silence_noise as _silence_noise
+from __future__ import annotations
 
-_silence_noise()
-
-from ann2snn.config import Config, ConfigError, load_config  # noqa: E402
-from ann2snn.convert import PRESETS, ConversionOptions, SpikingNetwork, simulator_for, verify  # noqa: E402
-from ann2snn.convert import convert as _convert  # noqa: E402
-from ann2snn.energy import EnergyMeter, measure_energy  # noqa: E402
-from ann2snn.frontier import frontier  # noqa: E402
-from ann2snn.metrics import effective_latency, evaluate, evaluate_ann, evaluate_snn, evaluate_table  # noqa: E402
-from ann2snn.models import create_model, list_models, register_model  # noqa: E402
-from ann2snn.quant import QCFS, quantize  # noqa: E402
-from ann2snn.graph import ConversionError  # noqa: E402
-from ann2snn.neurons import bits_per_step  # noqa: E402
-from ann2snn.simulate import Simulator  # noqa: E402
-
-convert = _convert  # the function, not the submodule of the same name
+import importlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "ConversionError", "ConversionOptions", "EnergyMeter", "PRESETS", "QCFS", "Simulator",
-           "SpikingNetwork", "bits_per_step", "convert", "create_model", "effective_latency", "evaluate", "evaluate_ann",
-           "evaluate_snn", "evaluate_table", "frontier", "list_models", "load_config", "measure_energy", "quantize",
-           "register_model", "simulator_for", "verify"]
+# public name -> the library module that defines it
+_API = {
+    "quantize": "quant", "QCFS": "quant",
+    "convert": "convert", "SpikingNetwork": "convert",
+    "Preset": "presets", "PRESETS": "presets", "get_preset": "presets",
+    "ConversionError": "graph", "RULES": "rules", "Role": "rules",
+    "verify": "verify",
+    "Simulator": "simulate",
+    "evaluate": "metrics", "evaluate_ann": "metrics", "evaluate_snn": "metrics", "evaluate_table": "metrics",
+    "effective_latency": "metrics",
+    "EnergyMeter": "energy", "measure_energy": "energy",
+    "frontier": "frontier",
+    "bits_per_step": "neurons",
+    "create_model": "models", "list_models": "models", "register_model": "models",
+}
+# names of earlier versions that live in the application now: still reachable, loaded on use
+_APPLICATION = {"Config": "ann2snn.app.config", "ConfigError": "ann2snn.app.config",
+                "load_config": "ann2snn.app.config", "simulator_for": "ann2snn.app.pipeline"}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from ann2snn._compat import silence_noise
+
+        silence_noise()
+        module = importlib.import_module(f"ann2snn.{_API[name]}")
+        value = getattr(module, name)
+    elif name in _APPLICATION:
+        value = getattr(importlib.import_module(_APPLICATION[name]), name)
+    else:
+        raise AttributeError(f"module 'ann2snn' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API) | set(_APPLICATION))
+
+
+# Three functions share their name with the module that defines them (convert, verify, frontier).
+# Importing such a module binds the package attribute to the module; here that binding is
+# skipped, so ``ann2snn.convert`` stays the function whatever was imported before (the modules
+# are in sys.modules: ``from ann2snn.convert import SpikingNetwork`` works as usual).
+_SHADOWED = {name for name, module in _API.items() if name == module}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,4 +1,4 @@
-from ann2snn.cli import main
+from ann2snn.app.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -83,7 +83,7 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
 Everything is measured with forward hooks (plus the op-level analog tracking) on the stepped
 network while :class:`ann2snn.simulate.Simulator` runs it; the models are not edited, and
 nothing here advances time or resets a network.  Measurement only: the tables, CSV and JSON
-are written by :mod:`ann2snn.report`, the plots by :mod:`ann2snn.plots`.
+are written by :mod:`ann2snn.app.report`, the plots by :mod:`ann2snn.app.plots`.
 Extension point: :data:`NEURON_TYPES` (rate of the output), :data:`SYNAPSE_TYPES`,
 :data:`PRODUCT_TYPES` and :data:`ANALOG_TYPES` are lists of module classes; spikingjelly's
 ``BaseNode`` is a neuron type, so directly trained spiking models get firing rates by the same

@@ -13,7 +13,7 @@ burst spikes (Li & Zeng, IJCAI 2022) and multi-threshold neurons (Huang et al., 
 ACM MM 2024); see :func:`ann2snn.neurons.signed_if_step`.
 
 Measurement only: the simulator runs the network; tables and files are written by
-:mod:`ann2snn.report`, the plot by :mod:`ann2snn.plots`.
+:mod:`ann2snn.app.report`, the plot by :mod:`ann2snn.app.plots`.
 """
 from __future__ import annotations
 

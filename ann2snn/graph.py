@@ -10,8 +10,8 @@ tracer records calls of them and does not look inside.
 
 Each node gets a *kind* (:func:`classify`):
 
-- ``spike``: a tensor that depends on the network input, i.e. one that, in the converted network,
-  carries a different value on every time step (spikes, or sums and linear maps of them);
+- ``dynamic``: a tensor that depends on the network input, i.e. one that, in the converted
+  network, carries a different value on every time step (spikes, or sums and linear maps of them);
 - ``const``: a tensor or value that does not depend on the input (parameters, buffers, Python
   numbers);
 - ``meta``: values computed from shapes (``x.shape``, ``x.size(1)``, arithmetic on them), which
@@ -19,7 +19,6 @@ Each node gets a *kind* (:func:`classify`):
 """
 from __future__ import annotations
 
-import operator
 import re
 import traceback
 from collections.abc import Iterable
@@ -32,6 +31,9 @@ _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 _HERE = str(Path(__file__).resolve().parent)
 
 
+DYNAMIC = "dynamic"  # the kind of a node whose value depends on the input (see the module docstring)
+
+
 class ConversionError(ValueError):
     """A model (or one node of it) that cannot be quantized or converted exactly; the message
     names the node, its module path and source line, and the way out."""
@@ -39,7 +41,7 @@ class ConversionError(ValueError):
 
 class Tracer(fx.Tracer):
     """``torch.fx`` tracer that records source lines and keeps ``leaves`` (module types: our
-    operators, :data:`ann2snn.quant.TRACE_LEAVES`) as leaves."""
+    operators, :func:`ann2snn.quant.trace_leaves`) as leaves."""
 
     def __init__(self, leaves: tuple[type, ...] = ()):
         super().__init__()
@@ -157,11 +159,11 @@ def _arg_nodes(node: fx.Node) -> list[fx.Node]:
 
 
 def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
-    """Every node's kind: ``spike``, ``const`` or ``meta`` (see the module docstring)."""
+    """Every node's kind: :data:`DYNAMIC`, ``const`` or ``meta`` (see the module docstring)."""
     kinds: dict[fx.Node, str] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            kinds[node] = "spike"
+            kinds[node] = DYNAMIC
             continue
         if node.op == "get_attr":
             kinds[node] = "const"
@@ -172,17 +174,13 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
             and node.args[1] in SHAPE_ATTRS)
         if shape_query:
             kinds[node] = "meta"
-        elif "spike" in ins:
-            kinds[node] = "spike"
+        elif DYNAMIC in ins:
+            kinds[node] = DYNAMIC
         elif ins and all(k == "meta" for k in ins):
             kinds[node] = "meta"  # arithmetic on shapes
         else:
             kinds[node] = "const"  # a parameter, buffer or constant, possibly shaped by meta values
     return kinds
-
-
-def is_getitem(node: fx.Node) -> bool:
-    return node.op == "call_function" and node.target is operator.getitem
 
 
 def replace_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
@@ -210,5 +208,5 @@ def add_module(gm: fx.GraphModule, base: str, module: nn.Module) -> str:
     return name
 
 
-__all__ = ["ConversionError", "Tracer", "add_module", "classify", "describe", "module_path", "replace_module",
+__all__ = ["DYNAMIC", "ConversionError", "Tracer", "add_module", "classify", "describe", "module_path", "replace_module",
            "source_line", "target_name", "trace"]

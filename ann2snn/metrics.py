@@ -23,7 +23,7 @@ What each figure means (all accuracies in percent, losses in nats, over the whol
   observed step has not been seen to settle; when such samples decide the quantile the latency is
   reported as *not settled within S steps*, never as S.
 
-Under torchrun, counts are summed over the ranks' shards (:func:`ann2snn.distributed.reduce_counts`)
+Under torchrun, counts are summed over the ranks' shards (:meth:`Counts.sum_over_ranks`)
 and the settle steps gathered, so every figure covers the whole test set.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ann2snn import distributed
+from ann2snn import shards
 from ann2snn._checks import check_int, check_rows, check_run_args, check_simulator
 from ann2snn.progress import progress
 from ann2snn.simulate import logits_of, logits_view
@@ -79,14 +79,18 @@ class Counts:
             self.loss[s] += float(F.cross_entropy(cum[s] / divs[s], y, reduction="sum"))
         self.n += y.shape[0]
 
-    def merge(self, other: "Counts") -> None:
-        """Add counts from another shard (e.g. another rank)."""
+    def sum_over_ranks(self, loader, steps: int) -> "Counts":
+        """Sum the counts over torchrun ranks, in place, when ``loader`` is sharded
+        (:mod:`ann2snn.shards`); ``steps`` is the number of per-step entries (a rank may have seen
+        no batch).  Correct counts are integers, so the sum equals the single-process count."""
+        if not shards.is_sharded(loader):
+            return self
         if not self.top1:
-            self.top1, self.top5, self.loss = [0] * len(other.top1), [0] * len(other.top1), [0.0] * len(other.top1)
-        self.n += other.n
-        self.top1 = [a + b for a, b in zip(self.top1, other.top1)]
-        self.top5 = [a + b for a, b in zip(self.top5, other.top5)]
-        self.loss = [a + b for a, b in zip(self.loss, other.loss)]
+            self.top1, self.top5, self.loss = [0] * steps, [0] * steps, [0.0] * steps
+        ints = shards.sum_ints([self.n, *self.top1, *self.top5])
+        self.n, self.top1, self.top5 = ints[0], ints[1:1 + steps], ints[1 + steps:]
+        self.loss = shards.sum_floats(self.loss)
+        return self
 
     def percents(self) -> dict[str, list[float]]:
         n = max(self.n, 1)
@@ -164,7 +168,7 @@ def evaluate_ann(model: nn.Module, loader, desc: str = "ANN") -> dict[str, float
     for x, y in progress(loader, desc=desc):
         x, y = x.to(dev), y.to(dev)
         counts.add(logits_of(model(x)).unsqueeze(0), y, 1.0)
-    distributed.reduce_counts(counts, loader, 1)  # sum over torchrun ranks when the loader is sharded
+    counts.sum_over_ranks(loader, 1)  # sum over torchrun ranks when the loader is sharded
     p = counts.percents()
     return {"top1": p["top1"][0], "top5": p["top5"][0], "loss": p["loss"][0], "n": counts.n}
 
@@ -289,13 +293,13 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
             title = f"{label} batch {i + 1}" if long else None
             _add_k_step_rows(sim, x, y, cum, rows, groups, t, extra_t, meter, title)
     local = torch.cat(settle) if settle else torch.zeros(0, dtype=torch.long)
-    sharded = distributed.active() and distributed.is_sharded(loader)
-    all_settle = torch.cat(distributed.gather_objects(local)) if sharded else local  # a rank may have had no batch
+    sharded = shards.is_sharded(loader)
+    all_settle = torch.cat(shards.gather_objects(local)) if sharded else local  # a rank may have had no batch
     if not all_settle.numel():
         raise ValueError("evaluate: the loader yielded no batch")
-    distributed.reduce_counts(within, loader, S)
+    within.sum_over_ranks(loader, S)
     for c in rows.values():
-        distributed.reduce_counts(c, loader, 2)
+        c.sum_over_ranks(loader, 2)
     bits = getattr(sim, "bits_per_step", math.log2(3))
     out: dict = {"n": within.n, "ann": None, "k_step": None, "k_step_is_prefix": prefix,
                  "spike_levels": getattr(sim, "spike_levels", 1), "bits_per_step": bits,
@@ -303,7 +307,7 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
                                 **within.percents()},
                  "effective_latency": effective_latency(all_settle, S + N)}
     if ann is not None:
-        distributed.reduce_counts(ann_counts, loader, 1)
+        ann_counts.sum_over_ranks(loader, 1)
         p = ann_counts.percents()
         out["ann"] = {"top1": p["top1"][0], "top5": p["top5"][0], "loss": p["loss"][0]}
     if k_step:
@@ -333,7 +337,7 @@ def count_table(sim, loader, rows: list[int], extra: int) -> dict[int, Counts]:
         for t, cum in sim.run_rows(x, rows, extra).items():
             counts[t].add(cum, y, float(t))
     for t in rows:
-        distributed.reduce_counts(counts[t], loader, extra + 1)
+        counts[t].sum_over_ranks(loader, extra + 1)
     return counts
 
 

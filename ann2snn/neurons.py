@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import base
 from torch import nn
 
-NEG_RULES = ("exact", "seed")
+NEG_RULES = ("exact", "lazy")  # v < 0 (Fast-SNN, ST-BIF) | v <= −θ (the original toolkit)
+OLD_NEG_RULES = {"seed": "lazy"}  # spellings of earlier versions, still accepted
 
 
 class Clock:
@@ -65,13 +66,21 @@ def check_spike_levels(m) -> int:
     return m
 
 
+def check_neg_rule(rule: str) -> str:
+    """The negative-spike rule ``rule`` (an old spelling mapped to its name), or a ValueError."""
+    rule = OLD_NEG_RULES.get(rule, rule) if isinstance(rule, str) else rule
+    if rule not in NEG_RULES:
+        raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {str(rule)[:40]!r}")
+    return rule
+
+
 def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: float = 1.0,
                    cap: float = math.inf, neg_rule: str = "exact", m: int = 1, floor: float = 0.0):
     """One step of the signed, capped IF neuron; returns ``(spike, v, n)``.
 
     ``v`` membrane potential, ``n`` net spike count so far, ``u`` input current.  A positive spike
     needs ``v >= theta`` and ``n < cap``; a negative spike needs ``n > 0`` and ``v < 0``
-    (``neg_rule="exact"``, Fast-SNN / ST-BIF) or ``v <= -theta`` (``"seed"``, the original code).
+    (``neg_rule="exact"``, Fast-SNN / ST-BIF) or ``v <= -theta`` (``"lazy"``, the original code).
     Reset by subtraction: ``v -= spike·theta``.  ``spike`` is in {-1, 0, +1}.
 
     ``floor`` < 0 (a signed site): the net count may go down to ``floor`` (−L), so a negative
@@ -83,18 +92,14 @@ def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: flo
     burst spikes", IJCAI 2022) and multi-threshold neurons (Huang et al., "ECMT", ACM MM 2024)
     send: the step emits at once what m binary steps with no further input would emit, i.e.
     ``min(⌊v/θ⌋, m, cap − n)`` positive spikes, or ``min(⌈−v/θ⌉, m, n − floor)`` negative ones where
-    ``v < 0`` (``⌊−v/θ⌋`` where ``v <= −θ`` under ``"seed"``), reset by subtraction as above.
+    ``v < 0`` (``⌊−v/θ⌋`` where ``v <= −θ`` under ``"lazy"``), reset by subtraction as above.
     """
+    neg_rule = check_neg_rule(neg_rule)
     if m != 1:
         return _multi_level_step(v, n, u, theta, cap, neg_rule, m, floor)
     v = v + u
     pos = (v >= theta) & (n < cap)
-    if neg_rule == "exact":
-        neg = (v < 0) & (n > floor)
-    elif neg_rule == "seed":
-        neg = (v <= -theta) & (n > floor)
-    else:
-        raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
+    neg = ((v < 0) if neg_rule == "exact" else (v <= -theta)) & (n > floor)
     if theta > 0 and pos.shape == v.shape:
         # Same values, fewer passes over memory (this runs at every site on every step): with
         # θ > 0 a positive and a negative spike exclude each other, so pos − neg is pos with −1
@@ -108,8 +113,6 @@ def signed_if_step(v: torch.Tensor, n: torch.Tensor, u: torch.Tensor, theta: flo
 
 
 def _multi_level_step(v, n, u, theta, cap, neg_rule, m, floor=0.0):
-    if neg_rule not in NEG_RULES:
-        raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
     if not theta > 0:
         raise ValueError(f"a multi-level neuron needs a threshold > 0, got {theta}")
     v = v + u
@@ -145,11 +148,9 @@ class ScaledNeuron(base.MemoryModule):
     def __init__(self, lam: float, levels: int | None = None, neg_rule: str = "exact",
                  theta: float = 1.0, cap: float = math.inf, signed: bool = False):
         super().__init__()
-        if neg_rule not in NEG_RULES:
-            raise ValueError(f"neg_rule must be one of {NEG_RULES}, got {neg_rule!r}")
         self.lam = float(lam)
         self.levels = levels  # the trained L of the QCFS site this neuron replaced
-        self.neg_rule = neg_rule
+        self.neg_rule = check_neg_rule(neg_rule)
         self.theta = float(theta)
         self.cap = float(cap)
         self.m = 1  # spike_levels: spikes per step and sign

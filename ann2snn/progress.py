@@ -1,7 +1,7 @@
 """Progress reporting: a tqdm bar on a terminal, sparse one-line logs otherwise (CI, files).
 
 It also carries the CLI's interrupt flag (:func:`note_interrupt`): the SIGINT handler of
-:func:`ann2snn.cli.main` sets it, and :func:`progress` raises KeyboardInterrupt at the next item
+:func:`ann2snn.app.cli.main` sets it, and :func:`progress` raises KeyboardInterrupt at the next item
 when it is set.  A Ctrl-C that lands inside a lazy import (torch.fx importing sympy while
 tracing) can be swallowed there; without this check the run would go on, and finish, as if the
 key had never been pressed (measured: a tiny train run completed, exit 0).

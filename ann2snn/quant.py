@@ -74,8 +74,9 @@ class QCFS(nn.Module):
     def effective_lambda(self) -> torch.Tensor:
         return self.lam if self.clip is None else self.lam.clamp(max=self.clip)
 
-    def threshold(self) -> float:
-        """The λ the converted neuron uses: min(λ, clip)."""
+    def lambda_value(self) -> float:
+        """λ as a number, the scale the converted neuron's spikes carry: min(λ, clip).  (The
+        neuron's threshold θ is in units of this λ: see :class:`~ann2snn.neurons.ScaledNeuron`.)"""
         return float(self.effective_lambda().detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

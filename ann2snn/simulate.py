@@ -5,7 +5,7 @@ Schedule (the original's): the analog image is fed for ``t`` drive steps, then z
 the cumulative output after every step of one run, so every per-step figure of a run comes from
 one pass (see :mod:`ann2snn.metrics` for what those figures mean and how they are averaged).
 
-Accuracy tables (rows t, columns t + e, SPEC §6) share work: rows whose neurons have the same
+Accuracy tables (rows t, columns t + e: the original toolkit's table) share work: rows whose neurons have the same
 threshold (1) share a trunk pass; after step t the state is snapshotted, the row's extra steps
 run with cap = t from the snapshot, and the trunk resumes.  A T × E table then costs T + T·E
 steps instead of Σ(t + E) for one pass per row.  Rows with level-matched thresholds (t/L under
@@ -35,6 +35,7 @@ from torch import nn
 
 from ann2snn._checks import check_int, check_module, check_rows, describe
 from ann2snn.neurons import ScaledNeuron, bits_per_step, check_spike_levels
+from ann2snn.presets import AS_TRAINED
 
 log = logging.getLogger("ann2snn")
 
@@ -133,8 +134,10 @@ def logits_of(out: Any) -> torch.Tensor:
 
 class Simulator:
     """Steps a :class:`~ann2snn.convert.SpikingNetwork` (or a
-    :class:`~ann2snn.models.direct.DirectNetwork`: anything with ``net``, ``clock``, ``options``
-    and ``neurons()``), owning its clock, neuron parameters and resets."""
+    :class:`~ann2snn.models.direct.DirectNetwork`: anything with ``net``, ``clock`` and
+    ``neurons()``), owning its clock, neuron parameters and resets.  The network's ``preset``
+    (:mod:`ann2snn.presets`; none for a directly trained SNN: :data:`~ann2snn.presets.AS_TRAINED`)
+    sets each neuron's threshold and cap for a run of t steps."""
 
     def __init__(self, snn: nn.Module, spike_levels: int | None = None):
         check_module("Simulator", "snn", snn, "a converted network: ann2snn.convert(model)")
@@ -143,6 +146,7 @@ class Simulator:
                             f"got a {type(snn).__name__}, which has no clock or neurons(). Convert the ANN first: "
                             "Simulator(ann2snn.convert(model)).")
         self.snn = snn.eval()
+        self.preset = getattr(snn, "preset", None) or AS_TRAINED
         self.neurons = snn.neurons()
         self.memory_modules = [m for m in snn.modules() if isinstance(m, base.MemoryModule)]
         self.spike_levels = getattr(snn, "spike_levels", 1) if spike_levels is None else spike_levels
@@ -168,9 +172,7 @@ class Simulator:
     # -- neuron parameters for a row t ---------------------------------------------------------
     def neuron_params(self, neuron, t: int) -> tuple[float, float]:
         """(threshold in units of λ, cap) of ``neuron`` for t drive steps."""
-        if self.snn.options.level_matched and neuron.levels:
-            return t / neuron.levels, float(neuron.levels)
-        return 1.0, float(t)
+        return self.preset.neuron_params(neuron, t)
 
     def configure(self, t: int, cap_active: bool = True) -> None:
         for nrn in self.neurons:

@@ -27,9 +27,9 @@ def write_marked(name: str, md: str, path: Path = RESULTS) -> None:
 def load_run(ckpt: Path, test_subset: int):
     """(config, model in eval mode, test loader) of a trained checkpoint, on its first ``test_subset``
     test images; the config is the one stored with the checkpoint."""
-    from ann2snn.checkpoint import checkpoint_config, load_checkpoint
-    from ann2snn.cli import load_trained
-    from ann2snn.config import load_config
+    from ann2snn.app.checkpoint import checkpoint_config, load_checkpoint
+    from ann2snn.app.cli import load_trained
+    from ann2snn.app.config import load_config
 
     stored = checkpoint_config(load_checkpoint(ckpt), ckpt)
     cfg = load_config(None, {**stored.to_dict(), "test_subset": test_subset})

@@ -36,7 +36,7 @@ STEPS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def train_all(runs: Path, args) -> dict[str, Path]:
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     base = ["-c", str(ROOT / "configs" / "vgg16_fashion_mnist.yml"), "--use_maxpool", "false",
             "--train_subset", str(args.train_subset), "--test_subset", str(args.test_subset),
@@ -83,7 +83,7 @@ def spikingjelly_curve(relu, calib, loader, mode: str) -> tuple[dict[int, float]
 
 
 def ann2snn_curves(model, cfg, loader) -> dict[str, dict[int, float]]:
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.pipeline import simulator_for
     from ann2snn.metrics import evaluate_table
 
     out = {}
@@ -195,7 +195,7 @@ def main() -> int:
 
     cfg_relu, relu, loader = load(ckpts["relu"], args.test_subset)
     res["ann"]["relu"] = evaluate_ann(relu, loader)["top1"]
-    from ann2snn.distributed import build_loaders
+    from ann2snn.app.distributed import build_loaders
 
     calib = [b for _, b in zip(range(args.calib_batches), build_loaders(cfg_relu)[0])]
     sj_snn = None

@@ -41,13 +41,13 @@ import statistics
 
 import torch
 
-import ann2snn.train as train_mod
-from ann2snn.cli import load_trained
-from ann2snn.config import load_config
+import ann2snn.app.train as train_mod
+from ann2snn.app.cli import load_trained
+from ann2snn.app.config import load_config
 from ann2snn.models import model_kind
 from ann2snn.energy import measure_energy
 from ann2snn.metrics import evaluate_ann
-from ann2snn.convert import simulator_for
+from ann2snn.app.pipeline import simulator_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # name: (config, how it is trained, SNN time steps to report)

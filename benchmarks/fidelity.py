@@ -1,6 +1,6 @@
 """Conversion fidelity: how closely, and how fast, each preset's SNN reaches its ANN.
 
-For every attention variant (softmax, softmax_seed, ssa) this trains the given config (or reuses
+For every attention variant (softmax, query_softmax, ssa) this trains the given config (or reuses
 a checkpoint already in --runs), converts it under every preset (exact, rate, seed) and computes
 the t × (t + extra_t) accuracy table, then summarises per preset: the ANN's top-1, the SNN's
 top-1 at t = L, 2L, 4L (extra_t = 0), the smallest evaluated t at which the SNN is within 0.1
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from ann2snn.cli import load_trained, parse_range
-from ann2snn.config import load_config
-from ann2snn.report import table_markdown, write_table
+from ann2snn.app.cli import load_trained, parse_range
+from ann2snn.app.config import load_config
+from ann2snn.app.report import table_markdown, write_table
 from ann2snn.metrics import evaluate_ann, evaluate_table
-from ann2snn.convert import simulator_for
-from ann2snn.train import train
+from ann2snn.app.pipeline import simulator_for
+from ann2snn.app.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 START, END = "<!-- fidelity:start -->", "<!-- fidelity:end -->"
@@ -71,8 +71,8 @@ def _fmt(v) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-c", "--config", default="configs/fashion_mnist.yml")
-    ap.add_argument("--attn", nargs="+", default=["softmax", "softmax_seed", "ssa"])
-    ap.add_argument("--presets", nargs="+", default=["exact", "rate", "seed"])
+    ap.add_argument("--attn", nargs="+", default=["softmax", "query_softmax", "ssa"])
+    ap.add_argument("--presets", nargs="+", default=["exact", "rate", "per_step"])
     ap.add_argument("--rows", default="1-8,12,16", help="table rows t")
     ap.add_argument("--extra", type=int, default=4, help="extra steps per row (columns t..t+extra)")
     ap.add_argument("--test_subset", type=int, default=2000)
@@ -98,7 +98,7 @@ def main() -> int:
         ann = evaluate_ann(model, loader)
         presets = list(args.presets)
         if args.also_cached:
-            presets += [p for p in ("exact", "rate", "seed") if p not in presets
+            presets += [p for p in ("exact", "rate", "per_step") if p not in presets
                         and _cached(runs / attn / f"table-{p}" / "table.json", rows, args.extra, ann["n"])]
         for preset in presets:
             cfg.preset = preset

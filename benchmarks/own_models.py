@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def part_verify(levels: int = 4) -> list[dict]:
     import ann2snn
     from ann2snn._compat import import_torchvision
-    from ann2snn.convert import verify
+    from ann2snn.verify import verify
     from conftest import randomize_bn, randomize_lambdas
 
     tv = import_torchvision()
@@ -64,7 +64,7 @@ def part_verify(levels: int = 4) -> list[dict]:
 
 
 def part_table(runs: Path, args) -> dict:
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     base = ["-c", str(ROOT / "configs" / "fashion_mnist.yml"), "--model", f"torchvision:{args.model}",
             "--train_subset", str(args.train_subset), "--test_subset", str(args.test_subset), "--bs", "64",
@@ -101,8 +101,8 @@ def part_table(runs: Path, args) -> dict:
     timing["table_s"] = json.loads(cached.read_text()).get("timing", {}).get("table_s", time.perf_counter() - t0)
     relu_log = (relu / "log.csv").read_text().strip().splitlines()
     from ann2snn import convert, verify
-    from ann2snn.checkpoint import checkpoint_config, load_checkpoint
-    from ann2snn.cli import load_trained
+    from ann2snn.app.checkpoint import checkpoint_config, load_checkpoint
+    from ann2snn.app.cli import load_trained
 
     model, loader, _ = load_trained(checkpoint_config(load_checkpoint(ckpt), ckpt), ckpt)
     x, _ = next(iter(loader))

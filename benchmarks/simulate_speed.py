@@ -136,7 +136,7 @@ def spike_rate(sim: Simulator, x: torch.Tensor, t: int) -> float:
 def bench(args) -> dict:
     torch.set_num_threads(args.threads)
     model, x = build_model(args)
-    sims = {p: Simulator(convert(model, p)) for p in ("exact", "seed")}
+    sims = {p: Simulator(convert(model, p)) for p in ("exact", "per_step")}
     res: dict = {"args": vars(args)}
     for sim in sims.values():  # drive steps of row t, from a reset state
         sim.configure(args.t)
@@ -182,7 +182,7 @@ def profile(args) -> None:
 
     torch.set_num_threads(args.threads)
     model, x = build_model(args)
-    sims = {p: Simulator(convert(model, p)) for p in ("exact", "seed")}
+    sims = {p: Simulator(convert(model, p)) for p in ("exact", "per_step")}
     for sim in sims.values():
         sim.configure(args.t)
         sim.reset()
@@ -236,12 +236,12 @@ def markdown(res: dict, command: str) -> str:
         "|---|---|---|---|",
         f"| ANN forward (eval, no_grad) | {ms(res['ann_s'])} | 1.00 | |",
     ]
-    for p in ("exact", "seed"):
+    for p in ("exact", "per_step"):
         lines.append(f"| SNN step, preset {p} | {ms(res[f'step_{p}_s'])} | "
                      f"{res[f'step_{p}_s'] / res['ann_s']:.2f} | {res[f'rate_{p}']:.3f} |")
     lines += ["", f"(b) table rows: branching (`run_rows`) vs cell by cell (one `run` per cell) (target ≥ 3× for the row)",
               "", "| preset | what | cell by cell | run_rows | speed-up | step evaluations |", "|---|---|---|---|---|---|"]
-    for p in ("exact", "seed"):
+    for p in ("exact", "per_step"):
         row_steps = f"{t + E} vs {sum(t + e for e in range(E + 1))}"
         lines.append(f"| {p} | row t = {t}, extra 0–{E} | {ms(res[f'row_cells_{p}_s'])} | "
                      f"{ms(res[f'row_branch_{p}_s'])} | {res[f'row_cells_{p}_s'] / res[f'row_branch_{p}_s']:.2f}× | "

@@ -37,7 +37,7 @@ TOL = 1e-4
 
 
 def train(runs: Path, attn: str) -> Path:
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     run = runs / attn
     if not (run / "best_model.pt").is_file():
@@ -52,7 +52,7 @@ load = load_run
 
 
 def frontier_of(ckpt: Path, args, levels: list[int] | None = None, rows: list[int] | None = None) -> dict:
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.pipeline import simulator_for
     from ann2snn.frontier import frontier
 
     cfg, model, loader = load(ckpt, args.test_subset)
@@ -71,7 +71,8 @@ def frontier_of(ckpt: Path, args, levels: list[int] | None = None, rows: list[in
 @torch.no_grad()
 def lag(model, x, t: int, m: int, max_steps: int = 64) -> dict:
     """Steps until the output mean stays within tolerance of the quantized ANN, and verify's settle steps."""
-    from ann2snn.convert import convert, verify
+    from ann2snn.convert import convert
+    from ann2snn.verify import verify
     from ann2snn.simulate import Simulator
 
     q, x = copy.deepcopy(model).double(), x.double()
@@ -87,8 +88,8 @@ def lag(model, x, t: int, m: int, max_steps: int = 64) -> dict:
 
 
 def pipeline_lag(args) -> list[dict]:
-    from ann2snn.config import load_config
-    from ann2snn.distributed import build_loaders
+    from ann2snn.app.config import load_config
+    from ann2snn.app.distributed import build_loaders
     from ann2snn.models import create_model
     from ann2snn.quant import calibrate_lambdas, quantize
 
@@ -152,7 +153,7 @@ def _point(fr, m, T):
 
 
 def goals(fr: dict) -> list[str]:
-    from ann2snn.report import fewest_steps
+    from ann2snn.app.report import fewest_steps
 
     L = fr["L"]
     out = []
@@ -211,8 +212,8 @@ def publish(res: dict, runs: Path, args) -> int:
 
 
 def save_frontier(fr: dict, folder: Path) -> None:
-    from ann2snn.plots import plot_frontier
-    from ann2snn.report import write_frontier
+    from ann2snn.app.plots import plot_frontier
+    from ann2snn.app.report import write_frontier
 
     write_frontier(folder, fr, echo=False)
     plot_frontier(fr, folder / "frontier.png")

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(runs: Path, args, placement: str) -> Path:
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     run = runs / ("vit" if placement == "qkv" else f"vit_{placement}")
     if not (run / "best_model.pt").is_file():
@@ -189,7 +189,7 @@ def spikingjelly_rows(q, loader, steps: int) -> tuple[list, list[str]]:
 
 # ------------------------------------------------------------------------------ ann2snn
 def ann2snn_rows(model, cfg, loader, steps: int, extra: int) -> tuple[list, dict]:
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.pipeline import simulator_for
     from ann2snn.metrics import evaluate_table
 
     sim = simulator_for(model, cfg)
@@ -204,7 +204,7 @@ def ann2snn_rows(model, cfg, loader, steps: int, extra: int) -> tuple[list, dict
 
 
 def energy_points(model, cfg, loader, batches: int) -> dict:
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.pipeline import simulator_for
     from ann2snn.energy import measure_energy
 
     out = {}
@@ -219,7 +219,8 @@ def energy_points(model, cfg, loader, batches: int) -> dict:
 
 
 def verify_batch(model, cfg, loader) -> dict:
-    from ann2snn.convert import convert, verify
+    from ann2snn.convert import convert
+    from ann2snn.verify import verify
 
     x, _ = next(iter(loader))
     r = verify(model, convert(model, cfg.preset), x[:64], t=cfg.l)
@@ -302,7 +303,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     runs = Path(args.runs)
     from ann2snn.metrics import evaluate_ann
-    from ann2snn.report import write_table
+    from ann2snn.app.report import write_table
 
     res = {"steps": args.steps, "placements": {}}
     for placement in args.placements.split(","):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ann2snn
-from ann2snn.distributed import build_loaders
+from ann2snn.app.distributed import build_loaders
 
 
 class SmallCNN(nn.Module):

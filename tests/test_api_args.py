@@ -25,8 +25,8 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 import ann2snn
-from ann2snn.config import ConfigError, load_config
-from ann2snn.data import DataInfo
+from ann2snn.app.config import ConfigError, load_config
+from ann2snn.app.data import DataInfo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bad_input import assert_user_error, offline, run_cli  # noqa: E402,F401  (offline: autouse fixture)
@@ -173,7 +173,7 @@ MEMORY_LIMIT_GB = 8
 LIMITED = f"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT_GB} << 30, {MEMORY_LIMIT_GB} << 30))
-from ann2snn import cli
+from ann2snn.app import cli
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -196,7 +196,7 @@ def test_a_model_too_large_for_memory_is_refused_before_it_is_built(size, tmp_pa
 
 def test_memory_estimate_rule(monkeypatch):
     """4 × the parameter bytes + the buffers, against the host's memory (CPU training)."""
-    from ann2snn import preflight
+    from ann2snn.app import preflight
 
     model = nn.Sequential(nn.Linear(1000, 1000), nn.BatchNorm1d(1000))  # 1 003 000 parameters, 2 001 buffers
     need = 4 * (1000 * 1000 + 1000 + 2000) * 4 + (2000 + 1) * 4 + 4  # num_batches_tracked is an int64
@@ -211,7 +211,7 @@ def test_memory_estimate_rule(monkeypatch):
 def test_memory_on_cuda_is_the_gpus_free_memory(monkeypatch):
     """On CUDA the GPU holds the 4× footprint and the host the weights once (built there first).
     The GPU's figure is faked here, so the rule is checked on machines without one."""
-    from ann2snn import preflight
+    from ann2snn.app import preflight
 
     model = nn.Linear(1000, 1000)  # 1 001 000 parameters: 4.004 MB, 16.016 MB for training
     monkeypatch.setattr(preflight, "host_memory", lambda: (5_000_000, "test memory"))
@@ -228,7 +228,7 @@ def test_memory_on_cuda_is_the_gpus_free_memory(monkeypatch):
 
 def test_host_memory_sees_the_address_space_limit():
     code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)); "
-            "from ann2snn import preflight; print(*preflight.host_memory(), sep='|')")
+            "from ann2snn.app import preflight; print(*preflight.host_memory(), sep='|')")
     out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                          capture_output=True, text=True, timeout=120).stdout
     have, where = out.strip().splitlines()[-1].split("|")
@@ -237,7 +237,7 @@ def test_host_memory_sees_the_address_space_limit():
 
 def test_building_moves_no_random_stream():
     """A seeded run draws the same weights as without the meta build and dry forward pass."""
-    from ann2snn.train import build_model, seed_all
+    from ann2snn.app.train import build_model, seed_all
 
     cfg = load_config(ROOT / "configs" / "digits.yml", {"dim": 16, "num_heads": 2, "device": "cpu"})
     info = DataInfo("digits", 10, 1, 8, (0.0,), (1.0,))
@@ -268,7 +268,7 @@ def test_a_model_too_deep_for_small_images_is_refused_before_training(name, leas
 def test_input_check_confirms_a_meta_failure_on_the_real_model():
     """A model the meta device cannot run (``.item()``) is checked on a copy of the real model:
     accepted when it runs, refused when it does not; the model's mode is kept."""
-    from ann2snn import preflight
+    from ann2snn.app import preflight
 
     class Reads(nn.Module):
         def __init__(self, least: int):

@@ -22,10 +22,10 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ann2snn import cli, data
-from ann2snn.config import FIELD_NAMES, WIDTH_MODELS, Config
-from ann2snn.convert import PRESETS
-from ann2snn.data import DataError
+from ann2snn.app import cli, data
+from ann2snn.app.config import FIELD_NAMES, WIDTH_MODELS, Config
+from ann2snn.presets import PRESETS
+from ann2snn.app.data import DataError
 from ann2snn.models import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,9 +154,9 @@ def test_bad_train_arguments(capsys, tmp_path, extra, words):
 def test_mlp_ratio_is_checked_against_the_hidden_size_the_models_build(model):
     """validate() accepts an mlp_ratio exactly when int(dim * mlp_ratio) >= 1, the MLP width every
     model builds; the smallest accepted one trains a step (no zero-width layer)."""
-    from ann2snn.config import ConfigError
-    from ann2snn.data import DataInfo
-    from ann2snn.train import build_model
+    from ann2snn.app.config import ConfigError
+    from ann2snn.app.data import DataInfo
+    from ann2snn.app.train import build_model
 
     for ratio in (1 / 16 * (1 - 1e-9), 1e-300):
         with pytest.raises(ConfigError, match="too small for dim 16"):
@@ -267,7 +267,7 @@ def test_nan_loss_leaves_no_run_behind(capsys, checkpoints, tmp_path):
 
 def _record_saves(monkeypatch) -> list[tuple[str, int]]:
     """(file name, epoch) of every checkpoint training writes; each must hold finite weights."""
-    import ann2snn.train as train_mod
+    import ann2snn.app.train as train_mod
 
     saves, real = [], train_mod.atomic_save
 
@@ -283,7 +283,7 @@ def _record_saves(monkeypatch) -> list[tuple[str, int]]:
 def _poison_eval(monkeypatch, epoch: int, how: str) -> None:
     """Make the test evaluation of ``epoch`` (counted in this process) come out non-finite:
     its loss NaN or inf, or (``weights``) a weight inf while the loss is still finite."""
-    import ann2snn.train as train_mod
+    import ann2snn.app.train as train_mod
 
     real, calls = train_mod.evaluate_ann, []
 
@@ -345,7 +345,7 @@ def test_nan_in_a_resumed_run_keeps_its_checkpoints(capsys, checkpoints, tmp_pat
     """A --resume of a run with good checkpoints: they are kept (the ones of this invocation's
     finite epochs too), nothing of the NaN epoch is written, and LATEST still names the run's
     finite best_model.pt."""
-    import ann2snn.train as train_mod
+    import ann2snn.app.train as train_mod
 
     run, args = tmp_path / "run", ["train", "-c", checkpoints["tiny_cfg"], "--epochs", "3", "--out_root", tmp_path]
     real = train_mod.evaluate_ann
@@ -381,7 +381,7 @@ def test_a_diverged_run_in_a_users_folder_loses_only_what_it_wrote(tmp_path):
     """rundir level: `--out` at a folder of the user's.  The checkpoints this run wrote go, the
     user's files stay (and, as for any failed run there, config.yaml/log.csv), LATEST goes back;
     a run that had checkpoints before keeps them."""
-    from ann2snn import rundir
+    from ann2snn.app import rundir
 
     class Diverged(Exception):
         pass
@@ -448,7 +448,7 @@ SMALL = {
     "lambda_init": st.floats(0.5, 8.0), "label_smoothing": st.floats(0, 0.3), "mixup": st.floats(0, 0.5),
     "data": st.sampled_from(["digits", "Digits", "fashion_mnist", "cifar10", "cifar100", "mnist"]),
     "model": st.sampled_from(list_models() + ["vit", ""]), "preset": st.sampled_from(sorted(PRESETS)),
-    "attn": st.sampled_from(["softmax", "softmax_seed", "ssa", "linear"]), "id": DIGITLESS,
+    "attn": st.sampled_from(["softmax", "query_softmax", "ssa", "linear"]), "id": DIGITLESS,
     "action": st.sampled_from(["train", "test", "eval"]), "mode": st.sampled_from(["ann", "snn", "both"]),
     "device": st.sampled_from(["cpu", "auto", "cuda", "cuda:7", "tpu"]),
 }
@@ -517,7 +517,7 @@ _counter = itertools.count()
 @pytest.fixture
 def fast_plots(monkeypatch):
     """Plots are drawn but not rasterized to PNG (1-2 s per convert on a loaded 2-core box)."""
-    from ann2snn import plots
+    from ann2snn.app import plots
 
     monkeypatch.setattr(plots, "_save", lambda fig, path: Path(path))
 

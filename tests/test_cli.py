@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from ann2snn.cli import main
-from ann2snn.config import FIELD_NAMES, load_config
+from ann2snn.app.cli import main
+from ann2snn.app.config import FIELD_NAMES, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "configs" / "digits.yml"
@@ -94,7 +94,7 @@ def test_convert_extra_steps_lengthen_lists(trained, capsys):
                                      "--json", out_json, "--out_root", trained])
     assert rc == 0, err
     snn = json.loads(out_json.read_text())["snn"]
-    assert (snn["t"], snn["extra_t"], snn["preset"]) == (2, 2, "seed")
+    assert (snn["t"], snn["extra_t"], snn["preset"]) == (2, 2, "per_step")  # the old name "seed" still works
     w = snn["within_run"]
     assert len(w["top1"]) == len(w["top5"]) == len(w["loss"]) == 4
     assert snn["k_step"]["total_steps"] == [3, 4] and snn["k_step_is_prefix"] is True
@@ -154,7 +154,7 @@ def test_per_step_loss_is_the_cross_entropy_of_the_prefix_mean():
     from ann2snn.convert import SpikingNetwork
     from ann2snn.metrics import evaluate
     from ann2snn.neurons import Clock
-    from ann2snn.convert import PRESETS
+    from ann2snn.presets import PRESETS
     from ann2snn.simulate import Simulator
 
     class Const(nn.Module):  # emits the same logits on drive steps, zeros on extra steps

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.cli import main
-from ann2snn.config import load_config
+from ann2snn.app.cli import main
+from ann2snn.app.config import load_config
 from ann2snn.models import create_model, list_models
 from ann2snn.quant import QCFS
 from conftest import randomize_bn, randomize_lambdas
@@ -77,7 +77,7 @@ def test_sgd_recipe_trains_a_cnn_through_the_cli(tmp_path, capsys):
 
 
 def test_width_is_refused_for_models_without_channels():
-    from ann2snn.config import ConfigError
+    from ann2snn.app.config import ConfigError
 
     with pytest.raises(ConfigError, match="width applies to the CNNs"):
         load_config(None, {"model": "transformer", "width": 0.5})

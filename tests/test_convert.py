@@ -1,4 +1,4 @@
-"""Conversion passes and the simulator (SPEC §6, §7): BN folding, exact convergence of the
+"""Conversion passes and the simulator: BN folding, exact convergence of the
 level-matched preset on a network without attention, table branching vs independent passes, and
 what a converted model may still contain."""
 from __future__ import annotations
@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from ann2snn.convert import PRESETS, convert, fold_bn
+from ann2snn.convert import convert
+from ann2snn.graph import classify, trace
+from ann2snn.neurons import Clock
+from ann2snn.passes import fold_batchnorms
+from ann2snn.presets import PRESETS
+from ann2snn.quant import trace_leaves
 from ann2snn.quant import quantize
 from ann2snn.layers import MatMul
 from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
@@ -19,6 +24,17 @@ from conftest import randomize_bn, randomize_lambdas, small_transformer
 
 
 # ------------------------------------------------------------------------ BN folding
+def fold_bn(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The traced model with every BatchNorm folded (the pass the graph presets run), and the
+    BatchNorms folded."""
+    gm = trace(model, trace_leaves())
+    report: dict[str, list[str]] = {}
+    fold_batchnorms(gm, classify(gm), Clock(), False, report)
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, report["fold_bn"]
+
+
 @pytest.mark.parametrize("levels", [None, 4])
 def test_fold_bn_preserves_outputs(levels):
     """Folding is the same affine map: outputs agree to float rounding (rtol 1e-4, atol 1e-5).
@@ -28,8 +44,7 @@ def test_fold_bn_preserves_outputs(levels):
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x)
-        folded = copy.deepcopy(model)
-        names = fold_bn(folded)
+        folded, names = fold_bn(copy.deepcopy(model))
         out = folded(x)
     n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert len(names) == n_bn and n_bn == 5 + 4 + 2  # embed 4 + rpe, q/k/v/proj, fc1/fc2 (depth 1)
@@ -46,9 +61,10 @@ def test_fold_bn_sequential_pairs_and_bias_creation():
     seq.eval()
     x = torch.randn(4, 2, 4, 4)
     ref = seq(x).detach()
-    assert fold_bn(seq) == ["1", "5"]
-    assert seq[0].bias is not None  # bias created for the bias-free conv
-    torch.testing.assert_close(seq(x), ref, rtol=1e-4, atol=1e-5)
+    folded, names = fold_bn(seq)
+    assert names == ["1", "5"]
+    assert folded.get_submodule("0").bias is not None  # bias created for the bias-free conv
+    torch.testing.assert_close(folded(x), ref, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------ exact convergence
@@ -103,7 +119,7 @@ def test_exact_preset_converges_to_quantized_ann(t):
 
 
 def test_rate_preset_is_t_level_qcfs_not_the_ann():
-    """SPEC §7's pitfall: with threshold 1 and cap t the average over t = 2L steps is QCFS with 2L
+    """Bu et al.'s pitfall (ICLR 2022): with threshold 1 and cap t the average over t = 2L steps is QCFS with 2L
     levels, so the rate preset does NOT reproduce the L-level ANN, while it does reproduce the same
     network re-quantized to 2L levels (after settling)."""
     ann = mlp_qcfs()
@@ -133,7 +149,7 @@ def test_convert_leaves_ann_untouched_and_needs_qcfs():
 
 
 # ------------------------------------------------------------------------ table branching
-@pytest.mark.parametrize("preset", ["seed", "rate", "exact"])
+@pytest.mark.parametrize("preset", ["per_step", "rate", "exact"])
 def test_run_rows_equals_independent_runs(preset, qcfs_transformer):
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     sim = Simulator(convert(qcfs_transformer, preset))
@@ -186,7 +202,7 @@ def test_converted_model_contents(preset, qcfs_transformer):
         assert DriveGate in k
         assert not any(isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(p, DriveGate)
                        for p in snn.modules() for m in p.children())
-    else:  # seed: BN kept (its shift is injected every step), per-step softmax and products
+    else:  # per_step: BN kept (its shift is injected every step), per-step softmax and products
         assert nn.BatchNorm1d in k and nn.BatchNorm2d in k
         assert nn.Softmax in k and MatMul in k
         assert DriveGate not in k and ECSoftmax not in k and SpikeMatMul not in k

@@ -1,4 +1,4 @@
-"""Tests for ann2snn.data: the digits split, CIFAR / Fashion-MNIST readers on synthetic files,
+"""Tests for ann2snn.app.data: the digits split, CIFAR / Fashion-MNIST readers on synthetic files,
 helpful errors and Cutout (the samplers are tested in test_distributed.py)."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ann2snn import data
-from ann2snn.config import Config
-from ann2snn.data import DataError, build_datasets
-from ann2snn.distributed import build_loaders
+from ann2snn.app import data
+from ann2snn.app.config import Config
+from ann2snn.app.data import DataError, build_datasets
+from ann2snn.app.distributed import build_loaders
 
 
 def make_cfg(**kw) -> Config:

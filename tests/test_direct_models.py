@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import base, functional
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ann2snn.config import Config, ConfigError
+from ann2snn.app.config import Config, ConfigError
 from ann2snn.models import create_model, list_models, model_kind
 from ann2snn.models.sdt import SDSA, spike_mask
 from ann2snn.models.spikformer import token_last_state_dict
 from ann2snn.models.direct import DirectNetwork
-from ann2snn.convert import simulator_for
+from ann2snn.app.pipeline import simulator_for
 from ann2snn.simulate import Simulator
-from ann2snn.train import _train_one_epoch, build_scheduler, mixup_batch
+from ann2snn.app.train import _train_one_epoch, build_scheduler, mixup_batch
 
 SMALL = dict(dim=16, num_heads=2, depth=1, mlp_ratio=2, in_channels=1, img_size=8, num_classes=5)
 VARIANTS = [("spikformer", {}), ("spikformer", {"ssa_form": "token_last"}), ("sdt", {})]
@@ -239,7 +239,7 @@ def test_simulator_steps_the_model_as_trained(name, kw):
 
 @pytest.mark.parametrize("config_name", ["spikformer_digits.yml", "sdt_digits.yml"])
 def test_cli_trains_and_convert_prints_accuracy_per_step(tmp_path, capsys, config_name):
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     small = ["--dim", "16", "--num_heads", "2", "--epochs", "1", "--warmup_epochs", "0", "--train_subset", "64",
              "--test_subset", "48", "--t", "2", "--out_root", str(tmp_path)]

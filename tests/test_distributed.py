@@ -21,9 +21,10 @@ import pytest
 import torch
 from torch import nn
 
-from ann2snn import cli, distributed
-from ann2snn.config import ConfigError, load_config
-from ann2snn.distributed import BatchShardSampler, Context
+from ann2snn.app import cli, distributed
+from ann2snn.app.config import ConfigError, load_config
+from ann2snn.app.distributed import Context
+from ann2snn.shards import BatchShardSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yml")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ann2snn.cli import build_parser
-from ann2snn.config import FIELD_NAMES
+from ann2snn.app.cli import build_parser
+from ann2snn.app.config import FIELD_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

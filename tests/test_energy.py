@@ -1,6 +1,6 @@
 """Energy accounting against numbers computed by hand: FLOPs (torch's counter), SOPs, the counting
 rules for products (events of the driving operand × fan-out), the firing rate of a constant-driven
-neuron (SPEC §2), effective latency, the ``energy`` / ``convert --energy`` commands end to end, and
+neuron, effective latency, the ``energy`` / ``convert --energy`` commands end to end, and
 directly trained models (LIF rates against spikingjelly's monitor, Spikformer's SSA products)."""
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from ann2snn.convert import PRESETS, SpikingNetwork, convert
+from ann2snn.convert import SpikingNetwork, convert
+from ann2snn.presets import PRESETS
 from ann2snn.energy import (CONSTANTS, NONLINEAR_MACS, RUNNING_RULE_MACS, EnergyMeter, count_flops, measure_energy,
                             nonlinear_macs, resolve_constants)
 from ann2snn.metrics import effective_latency, settle_steps
-from ann2snn.report import format_energy_table, write_energy_csv, write_energy_json
+from ann2snn.app.report import format_energy_table, write_energy_csv, write_energy_json
 from ann2snn.layers import MatMul
 from ann2snn.neurons import Clock, RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul
 from ann2snn.simulate import Simulator
@@ -241,7 +242,7 @@ def test_products_count_events_of_the_driving_operand_times_fan_out(product, ana
 @pytest.mark.parametrize("t", [4, 8])
 @pytest.mark.parametrize("z", [-0.3, 0.0, 0.1, 0.3, 0.5, 0.74, 1.0, 1.5])
 def test_firing_rate_of_constant_input_follows_spec_2(t, z):
-    """SPEC §2: constant input z (units of λ), v_neg = 0, cap ≥ T ⇒ count clamp(floor(T·z + ½), 0, T)."""
+    """The neuron's definition: constant input z (units of λ), v_neg = 0, cap ≥ T ⇒ count clamp(floor(T·z + ½), 0, T)."""
     lam = 2.0
     sim = spiking(nn.Sequential(ScaledNeuron(lam)))
     with EnergyMeter.for_simulator(sim) as meter:
@@ -364,7 +365,7 @@ def test_constants_presets_and_custom():
 # ------------------------------------------------------------------------------ command line
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     root = tmp_path_factory.mktemp("energy")
     rc = main(["train", "-c", str(REPO / "configs" / "digits.yml"), "--out_root", str(root), "--id", "tiny",
@@ -375,7 +376,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_energy_command_prints_table_and_writes_files(tiny_run, capsys):
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     rc = main(["energy", "--out_root", str(tiny_run), "--t", "4", "--json", str(tiny_run / "e.json"),
                "--csv", str(tiny_run / "e.csv"), "--constants", "int8"])
@@ -388,7 +389,7 @@ def test_energy_command_prints_table_and_writes_files(tiny_run, capsys):
 
 
 def test_convert_and_table_leave_the_four_plots(tiny_run, capsys):
-    from ann2snn.cli import main
+    from ann2snn.app.cli import main
 
     assert main(["convert", "--out_root", str(tiny_run), "--t", "4", "--energy"]) == 0
     assert main(["table", "--out_root", str(tiny_run), "--t", "1-2", "--extra-t", "0-1"]) == 0

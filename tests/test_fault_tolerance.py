@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ann2snn import cli, rundir
-from ann2snn.checkpoint import atomic_save, load_checkpoint
-from ann2snn.train import LOG_FIELDS
+from ann2snn.app import cli, rundir
+from ann2snn.app.checkpoint import atomic_save, load_checkpoint
+from ann2snn.app.train import LOG_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yml")
@@ -120,7 +120,7 @@ class _Crash(BaseException):
 
 
 def test_resume_after_a_crash_is_bit_identical(reference, tmp_path, monkeypatch):
-    import ann2snn.train as train_mod
+    import ann2snn.app.train as train_mod
 
     real, calls = train_mod.evaluate_ann, []
 
@@ -158,8 +158,8 @@ def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
 # never signals a reused pid).  Forking saves the ~5 s import per attempt on a loaded 2-core box.
 HELPER = r"""
 import json, os, signal, sys, time
-from ann2snn import cli, data
-from ann2snn.config import load_config
+from ann2snn.app import cli, data
+from ann2snn.app.config import load_config
 
 
 

@@ -26,8 +26,8 @@ import pytest
 import torch
 import yaml
 
-from ann2snn import checkpoint, cli, config, rundir
-from ann2snn.config import FIELD_NAMES, MAX_STEPS, RESUME_SAFE_KEYS, Config, ConfigError
+from ann2snn.app import checkpoint, cli, config, rundir
+from ann2snn.app.config import FIELD_NAMES, MAX_STEPS, RESUME_SAFE_KEYS, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 ANN2SNN = str(ROOT / ".venv" / "bin" / "ann2snn")
@@ -277,7 +277,9 @@ def test_os_errors_no_check_caught_end_in_one_line(capsys, trained, tmp_path, mo
     def unreadable(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", "/some/data/file.bin")
 
-    monkeypatch.setattr(cli, "load_trained", unreadable)
+    from ann2snn.app import pipeline
+
+    monkeypatch.setattr(pipeline, "load_trained", unreadable)
     rc, err = run_cli(capsys, ["run", "-c", write_yaml(tmp_path / "t.yml", {**TINY, "action": "test"}),
                                "--checkpoint", trained["best"]])
     assert_user_error(rc, err, "run", "could not read or write /some/data/file.bin: Permission denied",
@@ -531,7 +533,7 @@ def test_a_second_training_of_a_locked_run_folder_refuses(capsys, trained, tmp_p
 
 SECOND = r"""
 import sys
-from ann2snn import cli
+from ann2snn.app import cli
 print("ready", flush=True)
 sys.stdin.readline()
 sys.exit(cli.main(sys.argv[1:]))

@@ -22,8 +22,9 @@ import pytest
 import torch
 import yaml
 
-from ann2snn import cli, config, graph
-from ann2snn.config import ConfigError, load_config, parse_config_text, read_config_file
+from ann2snn import graph
+from ann2snn.app import cli, config
+from ann2snn.app.config import ConfigError, load_config, parse_config_text, read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
@@ -55,7 +56,7 @@ def run_limited(args: list, timeout: float = 90, stdin: str | None = None) -> tu
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))
-        from ann2snn.cli import main
+        from ann2snn.app.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
     start = time.monotonic()
@@ -98,7 +99,7 @@ def test_alias_bomb_in_a_checkpoints_stored_config(tmp_path):
 
 
 def test_short_repr_is_bounded_and_never_builds_the_whole_repr():
-    from ann2snn.config import short_repr
+    from ann2snn.app.config import short_repr
 
     bomb = yaml.safe_load(alias_bomb(levels=12))  # 9**12 leaves: no repr could ever finish
     huge_dict = {i: [i] * 3 for i in range(200_000)}
@@ -122,7 +123,7 @@ def test_checkpoint_short_uses_the_bounded_repr():
     code = textwrap.dedent(f"""
         import resource, yaml
         resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))
-        from ann2snn.checkpoint import _short
+        from ann2snn.app.checkpoint import _short
         print(_short(yaml.safe_load({alias_bomb()!r})))
     """)
     res = subprocess.run([sys.executable, "-c", code], env=SUB_ENV, capture_output=True, text=True, timeout=90)
@@ -241,7 +242,7 @@ def test_progress_raises_an_interrupt_that_was_swallowed():
 
 FORKED_TRAIN = """
 import json, os, signal, sys, time
-from ann2snn import cli  # imported once: each child starts main with torch loaded, sympy not yet
+from ann2snn.app import cli  # imported once: each child starts main with torch loaded, sympy not yet
 cfg, root = sys.argv[1], sys.argv[2]
 for delay in map(float, sys.argv[3].split(",")):
     r, w = os.pipe()

@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from ann2snn import cli, rundir
-from ann2snn.checkpoint import atomic_save, load_checkpoint
+from ann2snn.app import cli, rundir
+from ann2snn.app.checkpoint import atomic_save, load_checkpoint
 
 from test_bad_input import assert_user_error, offline, run_cli  # noqa: F401  (offline: the autouse fixture)
 from test_faults import TINY, fill, snapshot, tmpfs, write_yaml
@@ -74,7 +74,7 @@ def outside_file(tmp_path: Path) -> Path:
 
 # ============================================================================ the atomic writer
 def test_atomic_write_replaces_a_link_never_its_target(tmp_path):
-    from ann2snn import atomic
+    from ann2snn.app import files as atomic
 
     victim = outside_file(tmp_path)
     link = tmp_path / "table.md"
@@ -87,7 +87,7 @@ def test_atomic_write_replaces_a_link_never_its_target(tmp_path):
 
 
 def test_atomic_write_failure_keeps_the_old_file_and_names_it(tmp_path, monkeypatch):
-    from ann2snn import atomic
+    from ann2snn.app import files as atomic
 
     target = tmp_path / "table.json"
     target.write_text("old\n")
@@ -104,7 +104,7 @@ def test_atomic_write_failure_keeps_the_old_file_and_names_it(tmp_path, monkeypa
 
 def test_atomic_write_into_a_device_writes_in_place(tmp_path):
     """``--json /dev/null`` (or a pipe): written into, not replaced by a regular file."""
-    from ann2snn import atomic
+    from ann2snn.app import files as atomic
 
     atomic.atomic_write_text("/dev/null", "{}\n")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
@@ -228,7 +228,7 @@ def test_a_failed_latest_update_is_named_and_resume_completes_it(capsys, tiny, t
 
 def test_a_kill_between_last_pt_and_best_model_pt_is_completed_by_resume(capsys, tiny, tmp_path, monkeypatch):
     """A kill (here: Ctrl-C) after last.pt was written: best_model.pt of that epoch is written by --resume."""
-    import ann2snn.train as train_mod
+    import ann2snn.app.train as train_mod
 
     real = train_mod.atomic_save
 
@@ -330,8 +330,8 @@ def test_extend_refusals(capsys, tiny, tmp_path):
 def test_extended_schedule_is_the_new_schedule_from_the_resume_point(warmup):
     """After k epochs of an E-epoch run, extended to N: the rates from epoch k + 1 on are those of
     an N-epoch schedule (the rates of epochs 1..k were the E-epoch schedule's)."""
-    from ann2snn.config import Config
-    from ann2snn.train import _extend_schedule, build_optimizer, build_scheduler
+    from ann2snn.app.config import Config
+    from ann2snn.app.train import _extend_schedule, build_optimizer, build_scheduler
 
     def rates(cfg, steps, extend_to=None):
         opt = build_optimizer(torch.nn.Linear(2, 2), cfg)

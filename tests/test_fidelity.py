@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from ann2snn.config import Config
+from ann2snn.app.config import Config
 from ann2snn.convert import convert
 from ann2snn.quant import quantize
 from ann2snn.models import create_model
@@ -54,7 +54,7 @@ def _random_qcfs_transformer(attn: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("attn", ["softmax", "softmax_seed", "ssa"])
+@pytest.mark.parametrize("attn", ["softmax", "query_softmax", "ssa"])
 def test_exact_preset_converges_to_the_quantized_ann(attn):
     model = _random_qcfs_transformer(attn)
     x = torch.randn(16, 1, 8, 8)
@@ -68,7 +68,7 @@ def test_exact_preset_converges_to_the_quantized_ann(attn):
 
 
 def test_rate_preset_is_the_t_level_network_not_the_trained_one():
-    """The pitfall of SPEC §7: threshold 1 and cap t give QCFS with t levels, so the SNN does not
+    """Bu et al.'s pitfall (ICLR 2022): threshold 1 and cap t give QCFS with t levels, so the SNN does not
     settle on the L-level ANN for t = 2L (while the exact preset does, above)."""
     model = _random_qcfs_transformer("softmax")
     x = torch.randn(16, 1, 8, 8)
@@ -101,8 +101,8 @@ def test_converted_softmax_model_keeps_only_the_compensated_softmax():
 
 
 def test_seed_preset_keeps_bn_and_injects_current_on_zero_steps():
-    model = _random_qcfs_transformer("softmax_seed")
-    seed_snn = convert(model, "seed")
+    model = _random_qcfs_transformer("query_softmax")
+    seed_snn = convert(model, "per_step")
     assert any(isinstance(m, nn.BatchNorm1d) for m in seed_snn.modules())
     assert any(isinstance(m, MatMul) for m in seed_snn.modules())
     x = torch.randn(4, 1, 8, 8)
@@ -120,8 +120,8 @@ def test_seed_preset_keeps_bn_and_injects_current_on_zero_steps():
 
 @pytest.fixture(scope="module")
 def trained_digits(tmp_path_factory):
-    from ann2snn.distributed import build_loaders
-    from ann2snn.train import build_model, train
+    from ann2snn.app.distributed import build_loaders
+    from ann2snn.app.train import build_model, train
 
     out = tmp_path_factory.mktemp("digits")
     cfg = Config(data="digits", dim=32, num_heads=2, depth=1, mlp_ratio=2, l=L, epochs=6, bs=64, lr=1e-2,

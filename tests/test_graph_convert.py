@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ann2snn
-from ann2snn.convert import verify
+from ann2snn.verify import verify
 from ann2snn.graph import ConversionError
 from ann2snn.neurons import GatedBatchNorm, SpikeMatMul
 from ann2snn.quant import QCFS, calibrate_lambdas
@@ -77,7 +77,7 @@ def test_mobilenet_relu6_clip_is_respected():
     assert sites and all(m.clip == 6.0 for m in sites)
     with torch.no_grad():
         sites[0].lam.fill_(10.0)
-    assert sites[0].threshold() == 6.0
+    assert sites[0].lambda_value() == 6.0
     with torch.no_grad():
         assert float(sites[0](torch.full((3,), 50.0)).max()) == 6.0
 
@@ -266,7 +266,7 @@ def test_calibration_sets_lambda_to_the_activation_percentile():
     assert not model[1].calibrating  # back to QCFS afterwards
     # quantize(..., calibrate=loader) does the same in one call
     again = ann2snn.quantize(nn.Sequential(lin, nn.ReLU()), 4, calibrate=data, percentile=99.0)
-    assert again[1].threshold() == pytest.approx(expected, rel=1e-6)
+    assert again[1].lambda_value() == pytest.approx(expected, rel=1e-6)
 
 
 # ------------------------------------------------------------------------------ energy on graphs
@@ -284,12 +284,12 @@ def test_energy_counts_layers_after_residual_adds_and_functional_products():
     assert rows["head"]["flops"] == 8 * 10
 
 
-def test_the_seed_preset_refuses_models_it_was_not_written_for():
-    """seed is the original's module replacement, defined for its transformer only: on resnet18 it
+def test_the_per_step_preset_refuses_models_it_was_not_written_for():
+    """per_step (formerly seed) is the original's module replacement, defined for its transformer only: on resnet18 it
     would share one neuron between two call sites, so it refuses instead."""
     q = prepared(_torchvision().models.resnet18(num_classes=10))
-    with pytest.raises(ConversionError, match="seed preset reproduces the original toolkit"):
-        ann2snn.convert(q, "seed")
+    with pytest.raises(ConversionError, match="per_step preset reproduces the original toolkit"):
+        ann2snn.convert(q, "per_step")
 
 
 class PreNormBlock(nn.Module):

@@ -1,4 +1,4 @@
-"""Spiking operators (SPEC §2, §3, §7): hand-computed neuron trajectories, the QCFS-with-T-levels
+"""Spiking operators: hand-computed neuron trajectories, the QCFS-with-T-levels
 property, the exact vs the seed negative-spike rule, max-pool of running sums, and the running-sum
 identities of SpikeMatMul / ECSoftmax.
 
@@ -55,12 +55,12 @@ def test_signed_if_hand_trajectory_exact():
 
 
 def test_signed_if_hand_trajectory_seed():
-    assert run_if(U, rule="seed") == ([1, 1, 0, 0], [0.25, 0.0, -0.75, -0.5], [1, 2, 2, 2])
+    assert run_if(U, rule="lazy") == ([1, 1, 0, 0], [0.25, 0.0, -0.75, -0.5], [1, 2, 2, 2])
 
 
 def test_seed_rule_negative_spike_at_minus_theta():
     # v = 0.5 + 1 − 1 (spike) − 2 = −1.5 ≤ −1 → seed also fires negative: v = −0.5, n = 0
-    assert run_if([1.0, -2.0], rule="seed") == ([1, -1], [0.5, -0.5], [1, 0])
+    assert run_if([1.0, -2.0], rule="lazy") == ([1, -1], [0.5, -0.5], [1, 0])
     # no negative spike without a positive one first (n = 0): v just goes negative
     assert run_if([-3.0, 0.5], rule="exact") == ([0, 0], [-2.5, -2.0], [0, 0])
 
@@ -80,10 +80,15 @@ def test_threshold_other_than_one():
 
 
 def test_bad_neg_rule():
-    with pytest.raises(ValueError):
-        signed_if_step(torch.zeros(1), torch.zeros(1), torch.zeros(1), neg_rule="lazy")
-    with pytest.raises(ValueError):
-        ScaledNeuron(1.0, neg_rule="lazy")
+    with pytest.raises(ValueError, match="neg_rule must be one of"):
+        signed_if_step(torch.zeros(1), torch.zeros(1), torch.zeros(1), neg_rule="sloppy")
+    with pytest.raises(ValueError, match="neg_rule must be one of"):
+        ScaledNeuron(1.0, neg_rule="sloppy")
+
+
+def test_the_old_name_of_the_lazy_rule_still_works():
+    assert ScaledNeuron(1.0, neg_rule="seed").neg_rule == "lazy"
+    assert run_if([1.0, -2.0], rule="seed") == run_if([1.0, -2.0], rule="lazy")
 
 
 def test_scaled_neuron_scales_by_lambda_and_theta():
@@ -124,7 +129,7 @@ def test_reset_net_restores_precharge_and_count():
 
 
 def reference_signed_if_step(v, n, u, theta, cap, rule):
-    """The neuron step written as plainly as SPEC §2 states it (the optimized one must match it
+    """The neuron step written as plainly as its definition states it (the optimized one must match it
     bit for bit)."""
     v = v + u
     pos = (v >= theta) & (n < cap)
@@ -134,7 +139,7 @@ def reference_signed_if_step(v, n, u, theta, cap, rule):
 
 
 @given(seed=st.integers(0, 2**16), theta=st.sampled_from([1.0, 1.25, 5 / 3, 2.0, 0.5, 8 / 3]),
-       cap=st.sampled_from([1.0, 2.0, 4.0, 8.0, math.inf]), rule=st.sampled_from(["exact", "seed"]),
+       cap=st.sampled_from([1.0, 2.0, 4.0, 8.0, math.inf]), rule=st.sampled_from(["exact", "lazy"]),
        steps=st.integers(1, 12))
 def test_signed_if_step_bitwise_equals_reference_and_is_pure(seed, theta, cap, rule, steps):
     g = torch.Generator().manual_seed(seed)
@@ -160,7 +165,7 @@ def test_signed_if_step_broadcasting_falls_back():
     assert s.tolist() == [0.0, -1.0] and v.tolist() == [-0.25, 0.75] and n.tolist() == [0.0, 0.0]
 
 
-# ------------------------------------------------------------------------ SPEC §2 properties
+# ------------------------------------------------------------------------ properties of the neuron
 LAMBDAS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 
 
@@ -216,14 +221,14 @@ def test_seed_rule_misses_rounded_sum():
     # the concrete counterexample of the hand trajectory: Σu = 1 but the seed rule settles at 2
     us = [0.75, 0.75, -0.75, 0.25]
     assert settle(us, math.inf, "exact")[0] == 1
-    n_seed, last, _ = settle(us, math.inf, "seed")
+    n_seed, last, _ = settle(us, math.inf, "lazy")
     assert last == 0 and n_seed == 2
     # and it is not rare: vectorised over random sequences the seed rule misses in a sizable
-    # fraction of cases (SPEC: ~21%; 21.2% with this seed), the exact rule in none
+    # fraction of cases (~21%; 21.2% with this seed), the exact rule in none
     g = torch.Generator().manual_seed(0)
     u = torch.randint(-16, 17, (20, 4000), generator=g) / 16.0  # 4000 sequences of 20 steps
     target = torch.floor(u.sum(0) + 0.5).clamp(min=0)
-    for rule, lo, hi in (("exact", 0.0, 0.0), ("seed", 0.1, 0.35)):
+    for rule, lo, hi in (("exact", 0.0, 0.0), ("lazy", 0.1, 0.35)):
         v, n = torch.full((4000,), 0.5), torch.zeros(4000)
         for step in torch.cat([u, torch.zeros(45, 4000)]):
             _, v, n = signed_if_step(v, n, step, 1.0, math.inf, rule)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ann2snn.cli import main
+from ann2snn.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "digits.yml")

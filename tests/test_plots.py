@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ann2snn import plots
+from ann2snn.app import plots
 from ann2snn.energy import CONSTANTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

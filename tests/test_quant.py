@@ -1,4 +1,4 @@
-"""QCFS (SPEC §1): forward values and gradients against hand-computed numbers, the reference
+"""QCFS (Bu et al., ICLR 2022): forward values and gradients against hand-computed numbers, the reference
 ``qcfs()`` and a naive straight-through implementation written with autograd primitives."""
 from __future__ import annotations
 

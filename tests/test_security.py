@@ -27,9 +27,9 @@ import pytest
 import torch
 import yaml
 
-from ann2snn import checkpoint, data
-from ann2snn.config import Config, ConfigError
-from ann2snn.data import DataError, build_datasets
+from ann2snn.app import checkpoint, data
+from ann2snn.app.config import Config, ConfigError
+from ann2snn.app.data import DataError, build_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
@@ -195,8 +195,8 @@ LIMITED = """
 import resource, sys
 sys.path.insert(0, {root!r})
 import torch  # noqa: F401  (imported before the limit: its mappings are not what is tested)
-from ann2snn import checkpoint, cli, data
-from ann2snn.config import Config
+from ann2snn.app import checkpoint, cli, data
+from ann2snn.app.config import Config
 with open("/proc/self/status") as f:
     used = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (used + {headroom}, used + {headroom}))
@@ -355,7 +355,7 @@ def test_a_checkpoint_declaring_more_than_the_memory_is_refused(tmp_path, monkey
 
 
 def test_available_memory_follows_the_address_space_limit():
-    code = ("import resource, sys; sys.path.insert(0, %r); from ann2snn import data; free = data.available_memory(); "
+    code = ("import resource, sys; sys.path.insert(0, %r); from ann2snn.app import data; free = data.available_memory(); "
             "used = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:')); "
             "resource.setrlimit(resource.RLIMIT_AS, (used + 2**28, used + 2**28)); "
             "print(free > 0, 0 < data.available_memory() <= 2**28)" % str(ROOT))

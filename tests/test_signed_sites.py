@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.config import ConfigError, load_config
+from ann2snn.app.config import ConfigError, load_config
 from ann2snn.energy import measure_energy
 from ann2snn.layers import SignedSite
 from ann2snn.models import create_model

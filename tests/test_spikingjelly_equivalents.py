@@ -42,7 +42,7 @@ def test_scaled_neuron_is_stbif_with_a_threshold_of_lambda_t_over_l(t, levels):
 def test_the_seed_rule_is_not_stbif():
     """The original's lazy negative spike (v ≤ −θ) differs from STBIF's (v < 0)."""
     lam, levels = 1.0, 4
-    seed = ScaledNeuron(lam, levels, "seed", theta=1.0, cap=levels)
+    seed = ScaledNeuron(lam, levels, "lazy", theta=1.0, cap=levels)
     stbif = STBIFNode(q_threshold=lam, level=levels + 1)
     x = torch.tensor([0.8])
     outs = [(seed(u), stbif(u)) for u in (x, torch.tensor([-0.9]))]
@@ -79,7 +79,8 @@ def test_spikingjelly_synop_counter_does_not_see_converted_spikes():
     from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
     from torch import nn
 
-    from ann2snn.convert import PRESETS, SpikingNetwork
+    from ann2snn.convert import SpikingNetwork
+    from ann2snn.presets import PRESETS
     from ann2snn.energy import EnergyMeter
     from ann2snn.simulate import Simulator
 

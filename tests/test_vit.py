@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ann2snn
-from ann2snn.cli import main
+from ann2snn.app.cli import main
 from ann2snn.models import create_model
 from ann2snn.quant import QCFS
 from conftest import randomize_lambdas

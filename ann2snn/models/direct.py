@@ -15,7 +15,6 @@ neurons, ``functional.reset_net`` and ``layer.SeqToANNContainer``.  Tensors over
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import torch
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
@@ -118,7 +117,6 @@ class DirectNetwork(nn.Module):
     def __init__(self, model: DirectSNN):
         super().__init__()
         self.net, self.clock = model.stepwise_copy(), Clock()
-        self.options = SimpleNamespace(level_matched=False)
         self.report: dict[str, list[str]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

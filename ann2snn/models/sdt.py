@@ -1,4 +1,4 @@
-"""Spike-driven Transformer (SDT), trained directly as a spiking network (SPEC §8; seed 004).
+"""Spike-driven Transformer (SDT; Yao et al., NeurIPS 2023), trained directly as a spiking network.
 
 Yao et al., "Spike-driven Transformer", NeurIPS 2023.  Same neurons and time protocol as
 :mod:`ann2snn.models.direct` (multi-step LIF τ = 2, θ = 1, hard reset, detached reset,

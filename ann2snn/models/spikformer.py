@@ -1,4 +1,4 @@
-"""Spikformer, trained directly as a spiking network (SPEC §8; seeds 000–002).
+"""Spikformer (Zhou et al., ICLR 2023), trained directly as a spiking network.
 
 Zhou et al., "Spikformer: When Spiking Neural Network Meets Transformer", ICLR 2023.  Built on
 spikingjelly 2.x (Fang et al., "SpikingJelly", Science Advances 2023): multi-step LIF neurons
@@ -14,7 +14,7 @@ spikingjelly 2.x (Fang et al., "SpikingJelly", Science Advances 2023): multi-ste
 Two layouts of SSA, chosen by ``ssa_form`` (config key ``ssa_form``):
 - ``token_first`` [T, B, N, C] with three Linear layers, as in the paper;
 - ``token_last`` [T, B, C, N] with one fused 1×1 Conv1d producing q, k and v, computed as
-  ``v·kᵀ·q`` (seed 000, spikingjelly's ``SpikingSelfAttention``): (q·kᵀ·v)ᵀ = vᵀ·k·qᵀ.  The d×d
+  ``v·kᵀ·q`` (the original Spikformer code; spikingjelly's ``SpikingSelfAttention``): (q·kᵀ·v)ᵀ = vᵀ·k·qᵀ.  The d×d
   product vᵀ·k makes it linear in the number of tokens.  :func:`token_last_state_dict` maps
   token-first weights onto it; the two compute the same function.
 
@@ -86,7 +86,7 @@ class SSA(nn.Module):
 
 
 class SSATokenLast(nn.Module):
-    """Spiking self-attention, token-last [T, B, C, N] (seed 000): one fused 1×1 Conv1d-BN-LIF
+    """Spiking self-attention, token-last [T, B, C, N] (the original Spikformer code's layout): one fused 1×1 Conv1d-BN-LIF
     for q, k, v and the product in the order v·kᵀ·q."""
 
     def __init__(self, dim: int, num_heads: int):

@@ -1,14 +1,15 @@
-"""The convertible vision transformer of the original toolkit (seed 003; SPEC §4).
+"""The convertible vision transformer of the original toolkit ann2snn grew from.
 
 Embedding after Spikformer's SPS (Zhou et al., ICLR 2023) with an ANN activation, blocks
 ``x = x + Attn(x); x = x + MLP(x)`` without LayerNorm, every Linear/Conv followed by BatchNorm and an
 activation site.  The activation is passed in as a type (ReLU to build, QCFS after the
-``quantize_activations`` pass, ScaledNeuron after conversion); the two products of attention and
+``ann2snn.quantize`` pass, ScaledNeuron after conversion); the two products of attention and
 its softmax are modules (:class:`~ann2snn.layers.MatMul`, ``nn.Softmax``) so that conversion passes can replace them.
 
 Attention variants (config key ``attn``):
 - ``softmax``: softmax over keys, scale 1/sqrt(head_dim) (default);
-- ``softmax_seed``: the original's softmax over the query axis with a fixed scale 0.125;
+- ``query_softmax`` (formerly ``softmax_seed``): the original's softmax over the query axis with a
+  fixed scale 0.125;
 - ``ssa``: softmax-free, q·kᵀ·v·scale followed by an activation site (Spikformer's SSA idea on a
   quantized ANN); scale = 1/(N·sqrt(head_dim)) keeps the product in the range of one QCFS site.
 """
@@ -22,7 +23,8 @@ from torch import nn
 from ann2snn.layers import ConvBN, LinearBN, MatMul
 from ann2snn.models._registry import register_model
 
-ATTN_VARIANTS = ("softmax", "softmax_seed", "ssa")
+ATTN_VARIANTS = ("softmax", "query_softmax", "ssa")
+OLD_ATTN = {"softmax_seed": "query_softmax"}  # earlier spellings, still accepted
 
 
 class Embedding(nn.Module):
@@ -50,6 +52,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, act_layer: Callable[[], nn.Module], attn: str = "softmax"):
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} must be divisible by num_heads {num_heads}"
+        attn = OLD_ATTN.get(attn, attn)
         assert attn in ATTN_VARIANTS, f"attn must be one of {ATTN_VARIANTS}, got {attn!r}"
         self.num_heads, self.head_dim, self.attn_kind = num_heads, dim // num_heads, attn
         self.q, self.k, self.v = LinearBN(dim, dim), LinearBN(dim, dim), LinearBN(dim, dim)
@@ -75,7 +78,7 @@ class Attention(nn.Module):
         if self.attn_kind == "ssa":
             out = self.attn_act(self.av(scores, v) * (self.head_dim ** -0.5 / N))
         else:
-            scale = 0.125 if self.attn_kind == "softmax_seed" else self.head_dim ** -0.5
+            scale = 0.125 if self.attn_kind == "query_softmax" else self.head_dim ** -0.5
             out = self.av(self.softmax(scores * scale), v)  # [B, H, N, hd]
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.proj_act(self.proj(out))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ann2snn.config import (FIELD_NAMES, MAX_STEPS, Config, ConfigError, load_config, read_config_file,
+from ann2snn.app.config import (FIELD_NAMES, MAX_STEPS, Config, ConfigError, load_config, read_config_file,
                             short_repr, unknown_key_message)
 from ann2snn.progress import interrupted, note_interrupt
 
@@ -85,7 +85,7 @@ def _unknown_override(flag: str, key: str, options: tuple[str, ...]) -> ConfigEr
 def parse_range(text: str, name: str, minimum: int, maximum: int = MAX_STEPS) -> list[int]:
     """'1-12' → [1..12]; '1,2,4' → [1,2,4]; '8' → [8].  Values above ``maximum`` are refused
     before a range is expanded (``1-1000000000`` must not build a billion-entry list)."""
-    too_big = ConfigError(f"{name} values must be at most {maximum} (time steps; MAX_STEPS in ann2snn/config.py); "
+    too_big = ConfigError(f"{name} values must be at most {maximum} (time steps; MAX_STEPS in ann2snn/app/config.py); "
                           f"got {short_repr(text)}. Use e.g. `{name} {'0-4' if minimum == 0 else '1-8'}`.")
     vals: list[int] = []
     for part in str(text).split(","):
@@ -289,7 +289,7 @@ def os_error_message(err: OSError) -> str:
 def latest_run(out_root: str) -> Path:
     """The run ``<out_root>/LATEST`` names; a ConfigError when there is none, the marker is
     corrupt, or the run it names has no best_model.pt (moved or deleted)."""
-    from ann2snn.rundir import LATEST, read_latest
+    from ann2snn.app.rundir import LATEST, read_latest
 
     marker = Path(out_root) / LATEST
     run = read_latest(out_root)
@@ -332,7 +332,7 @@ def checkpoint_file(text: str, flag: str = "--checkpoint") -> Path:
 
 def resolve(args, overrides: dict[str, Any]):
     """(config, checkpoint path, run dir) from -c / --checkpoint / the latest run."""
-    from ann2snn.checkpoint import checkpoint_config, load_checkpoint
+    from ann2snn.app.checkpoint import checkpoint_config, load_checkpoint
 
     if args.checkpoint is not None:
         checkpoint_file(args.checkpoint)
@@ -355,29 +355,15 @@ def resolve(args, overrides: dict[str, Any]):
     return cfg, ckpt, ckpt.parent
 
 
-def load_trained(cfg: Config, ckpt_path: Path):
-    """Data loaders and the trained model of ``ckpt_path`` (checked against ``cfg``)."""
-    from ann2snn import distributed
-    from ann2snn.checkpoint import check_compatible, checkpoint_config, load_checkpoint, load_state
-    from ann2snn.train import build_model
-
-    ckpt = load_checkpoint(ckpt_path)
-    check_compatible(checkpoint_config(ckpt, ckpt_path), cfg, ckpt_path)
-    ctx = distributed.setup(cfg)  # under torchrun: rank r evaluates test batches r, r+W, ...
-    _, test_loader, info = distributed.build_loaders(cfg, ctx)
-    model = build_model(cfg, info)
-    load_state(model, ckpt["model"], ckpt_path)
-    return model.to(ctx.device).eval(), test_loader, info
-
-
 def self_check(model, sim, loader, cfg) -> dict | None:
     """``verify`` on the first test batch under the exact preset (a converted model only): the
     largest |SNN − quantized ANN| once the network is quiescent.  Warns when it exceeds the
     tolerance; None for direct SNNs and the other presets, which approximate by design."""
-    from ann2snn.convert import verify
+    from ann2snn.presets import get_preset
+    from ann2snn.verify import verify
     from ann2snn.models import model_kind
 
-    if model_kind(cfg.model) != "convertible" or cfg.preset != "exact":
+    if model_kind(cfg.model) != "convertible" or not get_preset(cfg.preset).exact:
         return None
     x, _ = next(iter(loader))
     res = verify(model, sim, x)
@@ -403,7 +389,7 @@ def eval_dir(run_dir: Path, ckpt: Path, kind: str, preset: str, spike_levels: in
 
 def _is_main() -> bool:
     """False on torchrun ranks other than 0 (they compute but do not print or write)."""
-    from ann2snn import distributed
+    from ann2snn.app import distributed
 
     return distributed.is_main()
 
@@ -411,7 +397,7 @@ def _is_main() -> bool:
 # --------------------------------------------------------------------------------------------
 # commands
 def cmd_train(args, overrides) -> int:
-    from ann2snn.train import train
+    from ann2snn.app.train import train
 
     cfg = config_from_args(args, overrides)
     run_dir = Path(args.out) if args.out else cfg.run_dir
@@ -423,11 +409,11 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_convert(args, overrides) -> int:
+    from ann2snn.app.pipeline import load_trained, simulator_for
     from ann2snn.energy import EnergyMeter, flops_per_module
     from ann2snn.metrics import device_of, evaluate
-    from ann2snn.plots import write_convert_plots
-    from ann2snn.report import format_energy_table, format_steps, summary_line, write_json
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.plots import write_convert_plots
+    from ann2snn.app.report import format_energy_table, format_steps, summary_line, write_json
 
     cfg, ckpt, run_dir = resolve(args, overrides)
     out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "eval", cfg.preset, cfg.spike_levels)
@@ -466,10 +452,10 @@ def cmd_convert(args, overrides) -> int:
 
 
 def cmd_energy(args, overrides) -> int:
+    from ann2snn.app.pipeline import load_trained, simulator_for
     from ann2snn.energy import measure_energy
-    from ann2snn.plots import write_energy_plots
-    from ann2snn.report import format_energy_table, write_energy_csv, write_energy_json
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.plots import write_energy_plots
+    from ann2snn.app.report import format_energy_table, write_energy_csv, write_energy_json
 
     cfg, ckpt, run_dir = resolve(args, overrides)
     out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "energy", cfg.preset, cfg.spike_levels)
@@ -492,9 +478,9 @@ def cmd_energy(args, overrides) -> int:
 
 
 def cmd_table(args, overrides) -> int:
+    from ann2snn.app.pipeline import load_trained, simulator_for
     from ann2snn.metrics import evaluate_ann, evaluate_table
-    from ann2snn.report import write_table
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.report import write_table
 
     rows = parse_range(args.t, "--t", 1)
     extras = parse_range(args.extra_t, "--extra-t", 0)
@@ -514,17 +500,17 @@ def cmd_table(args, overrides) -> int:
                                                     "spike_levels": cfg.spike_levels, "timing": timing})
         print(f"time: ANN evaluation {timing['ann_eval_s']:.2f} s, table {timing['table_s']:.2f} s "
               f"({timing['table_over_ann_eval']:.1f}x the ANN evaluation, same data, one run)")
-        from ann2snn.plots import NAMES, plot_table_heatmap
+        from ann2snn.app.plots import NAMES, plot_table_heatmap
 
         print(f"heatmap: {plot_table_heatmap(ann, table, extras, out / NAMES['heatmap'])}")
     return 0
 
 
 def cmd_frontier(args, overrides) -> int:
-    from ann2snn.convert import simulator_for
+    from ann2snn.app.pipeline import load_trained, simulator_for
     from ann2snn.frontier import frontier, levels_of, parse_levels
-    from ann2snn.plots import NAMES, plot_frontier
-    from ann2snn.report import write_frontier
+    from ann2snn.app.plots import NAMES, plot_frontier
+    from ann2snn.app.report import write_frontier
 
     cfg, ckpt, run_dir = resolve(args, overrides)
     out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, "frontier", cfg.preset)
@@ -565,6 +551,7 @@ def cmd_run(args, overrides) -> int:
         raise ConfigError("action: test needs a checkpoint to evaluate: set model_path in the config "
                           "or pass --checkpoint PATH.")
     if cfg.mode == "ann":
+        from ann2snn.app.pipeline import load_trained
         from ann2snn.metrics import evaluate_ann
 
         model, loader, _ = load_trained(cfg, Path(args.checkpoint))
@@ -736,10 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ann2snn.checkpoint import CheckpointError
-    from ann2snn.data import DataError
+    from ann2snn.app.checkpoint import CheckpointError
+    from ann2snn.app.data import DataError
     from ann2snn.graph import ConversionError
-    from ann2snn.train import TrainingError
+    from ann2snn.app.train import TrainingError
 
     return USER_ERRORS + (CheckpointError, ConversionError, DataError, TrainingError)
 

@@ -2,9 +2,9 @@
 
 - A run directory holds ``config.yaml`` and ``log.csv`` from the start, ``last.pt`` and
   ``best_model.pt`` after the first epoch.  Every file is written atomically
-  (:mod:`ann2snn.atomic`), so a killed process leaves either the previous or the new file, never a
+  (:mod:`ann2snn.app.files`), so a killed process leaves either the previous or the new file, never a
   partial one; a stale ``.*.tmp`` left by a kill is removed on the next start.  An epoch writes
-  ``last.pt`` first, then ``best_model.pt`` and ``LATEST`` (``ann2snn.train._write_epoch``): a
+  ``last.pt`` first, then ``best_model.pt`` and ``LATEST`` (``ann2snn.app.train._write_epoch``): a
   failure between them leaves this epoch's ``last.pt``, from which ``--resume`` writes the rest.
 - A run that fails with an error before it wrote any checkpoint (bad data, Ctrl-C) is removed
   again (:func:`cleanup_on_failure`), so no half-made run remains for a later ``convert`` to find.
@@ -48,8 +48,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from ann2snn.atomic import atomic_write_text
-from ann2snn.config import FIELD_NAMES, ConfigError
+from ann2snn.app.files import atomic_write_text
+from ann2snn.app.config import FIELD_NAMES, ConfigError
 
 log = logging.getLogger("ann2snn")
 LATEST = "LATEST"  # <out_root>/LATEST: the absolute path of the most recent run with a best_model.pt
@@ -122,7 +122,7 @@ def read_latest(out_root: str | os.PathLike) -> Path | None:
 
 def write_latest(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> None:
     """Make ``<out_root>/LATEST`` name ``run_dir`` (absolute), atomically
-    (:func:`ann2snn.atomic.atomic_write_text`): readers see the old or the new path, concurrent
+    (:func:`ann2snn.app.files.atomic_write_text`): readers see the old or the new path, concurrent
     writers never share a temporary file, and a link planted at LATEST is replaced, not followed."""
     atomic_write_text(Path(out_root) / LATEST, f"{Path(run_dir).resolve()}\n")
 
@@ -353,7 +353,7 @@ def resume_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The ``last.pt`` of ``run_dir`` (loaded weights-only), or None when the run was started but
     stopped before its first checkpoint (it then starts over).  CheckpointError when there is no
     such run, or its ``last.pt`` is unusable."""
-    from ann2snn.checkpoint import CheckpointError, load_checkpoint
+    from ann2snn.app.checkpoint import CheckpointError, load_checkpoint
 
     run_dir = Path(run_dir)
     last = run_dir / "last.pt"

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ann2snn.atomic import atomic_open
-from ann2snn.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict, short_repr
-from ann2snn.data import available_memory
+from ann2snn.app.files import atomic_open
+from ann2snn.app.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict, short_repr
+from ann2snn.app.data import available_memory
 
 FORMAT_VERSION = 1
 log = logging.getLogger("ann2snn")
@@ -33,7 +33,7 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically (:func:`ann2snn.atomic.atomic_open`): a full disk is an
+    """``torch.save`` to ``path`` atomically (:func:`ann2snn.app.files.atomic_open`): a full disk is an
     OSError naming ``path`` (torch's own RuntimeError is unwrapped), and the old file is kept."""
     with atomic_open(path) as f:
         torch.save(obj, f)
@@ -113,7 +113,7 @@ def check_inflated_size(path: Path, what: str = "Checkpoint") -> None:
     ``torch.load`` inflates it (issue 17, D6): torch's format is a ZIP file whose central directory
     declares each entry's uncompressed size, so the sizes are known without reading the data.
     Refused: a compressed entry inflating over ``BOMB_RATIO``-fold to over ``BOMB_MIN_BYTES``, or
-    entries declaring more than half of :func:`ann2snn.data.available_memory` in all.  Files that
+    entries declaring more than half of :func:`ann2snn.app.data.available_memory` in all.  Files that
     are not ZIPs (torch's legacy format) hold their tensors raw, bounded by the file's size."""
     try:
         if not zipfile.is_zipfile(path):
@@ -189,7 +189,7 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoin
 
 
 def _dataset_key(name: str) -> str:
-    """A dataset name as ann2snn.data looks it up ("Fashion-MNIST" and "fashion_mnist" are one)."""
+    """A dataset name as ann2snn.app.data looks it up ("Fashion-MNIST" and "fashion_mnist" are one)."""
     return str(name).strip().lower().replace("-", "_")
 
 

@@ -14,7 +14,7 @@ A target that exists and is neither a regular file nor a folder once links are f
 device, a pipe (``--json /dev/stdout``, ``/dev/null``, a FIFO) -- is written in place instead:
 renaming a file over ``/dev/stdout`` would replace the device link, not print anything.
 
-An OSError always names the target file (``filename``: what ``ann2snn.cli.os_error_message``
+An OSError always names the target file (``filename``: what ``ann2snn.app.cli.os_error_message``
 prints), not the temporary file.  ``torch.save`` reports a failed write of its zip writer as a
 RuntimeError chained on the OSError (``unexpected pos …``); that is turned back into the OSError.
 """

@@ -18,9 +18,9 @@ Semantics, chosen so that N processes compute what one process computes:
   statistics are reduced over all processes (``torch.nn.SyncBatchNorm`` on CUDA, the autograd-aware
   :class:`CPUSyncBatchNorm` here on CPU, which torch's SyncBatchNorm does not support).
 - Evaluation: the single-process test loader's *batches* are dealt round robin (rank r gets batches
-  r, r+W, r+2W, ...; :class:`BatchShardSampler`).  Every sample is computed in exactly the batch it
+  r, r+W, r+2W, ...; :class:`ann2snn.shards.BatchShardSampler`).  Every sample is computed in exactly the batch it
   is in on one process, so its output is bit-identical, and the integer correct-counts summed over
-  ranks (:func:`reduce_counts`) equal the single-process counts exactly.  Losses are summed in
+  ranks (:mod:`ann2snn.shards`) equal the single-process counts exactly.  Losses are summed in
   float64 (equal up to summation order).
 - Only rank 0 writes (logs, checkpoints, tables, progress bars); the other ranks log warnings only.
 """
@@ -32,13 +32,15 @@ import os
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ann2snn.shards import BatchShardSampler, gather_objects
 
 log = logging.getLogger("ann2snn")
 T = TypeVar("T")
@@ -73,7 +75,7 @@ def select_device(cfg) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        from ann2snn.config import ConfigError
+        from ann2snn.app.config import ConfigError
 
         raise ConfigError(f"device {cfg.device!r} was asked for but CUDA is not available here. "
                           "Use `--device cpu` or `--device auto`.")
@@ -100,7 +102,7 @@ def setup(cfg) -> Context:
         local = int(os.environ.get("LOCAL_RANK", rank))
         if device.type == "cuda":
             if local >= torch.cuda.device_count():
-                from ann2snn.config import ConfigError
+                from ann2snn.app.config import ConfigError
 
                 raise ConfigError(f"Process LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} are "
                                   "visible. Launch at most that many processes per node (--nproc_per_node), "
@@ -122,7 +124,7 @@ def setup(cfg) -> Context:
             log.setLevel(logging.WARNING)
         log.info("distributed: %d processes, backend %s", world, backend)
     elif _GROUP.device.type != device.type:
-        from ann2snn.config import ConfigError
+        from ann2snn.app.config import ConfigError
 
         raise ConfigError(f"This process group runs on {_GROUP.device.type}; a {device.type} device "
                           "cannot join it. Use the same --device for every command of one launch.")
@@ -217,45 +219,6 @@ def all_finite(loss: torch.Tensor) -> bool:
     return int(bad.item()) == 0
 
 
-def is_sharded(loader) -> bool:
-    """True for evaluation loaders that hold only this rank's part of the data."""
-    sampler = getattr(loader, "batch_sampler", None)
-    if isinstance(sampler, BatchShardSampler):
-        return sampler.num_replicas > 1
-    inner = getattr(loader, "sampler", None)
-    return isinstance(inner, DistributedSampler) and inner.num_replicas > 1
-
-
-def reduce_counts(counts, loader, steps: int):
-    """Sum a :class:`ann2snn.metrics.Counts` over ranks, in place, when ``loader`` is sharded.
-
-    ``steps`` is the number of per-step entries (needed on a rank that saw no batch).  Correct
-    counts are integers, so the sum equals the single-process count exactly.
-    """
-    if not (active() and is_sharded(loader)):
-        return counts
-    if not counts.top1:
-        counts.top1, counts.top5, counts.loss = [0] * steps, [0] * steps, [0.0] * steps
-    dev = _comm_device()
-    ints = torch.tensor([counts.n, *counts.top1, *counts.top5], dtype=torch.int64, device=dev)
-    loss = torch.tensor(counts.loss, dtype=torch.float64, device=dev)
-    dist.all_reduce(ints)
-    dist.all_reduce(loss)
-    vals = ints.tolist()
-    counts.n, counts.top1, counts.top5 = vals[0], vals[1:1 + steps], vals[1 + steps:]
-    counts.loss = loss.tolist()
-    return counts
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` single-process)."""
-    if not active():
-        return [obj]
-    out: list[Any] = [None] * _GROUP.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def barrier() -> None:
     if active():
         dist.barrier()
@@ -263,27 +226,6 @@ def barrier() -> None:
 
 # --------------------------------------------------------------------------------------------
 # data
-class BatchShardSampler(Sampler[list[int]]):
-    """Rank r of W takes batches r, r+W, r+2W, ... of ``batch_sampler``, unchanged and unpadded."""
-
-    def __init__(self, batch_sampler, num_replicas: int, rank: int):
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
-        self.batch_sampler, self.num_replicas, self.rank = batch_sampler, int(num_replicas), int(rank)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for i, batch in enumerate(self.batch_sampler):
-            if i % self.num_replicas == self.rank:
-                yield batch
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.batch_sampler), self.num_replicas))
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)
-
-
 def _loader_kwargs(loader: DataLoader) -> dict[str, Any]:
     kw = dict(num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
               timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
@@ -305,7 +247,7 @@ def shard_eval_loader(loader: DataLoader, ctx: Context | None = None) -> DataLoa
 
 def local_batch(cfg, ctx: Context) -> int:
     if cfg.bs % ctx.world_size:
-        from ann2snn.config import ConfigError
+        from ann2snn.app.config import ConfigError
 
         good = cfg.bs - cfg.bs % ctx.world_size or ctx.world_size
         raise ConfigError(f"bs is the global batch size and must be divisible by the number of processes "
@@ -323,7 +265,7 @@ def build_loaders(cfg, ctx: Context | None = None):
     worker seeds come from the global torch RNG, which checkpoints save and ``--resume``
     restores.  Test: the batches of a plain in-order loader, dealt out round robin.
     """
-    from ann2snn.data import build_datasets
+    from ann2snn.app.data import build_datasets
 
     ctx = ctx or context()
     bs = local_batch(cfg, ctx)
@@ -479,7 +421,7 @@ def restore_rng(ckpt: dict[str, Any], seed: int, ctx: Context | None = None) -> 
     """Restore this rank's RNG state from a checkpoint: its own state when the checkpoint was
     written by as many processes as now run; otherwise rank 0 takes the saved ``rng`` and the other
     ranks reseed from (seed, epoch), which is reproducible but not the uninterrupted stream."""
-    from ann2snn.checkpoint import set_rng_state
+    from ann2snn.app.checkpoint import set_rng_state
 
     ctx = ctx or context()
     ranks = ckpt.get("rng_ranks")
@@ -492,7 +434,7 @@ def restore_rng(ckpt: dict[str, Any], seed: int, ctx: Context | None = None) -> 
 
 
 __all__ = ["Context", "setup", "context", "is_main", "active", "launched", "shutdown", "on_rank0",
-           "all_reduce_sum", "all_finite", "reduce_counts", "is_sharded", "gather_objects", "barrier",
-           "BatchShardSampler", "shard_eval_loader", "build_loaders", "set_epoch", "local_batch",
+           "all_reduce_sum", "all_finite", "barrier",
+           "shard_eval_loader", "build_loaders", "set_epoch", "local_batch",
            "CPUSyncBatchNorm", "convert_sync_batchnorm", "wrap_model", "unwrap", "sync_buffers",
            "seed_rank", "rng_payload", "restore_rng"]

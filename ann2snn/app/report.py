@@ -1,7 +1,7 @@
 """Presentation of results: per-step listings, t × (t + extra_t) tables and energy tables, as
 text, Markdown, CSV and JSON.
 
-All accuracies are percentages.  Plots (:mod:`ann2snn.plots`) are drawn from the same dicts.
+All accuracies are percentages.  Plots (:mod:`ann2snn.app.plots`) are drawn from the same dicts.
 What each per-step figure means is defined in :mod:`ann2snn.metrics`; every listing here says
 which one it shows.
 """
@@ -14,13 +14,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ann2snn.atomic import atomic_write_text
+from ann2snn.app.files import atomic_write_text
 from ann2snn.metrics import latency_text
 from ann2snn.neurons import bits_per_step
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """``obj`` as indented JSON, written atomically (:mod:`ann2snn.atomic`: never through a link, and
+    """``obj`` as indented JSON, written atomically (:mod:`ann2snn.app.files`: never through a link, and
     a full disk leaves no partial file; the OSError names the file)."""
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 

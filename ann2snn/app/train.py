@@ -30,16 +30,16 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import nn
 
-from ann2snn import distributed, preflight, rundir
-from ann2snn.atomic import atomic_write_text
-from ann2snn.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, check_compatible,
+from ann2snn.app import distributed, rundir
+from ann2snn.app.files import atomic_write_text
+from ann2snn.app.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, check_compatible,
                                 checkpoint_config, load_checkpoint, load_state, rng_state)
-from ann2snn.config import Config, ConfigError, resume_changes, resumed_config, save_config
-from ann2snn.data import DataInfo
+from ann2snn.app.config import Config, ConfigError, resume_changes, resumed_config, save_config
+from ann2snn.app.pipeline import build_model, load_pretrained
 from ann2snn.metrics import evaluate_ann
-from ann2snn.models import create_model, model_kind
+from ann2snn.models import model_kind
 from ann2snn.progress import progress
-from ann2snn.quant import calibrate_lambdas, quantize
+from ann2snn.quant import calibrate_lambdas
 
 log = logging.getLogger("ann2snn")
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "epoch_s"]
@@ -52,7 +52,7 @@ class TrainingError(RuntimeError):
 class DivergedError(TrainingError):
     """The training or test loss, or the weights, became NaN/inf.  Nothing non-finite is saved; a
     run that had no checkpoint before this invocation is removed, whatever epoch it reached
-    (:func:`ann2snn.rundir.cleanup_on_failure`)."""
+    (:func:`ann2snn.app.rundir.cleanup_on_failure`)."""
 
 
 DIVERGED_FIX = ("Lower the learning rate (e.g. `--lr 1e-3`), switch AMP off (`--use_amp false`), or warm the "
@@ -63,53 +63,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_model(cfg: Config, info: DataInfo) -> nn.Module:
-    """The registered model, with QCFS activations when it is meant for conversion (and
-    ``quantize`` is on), with its initial weights (``pretrained`` is loaded by training, see
-    :func:`load_pretrained`).
-
-    Before anything is allocated the model is described on the meta device, and one that cannot
-    fit in memory (≈ 4× its parameters for training) or does not run on the data's input size is
-    refused with a ConfigError (:mod:`ann2snn.preflight`)."""
-    direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
-    if cfg.width is not None:
-        direct["width"] = cfg.width
-    if cfg.model == "vit" or cfg.model.startswith("timm:"):
-        direct["patch_size"] = cfg.patch_size
-    if cfg.model == "vit":
-        direct["placement"] = cfg.placement
-
-    def build_at(img_size: int) -> nn.Module:
-        return create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
-                            mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=img_size,
-                            num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
-
-    meta = preflight.meta_model(lambda: build_at(info.img_size))
-    if meta is not None:
-        preflight.check_memory(meta, cfg.model, distributed.select_device(cfg))
-    model = preflight.built(lambda: build_at(info.img_size), cfg.model)
-    if model_kind(cfg.model) == "convertible" and cfg.quantize:
-        model = quantize(model, cfg.l, cfg.lambda_init)
-    preflight.check_input(model, meta, cfg.model, info, build_at)
-    return model
-
-
-def load_pretrained(model: nn.Module, path: str) -> None:
-    """Load a local state dict of the ReLU model into ``model`` (ReLU or already quantized: the
-    QCFS thresholds ``*.lam`` are the only weights it may lack).  The file is a plain state dict,
-    ``{"state_dict": ...}``, or an ann2snn checkpoint of a ``quantize: false`` run.  No downloads
-    (the field's pretrained → calibrate → QCFS fine-tune workflow)."""
-    from ann2snn.checkpoint import read_state_dict
-    from ann2snn.quant import QCFS
-
-    state = dict(read_state_dict(path))
-    lams = {f"{n}.lam" for n, m in model.named_modules() if isinstance(m, QCFS)}
-    own = model.state_dict()
-    for key in lams - set(state):
-        state[key] = own[key]  # keeps lambda_init (or the calibration that follows)
-    load_state(model, state, path)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -188,7 +141,7 @@ def _unique_run_dir(path: Path) -> Path:
 def _non_finite(tr_loss: float, ev: dict, model: nn.Module, epoch: int) -> str | None:
     """What became non-finite in ``epoch`` (the epoch's mean training loss, the test loss, a
     weight or buffer), or None.  The same on every rank: the losses are reduced over ranks and
-    the weights are kept equal (DDP, :func:`ann2snn.distributed.sync_buffers`)."""
+    the weights are kept equal (DDP, :func:`ann2snn.app.distributed.sync_buffers`)."""
     if not math.isfinite(tr_loss):
         return f"The training loss became {tr_loss} in epoch {epoch}."
     if not math.isfinite(ev["loss"]):
@@ -216,7 +169,7 @@ def _write_failed(err: OSError, step: str, run_dir: Path, epoch: int, best_befor
     write that failed ("log.csv", "last.pt", "best_model.pt" or "LATEST", in the order
     :func:`_write_epoch` writes them); ``best_before``: the epoch of the best_model.pt kept from
     before this epoch (0: none, or not known for a checkpoint of an older ann2snn).  The
-    half-written file is gone already (every write is atomic: :mod:`ann2snn.atomic`)."""
+    half-written file is gone already (every write is atomic: :mod:`ann2snn.app.files`)."""
     name = getattr(err, "filename", None) or (run_dir / step)
     why = err.strerror or str(err)
     fix = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
@@ -374,9 +327,9 @@ def _extend_schedule(scheduler, optimizer, epochs: int) -> list[float]:
 
 def train(cfg: Config, out: str | None = None, resume: bool = False, extend: bool = False) -> dict:
     """Train ``cfg``; returns {"run_dir", "best_top1", "epochs"}.  Under torchrun: DDP (see
-    ann2snn.distributed).  A run that fails before its first checkpoint is removed again, and
+    ann2snn.app.distributed).  A run that fails before its first checkpoint is removed again, and
     so is a new run whose loss becomes non-finite at any epoch (DivergedError).  The run folder
-    is locked for the whole training, its cleanup included (:func:`ann2snn.rundir.locked`).
+    is locked for the whole training, its cleanup included (:func:`ann2snn.app.rundir.locked`).
     ``extend`` (with ``resume``): lengthen the run to ``cfg.epochs`` (larger than its own)."""
     if extend and not resume:
         raise ConfigError("--extend lengthens an existing run, so it needs --resume: `ann2snn train -c CONFIG "

@@ -1,5 +1,5 @@
 """Checks made before a model is built and trained: that it fits in memory, and that it runs on
-the data's input size.  Both refuse with a :class:`~ann2snn.config.ConfigError` (exit 2 through
+the data's input size.  Both refuse with a :class:`~ann2snn.app.config.ConfigError` (exit 2 through
 the CLI) instead of an allocator traceback or a failure in the first forward pass.
 
 - **Memory.**  The model is first built on PyTorch's ``meta`` device (shapes only: no memory is
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ann2snn.config import ConfigError
+from ann2snn.app.config import ConfigError
 
 log = logging.getLogger("ann2snn")
 

@@ -1,7 +1,7 @@
 """Datasets: a small registry of image-classification sets held in memory.
 
 Loaders (samplers, batch sizes, sharding under torchrun) are made in one place,
-:func:`ann2snn.distributed.build_loaders`.
+:func:`ann2snn.app.distributed.build_loaders`.
 
 Every dataset yields ``(float tensor [C, H, W], normalized; int label)``.  Registered sets:
 
@@ -9,7 +9,7 @@ Every dataset yields ``(float tensor [C, H, W], normalized; int label)``.  Regis
 - ``fashion_mnist``: the four idx files, from ``data_dir``, torchvision's layout under it, or the
   Debian package ``dataset-fashion-mnist``; parsed here with NumPy.
 - ``cifar10`` / ``cifar100``: the standard python-pickle folders, read here.  The training
-  augmentation follows the recipe of the original toolkit (SPEC section 5): random crop with
+  augmentation follows the recipe of the original toolkit: random crop with
   padding, horizontal flip, AutoAugment (CIFAR-10 policy), normalize, Cutout (DeVries & Taylor 2017).
 
 Missing or corrupt data raises :class:`DataError`, whose message says how to get the data.
@@ -482,7 +482,7 @@ def _find_cifar(root: Path, folder: str, files: list[str]) -> Path | None:
 
 
 def cifar_transforms(mean, std, augment: bool, autoaugment: bool, cutout: int):
-    """(train, test) transforms on uint8 tensors [3, 32, 32] (SPEC section 5 recipe)."""
+    """(train, test) transforms on uint8 tensors [3, 32, 32] (the original toolkit's recipe)."""
     tv = import_torchvision()
     T = tv.transforms
     norm = [ToFloat(), Normalize(mean, std)]

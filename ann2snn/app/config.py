@@ -1,6 +1,6 @@
 """Run configuration: one flat dataclass, loaded from YAML, overridden from the command line.
 
-The keys of the original toolkit's ``cifar10.yml`` (seed 003) are all accepted, so a user's
+The keys of the original toolkit's ``cifar10.yml`` are all accepted, so a user's
 existing file keeps working.  Values are coerced to the declared type (YAML 1.1 reads ``1e-2``
 as a string; here it is a float), unknown keys are an error that lists the valid ones, and
 ranges are checked before any work starts.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import logging
 import os
 import types
 import typing
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger("ann2snn")
 
 
 class ConfigError(ValueError):
@@ -80,7 +83,7 @@ def _show_into(value: Any, out: list[str], left: list[int], depth: int) -> None:
 
 @dataclass
 class Config:
-    # --- the original cifar10.yml keys (seed 003) -------------------------------------------
+    # --- the original toolkit's cifar10.yml keys -------------------------------------------------
     action: str = "train"  # kept for old files; the CLI sub-command decides what runs
     mode: str = "ann"  # kept for old files: ann | snn
     l: int = 4  # QCFS quantization levels L
@@ -106,7 +109,7 @@ class Config:
     # --- model ----------------------------------------------------------------------------
     model: str = "transformer"  # a name from ann2snn.models.list_models()
     depth: int = 4
-    attn: str = "softmax"  # softmax | softmax_seed | ssa
+    attn: str = "softmax"  # softmax | query_softmax | ssa (transformer)
     lambda_init: float = 8.0  # initial QCFS threshold
     ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
     placement: str = "qkv"  # vit: where activations are quantized: qkv (q, k, v and after GELU) | norm (also after each LayerNorm, signed)
@@ -131,7 +134,7 @@ class Config:
     cutout: int = 16  # Cutout hole size in px (CIFAR only, with augment); 0 disables
     workers: int = 0  # DataLoader worker processes
     # --- conversion / evaluation ----------------------------------------------------------
-    preset: str = "exact"  # exact | seed | rate (see ann2snn.convert.PRESETS)
+    preset: str = "exact"  # exact | rate | per_step (see ann2snn.presets)
     spike_levels: int = 1  # m: most spikes a converted neuron sends per step and sign (1: binary)
     eval_bs: int | None = None  # evaluation batch size (default: bs)
     # --- runtime --------------------------------------------------------------------------
@@ -206,9 +209,9 @@ class Config:
         need(not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in self.id),  # LATEST
              f"id must not hold control characters or line breaks, got {self.id[:60]!r}. Use e.g. `--id run2`.")
         need(0 <= self.seed < 2**32, f"seed must be in 0 .. 2**32-1 (NumPy's range), got {self.seed}.")
-        from ann2snn.convert import PRESETS  # late import: convert imports torch
+        from ann2snn.presets import PRESETS  # late import: loading a config needs no torch
 
-        need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {short_repr(self.preset)}.")
+        need(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}, got {short_repr(self.preset)}.")
         need(1 <= self.spike_levels <= MAX_STEPS,
              f"spike_levels must be between 1 (binary spikes) and {MAX_STEPS}, got {self.spike_levels}. "
              "Use e.g. `--spike_levels 4` for up to 4 spikes per step and sign.")
@@ -260,7 +263,12 @@ class Config:
         return {k: getattr(self, k) for k in MODEL_KEYS}
 
 
-ATTN_CHOICES = ("softmax", "softmax_seed", "ssa")
+ATTN_CHOICES = ("softmax", "query_softmax", "ssa")
+# Values earlier versions wrote, still accepted in config files, checkpoints and on the command
+# line (with a note): they were named after the document the toolkit grew from, not after what
+# they do.
+OLD_VALUES = {"preset": {"seed": "per_step"}, "attn": {"softmax_seed": "query_softmax"},
+              "neg_rule": {"seed": "lazy"}}
 OPTIMIZERS = ("adamw", "sgd")
 WIDTH_MODELS = ("vgg16", "resnet18", "resnet20")
 SSA_FORM_CHOICES = ("token_first", "token_last")
@@ -329,9 +337,13 @@ _FALSE = {"false", "no", "off", "0"}
 
 
 def coerce(key: str, value: Any) -> Any:
-    """Convert ``value`` to the declared type of ``key`` or raise a ConfigError saying why."""
+    """Convert ``value`` to the declared type of ``key`` or raise a ConfigError saying why.  An
+    old spelling of a value (:data:`OLD_VALUES`) becomes its current name, with a note."""
     if key not in _TYPE_HINTS:
         raise ConfigError(unknown_key_message(key))
+    if isinstance(value, str) and value in OLD_VALUES.get(key, {}):
+        log.info("%s: %r is now called %r", key, value, OLD_VALUES[key][value])
+        value = OLD_VALUES[key][value]
     tp, optional = _base_type(_TYPE_HINTS[key])
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
         if optional:
@@ -528,7 +540,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML to ``path`` atomically (never through a link planted there)."""
-    from ann2snn.atomic import atomic_write_text
+    from ann2snn.app.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -545,7 +557,7 @@ def resume_changes(stored: Config, new: Config, direct: bool = False, extend: bo
 
     def same(key: str) -> bool:
         a, b = getattr(stored, key), getattr(new, key)
-        if key == "data":  # spelled as ann2snn.data looks it up: "Fashion-MNIST" is "fashion_mnist"
+        if key == "data":  # spelled as ann2snn.app.data looks it up: "Fashion-MNIST" is "fashion_mnist"
             return str(a).strip().lower().replace("-", "_") == str(b).strip().lower().replace("-", "_")
         return a == b
 

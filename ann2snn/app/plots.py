@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ann2snn.atomic import atomic_open
+from ann2snn.app.files import atomic_open
 
 DPI = 100
 WIDTH_IN = 9.0
@@ -46,7 +46,7 @@ def _figure(kind: str, n: int = 0):
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Render ``fig`` to the PNG ``path`` atomically (:mod:`ann2snn.atomic`: never through a link,
+    """Render ``fig`` to the PNG ``path`` atomically (:mod:`ann2snn.app.files`: never through a link,
     no partial file on a full disk)."""
     path = Path(path)
     fig.tight_layout()
@@ -94,7 +94,7 @@ def plot_accuracy(result: dict, path: str | Path, effective_latency: dict | None
 
 def plot_table_heatmap(ann: dict, table: dict, extras: list[int], path: str | Path, title: str = "") -> Path:
     """Annotated heatmap of top-1 (%): rows t (input steps), columns t + extra_t (total steps)."""
-    from ann2snn.report import table_grid
+    from ann2snn.app.report import table_grid
 
     rows, cols, cells = table_grid(table, extras)
     grid = np.full((len(rows), len(cols)), np.nan)
