@@ -251,6 +251,15 @@ class SpikeMatMul(_Bilinear):
         return a @ b
 
 
+class SpikeMul(_Bilinear):
+    """Spike-equivalent elementwise ``a * b`` of two spiking operands (a squeeze-excitation gate,
+    a GLU / SwiGLU product): R_k = A_k * B_k / n_k, the same bilinear running rule as
+    :class:`SpikeMatMul`, so the outputs sum to n · (mean a) * (mean b)."""
+
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
 class ECSoftmax(_RunningOp):
     """Expectation-compensated softmax: R_k = n_k · softmax(X_k / n_k) for the running input X_k."""
 

@@ -170,7 +170,6 @@ class _One(nn.Module):
 UNSUPPORTED = {
     "abs": (lambda s, h: h.abs(), "abs"),
     "sort": (lambda s, h: torch.sort(h, -1).values, "sort"),
-    "product": (lambda s, h: h * h, "mul"),
     "divide": (lambda s, h: h / (h + 1), "truediv"),
     "functional-linear-bias": (lambda s, h: F.linear(h, s.lin.weight, s.lin.bias), "linear"),
 }

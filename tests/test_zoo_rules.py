@@ -1,0 +1,140 @@
+"""Conversion rules added for the model zoos (issue 19): each operator converts exactly, checked
+against the quantized ANN in float64 (``verify``'s tolerance, 1e-4 × max(1, |logit|)), or is
+refused naming the node."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ann2snn
+from ann2snn._compat import import_torchvision
+from ann2snn.graph import ConversionError
+from ann2snn.neurons import GatedBatchNorm, SpikeMul
+from conftest import randomize_bn, randomize_lambdas
+
+
+def _qann(model: nn.Module, levels: int = 4, seed: int = 0) -> nn.Module:
+    randomize_bn(model, torch.Generator().manual_seed(seed))
+    q = ann2snn.quantize(model.eval(), levels).eval()
+    return randomize_lambdas(q, gen=torch.Generator().manual_seed(seed + 1))
+
+
+def _exact(q: nn.Module, x: torch.Tensor, t: int = 4) -> dict:
+    snn = ann2snn.convert(q)
+    res = ann2snn.verify(q, snn, x, t=t)
+    assert res["ok"], res
+    return snn.report
+
+
+class SqueezeExcite(nn.Module):
+    """x · sigmoid(W2 relu(W1 mean(x))): a product of two input-dependent tensors."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class GatedMLP(nn.Module):
+    """A GLU-style MLP: relu(W1 x) * (W2 x), then W3 (the SwiGLU pattern with a QCFS site)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.w1, self.w2, self.w3 = nn.Linear(d, 8), nn.Linear(d, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.relu(self.w1(x)).mul(F.relu(self.w2(x)))
+        return self.w3(h)
+
+
+@pytest.mark.parametrize("t", [1, 2, 4, 8])
+def test_a_squeeze_excitation_gate_converts_exactly(t):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), SqueezeExcite(4),
+                          nn.Flatten(), nn.LazyLinear(5))
+    model(torch.zeros(1, 3, 6, 6))
+    report = _exact(_qann(model), torch.randn(8, 3, 6, 6), t=t)
+    assert len(report["replace_products"]) == 1 and report["replace_functions"] == ["sigmoid"]
+
+
+def test_a_gated_mlp_product_is_a_spike_mul_and_exact():
+    torch.manual_seed(1)
+    q = _qann(GatedMLP(6))
+    snn = ann2snn.convert(q)
+    assert sum(isinstance(m, SpikeMul) for m in snn.modules()) == 1
+    assert ann2snn.verify(q, snn, torch.randn(16, 6))["ok"]
+
+
+def test_a_square_of_spikes_is_a_product_with_itself():
+    """``h * h`` (refused before issue 19) is the bilinear product of one operand with itself."""
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = F.relu(self.lin(x))
+            return self.out(h * h)
+
+    torch.manual_seed(3)
+    q = _qann(Square())
+    for t in (1, 3):
+        _exact(q, torch.randn(6, 4), t=t)
+
+
+def test_division_by_an_input_dependent_tensor_is_still_refused():
+    class Div(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.relu(self.a(x)) / (F.relu(self.b(x)) + 1)
+
+    with pytest.raises(ConversionError, match="division by a spiking tensor"):
+        ann2snn.convert(_qann(Div()))
+
+
+def test_functional_batchnorm_folds_after_a_convolution_and_is_gated_elsewhere():
+    """timm's BatchNormAct2d calls F.batch_norm: after a convolution that it alone reads it folds,
+    after an add it is gated (its shift on drive steps only); both exact."""
+    import_torchvision()
+    from timm.layers import BatchNormAct2d
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn1 = nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=nn.ReLU)
+            self.c2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), BatchNormAct2d(4, act_layer=nn.ReLU)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = self.bn1(self.c1(x))
+            return self.head(self.bn2(self.c2(x) + x).mean((2, 3)))
+
+    torch.manual_seed(2)
+    q = _qann(Net())
+    report = _exact(q, torch.randn(8, 3, 8, 8))
+    assert len(report["fold_bn"]) == 1 and len(report["gate_batchnorm"]) == 1
+    snn = ann2snn.convert(q)
+    assert sum(isinstance(m, GatedBatchNorm) for m in snn.modules()) == 1
+
+
+def test_functional_batchnorm_in_training_mode_is_not_folded():
+    """F.batch_norm with batch statistics depends on the batch, not only the input: refused."""
+    class TrainBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+            self.register_buffer("m", torch.zeros(4))
+            self.register_buffer("v", torch.ones(4))
+
+        def forward(self, x):
+            return F.relu(F.batch_norm(self.c(x), self.m, self.v, training=True)).mean((2, 3))
+
+    with pytest.raises(ConversionError, match="batch_norm"):
+        ann2snn.convert(_qann(TrainBN()))
