@@ -42,7 +42,7 @@ _API = {
     "Simulator": "simulate",
     "evaluate": "metrics", "evaluate_ann": "metrics", "evaluate_snn": "metrics", "evaluate_table": "metrics",
     "effective_latency": "metrics",
-    "EnergyMeter": "energy", "measure_energy": "energy",
+    "EnergyMeter": "energy", "EnergyResult": "energy", "measure_energy": "energy",
     "frontier": "frontier",
     "bits_per_step": "neurons",
     "create_model": "models", "list_models": "models", "register_model": "models",
