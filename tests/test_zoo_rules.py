@@ -138,3 +138,38 @@ def test_functional_batchnorm_in_training_mode_is_not_folded():
 
     with pytest.raises(ConversionError, match="batch_norm"):
         ann2snn.convert(_qann(TrainBN()))
+
+
+def test_an_elementwise_product_is_counted_by_hand():
+    """``h * h`` under the running-sum rule (energy module docstring): step k's a_k drives
+    a_k·B_{k−1} from step 2 on and b_k drives A_k·b_k on every step, one AC per event (fan-out 1
+    elementwise), plus one MAC per output entry and step for the 1/n rescaling; the ANN pays one
+    MAC per output entry, once."""
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = F.relu(self.lin(x))
+            return self.out(h * h)
+
+    torch.manual_seed(4)
+    q = _qann(Square())
+    sim = ann2snn.Simulator(ann2snn.convert(q))
+    x = torch.randn(5, 4)
+    events: list[float] = []
+    mul = next(m for m in sim.snn.modules() if isinstance(m, SpikeMul))
+    handle = mul.register_forward_pre_hook(lambda m, args: events.append(float(torch.count_nonzero(args[0]))))
+    t, extra_t = 3, 2
+    try:
+        res = ann2snn.measure_energy(q, sim, [(x, torch.zeros(5, dtype=torch.long))], t, extra_t)
+    finally:
+        handle.remove()
+    row = next(r for r in res.rows if r.kind == "product")
+    assert len(events) == t + extra_t + 1  # the run, then one step from rest that counts the FLOPs
+    events = events[:t + extra_t]
+    assert row.sops == pytest.approx((sum(events[1:]) + sum(events)) / 5)
+    assert row.macs == pytest.approx((t + extra_t) * 6)  # 1/n on each of the 6 entries, every step
+    assert row.flops == 6
+    assert res.totals.flops == 4 * 6 + 6 + 6 * 2  # lin, the product, out

@@ -35,6 +35,7 @@ class _Sums:
     prod_macs: float = 0.0  # ... of products
     f_macs: float = 0.0  # the float functions' MACs in the SNN
     f_macs_ann: float = 0.0  # ... in the ANN
+    ann_extra: float = 0.0  # the ANN's MACs that torch's FLOP counter leaves out (elementwise products)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -91,7 +92,8 @@ def product_ops(rec: LayerRecord) -> tuple[float, float]:
 def _operation_row(rec: LayerRecord, flops: dict[str, int], images: int, first_layer: str,
                    sums: _Sums) -> EnergyRow:
     """A synapse or a product: dense FLOPs, and the SNN's ACs and MACs."""
-    fl = int(flops.get(rec.name, 0))
+    fl = int(flops.get(rec.name, 0)) or round(rec.ann_macs / images)  # elementwise products: not in torch's count
+    sums.ann_extra += rec.ann_macs / images
     rate_b = None
     if rec.role is Role.SYNAPSE:
         sops, macs, inp = _synapse_ops(rec, fl, images, first_layer, sums)
@@ -111,7 +113,7 @@ def _operation_row(rec: LayerRecord, flops: dict[str, int], images: int, first_l
 
 def _totals(rows: list[EnergyRow], sums: _Sums, flops: dict[str, int], c: EnergyConstants, images: int,
             spike_levels: int, t: int, extra_t: int, first_layer: str) -> EnergyTotals:
-    model_flops = int(flops.get("", sums.flops))
+    model_flops = int(flops.get("", sums.flops)) + round(sums.ann_extra)
     e_ann = c.e_mac_pj * (model_flops + sums.f_macs_ann) * 1e-9
     e_snn = (c.e_ac_pj * sums.sops + c.e_mac_pj * (sums.macs + sums.f_macs)) * 1e-9
     breakdown = EnergyBreakdown(ac_spikes=c.e_ac_pj * sums.sops * 1e-9,

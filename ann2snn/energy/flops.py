@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ann2snn._checks import describe
-from ann2snn.neurons import SpikeEinsum
+from ann2snn.neurons import SpikeEinsum, SpikeMul
 
 
 @torch.no_grad()
@@ -79,7 +79,11 @@ def einsum_macs(equation: str, a: torch.Tensor, b: torch.Tensor) -> tuple[int, i
 
 
 def product_macs(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
-    """(MACs, output entries) of one dense evaluation of a product layer."""
+    """(MACs, output entries) of one dense evaluation of a product layer.  An elementwise product
+    (:class:`~ann2snn.neurons.SpikeMul`) is one multiply per entry of the broadcast output."""
+    if isinstance(module, SpikeMul):
+        n = math.prod(torch.broadcast_shapes(a.shape, b.shape))
+        return n, n
     if isinstance(module, SpikeEinsum):
         return einsum_macs(module.equation, a, b)
     macs = matmul_macs(a, b)

@@ -21,7 +21,7 @@ from ann2snn.energy.flops import product_macs
 from ann2snn.energy.flow import AnalogFlow, storage_of
 from ann2snn.energy.record import LayerRecord
 from ann2snn.energy.result import EnergyResult
-from ann2snn.neurons import DriveGate, ECSoftmax, RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul
+from ann2snn.neurons import DriveGate, ECSoftmax, RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul, SpikeMul
 from ann2snn.rules import RULES, Role
 
 
@@ -170,7 +170,9 @@ class EnergyMeter:
             # each non-zero of b a column of a; the other operand is read densely
             ev_a = nnz_a * macs / a.numel() if a.numel() else 0.0
             ev_b = nnz_b * macs / b.numel() if b.numel() else 0.0
-            if isinstance(module, (SpikeMatMul, SpikeEinsum)):  # running-sum form: a_k·B_{k-1} + A_k·b_k, ×1/n
+            if isinstance(module, SpikeMul) and self._first_step():
+                rec.ann_macs += float(out_entries)  # the ANN's a * b, once per image
+            if isinstance(module, (SpikeMatMul, SpikeEinsum, SpikeMul)):  # running sums: a_k·B_{k-1} + A_k·b_k, ×1/n
                 if module.acc_b is not None:  # a_k drives a_k·B_{k-1} (from the second step on)
                     _add_op(rec, spike_a, ev_a)
                 _add_op(rec, spike_b, ev_b)  # b_k drives A_k·b_k

@@ -43,6 +43,7 @@ class LayerRecord:
     running: bool = False  # a float function under the running-sum rule (+2 MACs per element and step)
     f_elems: float = 0.0  # a float function's output elements, every step
     f_elems_first: float = 0.0  # ... on the first step only (the ANN evaluates it once)
+    ann_macs: float = 0.0  # an elementwise product's MACs in the ANN (once; torch's FLOP counter skips them)
 
 
 __all__ = ["LayerRecord"]
