@@ -181,8 +181,8 @@ def gate_biases(gm: nn.Module, clock: Clock) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # the graph walk
-REPORT_STEPS = ("replace_activations", "replace_maxpool", "replace_products", "replace_softmax", "replace_functions",
-                "gate_constants", "remove_dropout", "kept_float_ops")
+REPORT_STEPS = ("replace_activations", "replace_maxpool", "replace_products", "replace_softmax", "replace_attention",
+                "replace_functions", "gate_constants", "remove_dropout", "kept_float_ops")
 
 
 def convert_graph(net: nn.Module, clock: Clock, neg_rule: str, gate_bias: bool = True,

@@ -55,7 +55,7 @@ from torch import fx, nn
 from ann2snn.graph import DYNAMIC, ConversionError, add_module, describe, module_path, replace_module
 from ann2snn.layers import MatMul
 from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
-                             ScaledNeuron, SpikeEinsum, SpikeMatMul, SpikeMul)
+                             ScaledNeuron, SpikeAttention, SpikeEinsum, SpikeMatMul, SpikeMul)
 from ann2snn.quant import QCFS
 
 
@@ -316,6 +316,33 @@ def _einsum(walk: Walk, node: fx.Node, fn) -> None:
     elif len(dynamic) > 1:
         walk.refuse(node, "an einsum of more than two spiking operands is not bilinear",
                     "Split it into products of two operands.")
+
+
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+@RULES.functions(getattr(F, "scaled_dot_product_attention", None), role=Role.LINEAR, makes=(SpikeAttention,))
+def _attention(walk: Walk, node: fx.Node, fn) -> None:
+    """``F.scaled_dot_product_attention`` of three dynamic operands becomes the spike-equivalent
+    attention (running-sum products, expectation-compensated softmax, the mask on drive steps)."""
+    args = dict(zip(_SDPA_ARGS, node.args)) | dict(node.kwargs)
+    q, k, v, mask = args.get("query"), args.get("key"), args.get("value"), args.get("attn_mask")
+    if not all(walk.is_dynamic(a) for a in (q, k, v)):
+        walk.refuse(node, "attention with a constant query, key or value has no spike-equivalent form here",
+                    "Feed q, k and v from the input (or compute the constant part outside the attention).")
+        return
+    if walk.is_dynamic(mask) or args.get("dropout_p", 0.0) or args.get("enable_gqa", False):
+        walk.refuse(node, "an input-dependent mask, dropout or grouped-query attention has no spike-equivalent "
+                    "form here", "Pass a constant attn_mask, dropout_p=0 (eval) and repeat the key/value heads.")
+        return
+    scale = args.get("scale")
+    if isinstance(scale, fx.Node) or isinstance(args.get("is_causal"), fx.Node):
+        walk.refuse(node, "a scale or is_causal computed in the forward is not known at conversion",
+                    "Pass a number for scale and a bool for is_causal.")
+        return
+    walk.call(node, SpikeAttention(walk.clock, None if scale is None else float(scale), bool(args.get("is_causal"))),
+              f"attention_{node.name}", (q, k, v) + ((mask,) if mask is not None else ()))
+    walk.record("replace_attention", node.name)
 
 
 # -- float functions -------------------------------------------------------------------------------

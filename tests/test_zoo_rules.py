@@ -173,3 +173,46 @@ def test_an_elementwise_product_is_counted_by_hand():
     assert row.macs == pytest.approx((t + extra_t) * 6)  # 1/n on each of the 6 entries, every step
     assert row.flops == 6
     assert res.totals.flops == 4 * 6 + 6 + 6 * 2  # lin, the product, out
+
+
+class SDPA(nn.Module):
+    """q, k, v after QCFS sites, then ``F.scaled_dot_product_attention`` as timm and torchvision call it."""
+
+    def __init__(self, d: int = 8, heads: int = 2, **sdpa):
+        super().__init__()
+        self.qkv, self.proj, self.heads, self.sdpa = nn.Linear(d, 3 * d), nn.Linear(d, 3), heads, sdpa
+        self.register_buffer("mask", None)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = F.relu(self.qkv(x)).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, **self.sdpa)
+        return self.proj(o.transpose(1, 2).reshape(B, N, D).mean(1))
+
+
+@pytest.mark.parametrize("case", ["plain", "scale", "causal", "float-mask", "bool-mask"])
+def test_scaled_dot_product_attention_converts_exactly(case):
+    torch.manual_seed(5)
+    sdpa = {"scale": {"scale": 0.3}, "causal": {"is_causal": True}}.get(case, {})
+    model = SDPA(**sdpa)
+    if case == "float-mask":
+        model.mask = torch.randn(5, 5)
+    if case == "bool-mask":
+        model.mask = torch.rand(5, 5) > 0.3
+        model.mask.fill_diagonal_(True)  # every query keeps a key
+    q = _qann(model)
+    for t in (1, 4):
+        report = _exact(q, torch.randn(6, 5, 8), t=t)
+    assert len(report["replace_attention"]) == 1
+
+
+def test_the_energy_of_a_converted_sdpa_counts_its_products_and_softmax():
+    torch.manual_seed(6)
+    q = _qann(SDPA(is_causal=True))
+    sim = ann2snn.Simulator(ann2snn.convert(q))
+    x = torch.randn(4, 5, 8)
+    res = ann2snn.measure_energy(q, sim, [(x, torch.zeros(4, dtype=torch.long))], 2, 1)
+    kinds = {r.name.rsplit(".", 1)[-1]: r.kind for r in res.rows if "attention" in r.name}
+    assert kinds == {"qk": "product", "av": "product", "softmax": "nonlinear"}
+    # per image: q·kᵀ and p·v, each heads · N · N · (D / heads) = 2 · 5 · 5 · 4 MACs
+    assert sum(r.flops for r in res.rows if r.kind == "product") == 2 * (2 * 5 * 5 * 4)
