@@ -361,10 +361,27 @@ class DriveConst(nn.Module):
         c = self.value if c is None else c
         if self.clock.drive:
             return c
-        return torch.zeros_like(c) if isinstance(c, torch.Tensor) else 0.0 * c
+        return torch.zeros_like(c) if isinstance(c, torch.Tensor) else type(c)(0)  # not 0·c: c may be ±inf
 
     def extra_repr(self) -> str:
         return "" if self.value is None else f"value={self.value!r}"
+
+
+class DriveFill(nn.Module):
+    """An operation that writes a constant ``value`` into a spiking tensor -- ``F.pad`` with a
+    non-zero value, ``masked_fill`` with a constant mask -- writing it on drive steps only and 0
+    on the others, so that the run's mean holds the value once, as for a bias.  ``fn(*args,
+    value=...)`` is the operation (a −inf fill before a softmax stays −inf in its running sum)."""
+
+    def __init__(self, fn, value: float, clock: Clock, name: str = ""):
+        super().__init__()
+        self.fn, self.value, self.clock, self.name = fn, value, clock, name or getattr(fn, "__name__", "fill")
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, value=self.value if self.clock.drive else 0.0, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, value={self.value!r}"
 
 
 class GatedBatchNorm(nn.Module):

@@ -54,7 +54,7 @@ from torch import fx, nn
 
 from ann2snn.graph import DYNAMIC, ConversionError, add_module, describe, module_path, replace_module
 from ann2snn.layers import MatMul
-from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
+from ann2snn.neurons import (Clock, DriveConst, DriveFill, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
                              ScaledNeuron, SpikeAttention, SpikeEinsum, SpikeMatMul, SpikeMul)
 from ann2snn.quant import QCFS
 
@@ -371,7 +371,7 @@ def _softmax(walk: Walk, node: fx.Node, op) -> None:
 RUNNING_MODULES = (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None), nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                    nn.Softplus, nn.ELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Softsign, nn.LeakyReLU, nn.CELU,
                    nn.SELU)
-RUNNING_FUNCTIONS = (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm, F.gelu, F.silu, torch.sigmoid,
+RUNNING_FUNCTIONS = (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm, F.normalize, F.gelu, F.silu, torch.sigmoid,
                      F.sigmoid, torch.tanh, F.tanh, F.softplus, F.elu, F.mish, F.hardswish, F.hardsigmoid, F.softsign,
                      F.leaky_relu, F.celu, F.selu, torch.exp, torch.erf)
 RUNNING_METHODS = ("sigmoid", "tanh", "exp", "erf")
@@ -404,7 +404,10 @@ def _running(walk: Walk, node: fx.Node, op) -> None:
 # -- synapses and linear maps ----------------------------------------------------------------------
 SYNAPSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 PASS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.ZeroPad2d, GatedBatchNorm, DriveGate)
+                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.ZeroPad2d, getattr(nn, "ZeroPad1d", None),
+                getattr(nn, "ZeroPad3d", None), nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+                nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, getattr(nn, "CircularPad2d", None), nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
+                nn.ChannelShuffle, nn.Unfold, nn.Fold, GatedBatchNorm, DriveGate, DriveFill)
 DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -437,17 +440,58 @@ PASS_FUNCTIONS = (torch.flatten, torch.reshape, torch.transpose, torch.permute, 
                   torch.mean, torch.sum, torch.chunk, torch.split, torch.narrow, torch.roll, torch.movedim,
                   operator.getitem, operator.neg, torch.neg, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
                   F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.t, torch.swapaxes,
-                  torch.swapdims, torch.unbind, torch.clone, getattr)
+                  torch.swapdims, torch.unbind, torch.clone, getattr, torch.flip, torch.tile, torch.tril, torch.triu,
+                  torch.diagonal, torch.select, torch.repeat_interleave,
+                  # resampling with fixed weights and rearrangements: sums of inputs with constant weights
+                  F.interpolate, F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, F.unfold, F.fold)
 PASS_METHODS = ("flatten", "reshape", "view", "transpose", "permute", "squeeze", "unsqueeze", "mean", "sum", "chunk",
                 "split", "contiguous", "expand", "expand_as", "repeat", "narrow", "neg", "t", "clone", "unbind",
                 "movedim", "swapaxes", "swapdims", "roll", "flip", "view_as", "reshape_as", "unflatten", "type_as",
-                "to", "float", "__getitem__", "size", "dim")
+                "to", "float", "__getitem__", "size", "dim", "tile", "tril", "triu", "diagonal", "select",
+                "repeat_interleave", "unfold")
 
 
 @RULES.functions(*PASS_FUNCTIONS, role=Role.LINEAR)
 @RULES.methods(*PASS_METHODS, role=Role.LINEAR)
 def _pass(walk: Walk, node: fx.Node, op) -> None:
-    """Shape and selection ops, sums and means, average pools, negation: linear."""
+    """Shape and selection ops, sums and means, average pools, resampling, negation: linear."""
+
+
+@RULES.functions(torch.index_select, torch.gather, torch.take_along_dim, role=Role.LINEAR)
+@RULES.methods("index_select", "gather", "take_along_dim", role=Role.LINEAR)
+def _select(walk: Walk, node: fx.Node, op) -> None:
+    """Selection by constant indices is linear; by indices computed from the input it is not."""
+    data = node.args[0] if node.args else None
+    if any(a is not data for a in walk.dynamic_args(node)):
+        walk.refuse(node, "a selection by input-dependent indices is not linear", "Select by constant indices.")
+
+
+@RULES.functions(torch.where, role=Role.LINEAR)
+def _where(walk: Walk, node: fx.Node, fn) -> None:
+    """``torch.where(mask, a, b)`` with a constant mask selects: linear; a constant branch is
+    injected on drive steps only (a −inf fill before a softmax included)."""
+    if len(node.args) != 3 or node.kwargs or walk.is_dynamic(node.args[0]):
+        walk.refuse(node, "a selection by an input-dependent condition is not linear",
+                    "Select by a constant mask (a causal or padding mask).")
+        return
+    node.args = (node.args[0], walk.gate_const(node, node.args[1]), walk.gate_const(node, node.args[2]))
+
+
+@RULES.functions(torch.masked_fill, role=Role.LINEAR, makes=(DriveFill,))
+@RULES.methods("masked_fill", role=Role.LINEAR, makes=(DriveFill,))
+def _masked_fill(walk: Walk, node: fx.Node, op) -> None:
+    """``x.masked_fill(mask, v)`` with a constant mask: linear in x; a non-zero v is written on
+    drive steps only (:class:`~ann2snn.neurons.DriveFill`)."""
+    x, mask, value = (list(node.args) + [node.kwargs.get("mask"), node.kwargs.get("value")])[:3]
+    if walk.is_dynamic(mask) or walk.is_dynamic(value) or isinstance(value, fx.Node):
+        walk.refuse(node, "a fill with an input-dependent mask or value is not linear",
+                    "Fill by a constant mask with a number.")
+        return
+    if value in (0, 0.0):
+        return
+    walk.call(node, DriveFill(torch.masked_fill, float(value), walk.clock, "masked_fill"), f"fill_{node.name}",
+              (x, mask))
+    walk.record("gate_constants", node.name)
 
 
 @RULES.functions(operator.add, operator.sub, torch.add, torch.sub, operator.iadd, operator.isub, role=Role.LINEAR)
@@ -487,20 +531,54 @@ def _scaling(walk: Walk, node: fx.Node, op) -> None:
                     "Split it into products of two operands.")
 
 
+_CONV_RANK = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+
+
 @RULES.functions(F.linear, F.conv1d, F.conv2d, F.conv3d, role=Role.SYNAPSE)
 def _functional_synapse(walk: Walk, node: fx.Node, fn) -> None:
-    """A functional linear/conv is linear without a bias; with one it is refused (its bias would
-    be injected on every step)."""
-    if _arg(node, 2, "bias") is not None and walk.gate_bias:
-        walk.refuse(node, "a functional linear/conv with a bias would inject the bias on every step",
-                    "Use an nn.Linear / nn.Conv module, whose bias is gated to the input steps.")
+    """A functional linear/conv (timm's ``ScaledStdConv2d`` and ``Linear`` call them) is linear in
+    its input; its bias is split off and added on drive steps only, as a module's bias is.  Weights
+    computed from the input would make it a product: refused."""
+    if walk.is_dynamic(_arg(node, 1, "weight")):
+        walk.refuse(node, "a linear map whose weights depend on the input is a product",
+                    "Write it as a matrix product (@), which converts by the running-sum rule.")
+        return
+    bias = _arg(node, 2, "bias")
+    if bias is None or not walk.gate_bias:
+        return
+    if walk.is_dynamic(bias):
+        walk.refuse(node, "a bias that depends on the input is not a bias", "Add it as a separate term.")
+        return
+    if "bias" in node.kwargs:
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "bias"}
+    else:
+        node.args = node.args[:2] + (None,) + tuple(node.args[3:])
+    graph, rank = walk.gm.graph, _CONV_RANK.get(fn, 0)
+    with graph.inserting_after(node):
+        shaped = graph.call_method("reshape", (bias, (-1,) + (1,) * rank)) if rank else bias
+    if rank:
+        walk.kinds[shaped] = "const"
+    with graph.inserting_after(shaped if rank else node):
+        total = graph.call_function(operator.add, (node, shaped))
+    node.replace_all_uses_with(total, delete_user_cb=lambda user: user is not total)
+    walk.kinds[total] = DYNAMIC
+    total.args = (node, walk.gate_const(total, shaped))
 
 
-@RULES.functions(F.pad, role=Role.LINEAR)
+@RULES.functions(F.pad, role=Role.LINEAR, makes=(DriveFill,))
 def _pad(walk: Walk, node: fx.Node, fn) -> None:
-    """Zero padding is linear; padding with another value is refused."""
-    if _arg(node, 3, "value", 0) not in (0, 0.0, None):
-        walk.refuse(node, "this operation is not linear and has no spike-equivalent operator here", _NO_RULE_FIX)
+    """Padding is linear (zeros; reflected or replicated entries); a non-zero constant is written
+    on drive steps only (:class:`~ann2snn.neurons.DriveFill`)."""
+    value = _arg(node, 3, "value", 0)
+    if value in (0, 0.0, None) or _arg(node, 2, "mode", "constant") != "constant":
+        return
+    if isinstance(value, fx.Node):
+        walk.refuse(node, "padding with a value computed in the forward is not known at conversion",
+                    "Pad with a number.")
+        return
+    walk.call(node, DriveFill(F.pad, float(value), walk.clock, "pad"), f"pad_{node.name}",
+              (node.args[0], _arg(node, 1, "pad")))
+    walk.record("gate_constants", node.name)
 
 
 def _is_output_container(target) -> bool:

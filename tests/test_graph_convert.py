@@ -171,7 +171,7 @@ UNSUPPORTED = {
     "abs": (lambda s, h: h.abs(), "abs"),
     "sort": (lambda s, h: torch.sort(h, -1).values, "sort"),
     "divide": (lambda s, h: h / (h + 1), "truediv"),
-    "functional-linear-bias": (lambda s, h: F.linear(h, s.lin.weight, s.lin.bias), "linear"),
+    "select-by-input": (lambda s, h: torch.gather(h, 1, h.argmax(1, keepdim=True)), "gather"),
 }
 # non-linear functions of one operand: converted by the running-sum rule (RunningFunction)
 RUNNING = {

@@ -216,3 +216,46 @@ def test_the_energy_of_a_converted_sdpa_counts_its_products_and_softmax():
     assert kinds == {"qk": "product", "av": "product", "softmax": "nonlinear"}
     # per image: q·kᵀ and p·v, each heads · N · N · (D / heads) = 2 · 5 · 5 · 4 MACs
     assert sum(r.flops for r in res.rows if r.kind == "product") == 2 * (2 * 5 * 5 * 4)
+
+
+class _Op(nn.Module):
+    """conv → ReLU (a QCFS site) → ``op`` → conv → mean → head: one operator between two layers."""
+
+    def __init__(self, op, c: int = 4):
+        super().__init__()
+        self.c1, self.c2, self.head, self.op = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c, 1), nn.Linear(c, 3), op
+        self.up = nn.Upsample(scale_factor=2)
+
+    def forward(self, x):
+        h = self.op(self, F.relu(self.c1(x)))
+        return self.head(self.c2(h).mean((2, 3)))
+
+
+_MASK = torch.rand(6, 6, generator=torch.Generator().manual_seed(7)) > 0.5
+_SOFTMAX_MASK = _MASK & ~torch.eye(6, dtype=torch.bool)  # every row keeps a position
+LINEAR_OPS = {
+    "functional-conv-bias": lambda s, h: F.conv2d(h, s.c2.weight, s.c2.bias),  # timm's ScaledStdConv2d
+    "functional-linear-bias": lambda s, h: F.linear(h.transpose(1, 3), s.c2.weight[:, :, 0, 0],
+                                                    s.c2.bias).transpose(1, 3),
+    "pad-value": lambda s, h: F.pad(h, (1, 1, 1, 1), value=0.5)[..., 1:-1, 1:-1] + F.pad(h, (0, 0, 0, 0)),
+    "pad-reflect": lambda s, h: F.pad(h, (1, 1, 1, 1), mode="reflect")[..., 1:-1, 1:-1],
+    "masked-fill": lambda s, h: h.masked_fill(_MASK, 2.0),
+    "where-constant": lambda s, h: torch.where(_MASK, h, torch.full_like(_MASK, -1.0, dtype=h.dtype)),
+    "where-two-inputs": lambda s, h: torch.where(_MASK, h, 2 * h),
+    "nearest-upsample": lambda s, h: F.interpolate(h, scale_factor=2, mode="nearest")[..., ::2, ::2],
+    "bilinear-upsample": lambda s, h: F.avg_pool2d(F.interpolate(h, scale_factor=2, mode="bilinear"), 2),
+    "upsample-module": lambda s, h: F.avg_pool2d(s.up(h), 2),
+    "pixel-shuffle": lambda s, h: F.pixel_unshuffle(F.pixel_shuffle(h, 2), 2),
+    "normalize": lambda s, h: F.normalize(h, dim=1),
+    "index-select": lambda s, h: torch.index_select(h, 1, torch.tensor([3, 2, 1, 0])),
+    "masked-softmax": lambda s, h: torch.softmax(h.masked_fill(_SOFTMAX_MASK, float("-inf")), -1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINEAR_OPS))
+def test_zoo_operators_convert_exactly(case):
+    torch.manual_seed(8)
+    q = _qann(_Op(LINEAR_OPS[case]))
+    x = torch.randn(4, 3, 6, 6)
+    for t in (1, 3):
+        _exact(q, x, t=t)
