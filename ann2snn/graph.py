@@ -19,6 +19,7 @@ Each node gets a *kind* (:func:`classify`):
 """
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from collections.abc import Iterable
@@ -27,8 +28,9 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
-_HERE = str(Path(__file__).resolve().parent)
+# with the separator: ".../site-packages/torchvision" starts with ".../site-packages/torch" too
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent) + os.sep
+_HERE = str(Path(__file__).resolve().parent) + os.sep
 
 
 DYNAMIC = "dynamic"  # the kind of a node whose value depends on the input (see the module docstring)
@@ -82,7 +84,16 @@ def _after_interrupt(err: BaseException) -> bool:
 
 def trace(model: nn.Module, leaves: tuple[type, ...] = ()) -> fx.GraphModule:
     """The model as a GraphModule (parameters shared with ``model``), or a ConversionError that
-    says which line of the model could not be traced and why."""
+    says which line of the model could not be traced and why.
+
+    A model that is already a GraphModule (what :func:`ann2snn.quantize` returns for shared or
+    functional activations) is not traced again: its graph is copied with each node's record of
+    the model's source line, so that a refusal cites the model's own code rather than the
+    generated ``forward`` of the GraphModule."""
+    if isinstance(model, fx.GraphModule):
+        graph = fx.Graph()
+        graph.output(graph.graph_copy(model.graph, {}))
+        return fx.GraphModule(model, graph, class_name=type(model).__name__)
     tracer = Tracer(leaves)
     try:
         graph = tracer.trace(model)

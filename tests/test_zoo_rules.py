@@ -259,3 +259,34 @@ def test_zoo_operators_convert_exactly(case):
     x = torch.randn(4, 3, 6, 6)
     for t in (1, 3):
         _exact(q, x, t=t)
+
+
+def test_refusals_cite_torchvisions_lines_not_an_unknown_line():
+    """torchvision lives beside torch (``site-packages/torchvision`` starts with
+    ``site-packages/torch``): its frames are the model's own code and must not be skipped."""
+    from ann2snn import graph
+
+    tv_file = graph._TORCH_DIR.rstrip("/") + "vision/models/resnet.py"
+    torch_file = graph._TORCH_DIR + "nn/modules/module.py"
+    assert graph._user_frame([(tv_file, 92, "forward", "out = self.relu(out)"),
+                              (torch_file, 1775, "_call_impl", "return forward_call(*args)")]) == \
+        f"{tv_file}:92 (out = self.relu(out))"
+
+
+def test_a_refusal_after_quantize_cites_the_models_line_not_generated_code():
+    """A functional relu makes quantize return a GraphModule; converting it must not cite the
+    GraphModule's generated forward (``<eval_with_key>``) but this file."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.relu(self.lin(x)).abs()  # the refused line
+
+    q = ann2snn.quantize(M(), 4)
+    assert isinstance(q, torch.fx.GraphModule)
+    with pytest.raises(ConversionError) as err:
+        ann2snn.convert(q)
+    assert "eval_with_key" not in str(err.value) and "test_zoo_rules.py" in str(err.value)
+    assert "the refused line" in str(err.value)
