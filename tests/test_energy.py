@@ -261,15 +261,15 @@ def test_settle_steps_and_effective_latency_by_hand():
     assert settle.tolist() == [1, 3, 4, 1]
     # 99.9% of 4 samples = all of them; sample 2 still changed at the last step: censored, not "4"
     lat = effective_latency(settle, 4)
-    assert (lat["settled"], lat["steps"], lat["unsettled_fraction"]) == (False, None, 0.25)
-    assert effective_latency(settle, 4, fraction=0.5)["steps"] == 1
-    assert effective_latency(settle, 4, fraction=0.75) == {"steps": 3, "settled": True, "observed_steps": 4,
+    assert (lat.settled, lat.steps, lat.unsettled_fraction) == (False, None, 0.25)
+    assert effective_latency(settle, 4, fraction=0.5).steps == 1
+    assert effective_latency(settle, 4, fraction=0.75).to_dict() == {"steps": 3, "settled": True, "observed_steps": 4,
                                                           "fraction": 0.75, "unsettled_fraction": 0.25}
     # the same predictions followed by one more unchanged step: sample 2 is now seen to settle at 4
     lat5 = effective_latency(settle_steps(torch.cat([preds, preds[-1:]])), 5)
-    assert (lat5["settled"], lat5["steps"], lat5["unsettled_fraction"]) == (True, 4, 0.0)
+    assert (lat5.settled, lat5.steps, lat5.unsettled_fraction) == (True, 4, 0.0)
     # a single step cannot change: every prediction is final at step 1
-    assert effective_latency(settle_steps(preds[:1]), 1)["steps"] == 1
+    assert effective_latency(settle_steps(preds[:1]), 1).steps == 1
 
 
 def test_measured_firing_rates_and_latency_match_an_independent_count(qcfs_transformer):
