@@ -44,7 +44,7 @@ _API = {
     "Simulator": "simulate",
     "evaluate": "metrics", "evaluate_ann": "metrics", "evaluate_snn": "metrics", "evaluate_table": "metrics",
     "effective_latency": "metrics",
-    "EnergyMeter": "energy", "measure_energy": "energy",
+    "EnergyMeter": "energy", "EnergyResult": "energy", "measure_energy": "energy",
     "frontier": "frontier",
     "Accuracy": "results", "Evaluation": "results", "Frontier": "results", "FrontierPoint": "results",
     "KStep": "results", "Latency": "results", "SnnSteps": "results", "Table": "results", "TableRow": "results",

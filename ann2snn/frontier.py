@@ -87,7 +87,7 @@ def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = Non
                 top1 = table[t].top1
                 for e in helpful_extra_t(top1):
                     en = measure_energy(model, sim, loader, t, e, constants, energy_batches, first_layer)
-                    tot = en["totals"]
+                    tot = en.totals.to_dict()
                     images = tot["images"]
                     points.append(FrontierPoint(
                         spike_levels=m, t=t, extra_t=e, steps=t + e, bits_per_step=bits,

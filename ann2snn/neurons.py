@@ -251,6 +251,15 @@ class SpikeMatMul(_Bilinear):
         return a @ b
 
 
+class SpikeMul(_Bilinear):
+    """Spike-equivalent elementwise ``a * b`` of two spiking operands (a squeeze-excitation gate,
+    a GLU / SwiGLU product): R_k = A_k * B_k / n_k, the same bilinear running rule as
+    :class:`SpikeMatMul`, so the outputs sum to n · (mean a) * (mean b)."""
+
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
 class ECSoftmax(_RunningOp):
     """Expectation-compensated softmax: R_k = n_k · softmax(X_k / n_k) for the running input X_k."""
 
@@ -266,6 +275,36 @@ class ECSoftmax(_RunningOp):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+class SpikeAttention(nn.Module):
+    """Spike-equivalent ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale)`` of
+    three spiking operands: the running-sum product q·kᵀ, the scale, the mask, the
+    expectation-compensated softmax and the running-sum product with v (Huang et al., "ECMT",
+    2024; You et al., "SpikeZIP-TF", ICML 2024).  A constant mask -- added (float) or keeping
+    positions (bool), or the causal mask -- enters on drive steps only, like a bias: the softmax's
+    running input then holds n × (mean scores + mask), so masked positions stay at −inf.  Its
+    three stateful parts are modules of their own, so the energy meter counts each as it counts
+    an explicit attention."""
+
+    def __init__(self, clock: Clock, scale: float | None = None, is_causal: bool = False):
+        super().__init__()
+        self.clock, self.scale, self.is_causal = clock, scale, bool(is_causal)
+        self.qk, self.softmax, self.av = SpikeMatMul(clock), ECSoftmax(-1, clock), SpikeMatMul(clock)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None):
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        s = self.qk(q, k.transpose(-2, -1)) * scale
+        if self.clock.drive:
+            if attn_mask is not None:
+                s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+            if self.is_causal:
+                keep = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+                s = s.masked_fill(~keep, float("-inf"))
+        return self.av(self.softmax(s), v)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, is_causal={self.is_causal}"
 
 
 class DriveGate(nn.Module):

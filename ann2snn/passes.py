@@ -18,10 +18,11 @@ pattern is the same as ours, and both use torch's ``fuse_conv_bn_eval``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ann2snn.graph import DYNAMIC, ConversionError, classify, replace_module, trace
+from ann2snn.graph import DYNAMIC, ConversionError, add_module, classify, module_path, replace_module, trace
 from ann2snn.neurons import Clock, DriveGate, GatedBatchNorm, MaxPoolNeuron, ScaledNeuron
 from ann2snn.quant import QCFS, trace_leaves
 from ann2snn.rules import SYNAPSES, Walk, apply_rule
@@ -71,15 +72,61 @@ def _foldable(gm: fx.GraphModule, bn: nn.Module, src: fx.Node, chain: list[fx.No
                  or last.op == "call_function" and last.target is torch.reshape))
 
 
+def _attr(gm: fx.GraphModule, arg) -> torch.Tensor | None:
+    """The tensor a ``get_attr`` node reads (None for None); raises ValueError for anything else."""
+    if arg is None:
+        return None
+    if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+        raise ValueError("not a constant")
+    obj = gm
+    for part in str(arg.target).split("."):
+        obj = getattr(obj, part)
+    return obj.detach()
+
+
+def functional_batchnorm(gm: fx.GraphModule, node: fx.Node) -> nn.modules.batchnorm._BatchNorm | None:
+    """An eval-mode ``F.batch_norm`` call with constant statistics (timm's ``BatchNormAct2d`` and
+    other fused norm + activation layers call it) as an equivalent BatchNorm module; None for any
+    other node, or a call in training mode or with input-dependent statistics."""
+    if node.op != "call_function" or node.target is not F.batch_norm:
+        return None
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    args = dict(zip(names, node.args)) | dict(node.kwargs)
+    if args.get("training", False):
+        return None
+    try:
+        mean, var = _attr(gm, args.get("running_mean")), _attr(gm, args.get("running_var"))
+        weight, bias = _attr(gm, args.get("weight")), _attr(gm, args.get("bias"))
+    except ValueError:
+        return None
+    if mean is None or var is None:
+        return None
+    bn = nn.BatchNorm1d(mean.numel(), eps=float(args.get("eps", 1e-5)))  # the class only names the rank
+    with torch.no_grad():
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(weight if weight is not None else torch.ones_like(mean))
+        bn.bias.copy_(bias if bias is not None else torch.zeros_like(mean))
+    return bn.eval()
+
+
 def fold_batchnorms(gm: fx.GraphModule, kinds: dict, clock: Clock, gate: bool, report: dict) -> None:
     """Fold every eval-mode BatchNorm on a dynamic path into the Conv/Linear that feeds it
     (:func:`_foldable`), with torch's ``fuse_conv_bn_eval`` / ``fuse_linear_bn_eval``.  A
     BatchNorm that cannot be folded (after an add, at the input, after a layer with two readers)
     becomes :class:`~ann2snn.neurons.GatedBatchNorm` when ``gate``: its shift is injected on drive
-    steps only, like a folded bias."""
+    steps only, like a folded bias.  A functional ``F.batch_norm`` (:func:`functional_batchnorm`)
+    folds into a convolution that feeds it alone (the channel axis of a convolution's output is
+    always 1, as ``F.batch_norm`` normalises) and is gated otherwise."""
     folded, gated = report.setdefault("fold_bn", []), report.setdefault("gate_batchnorm", [])
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or kinds.get(node) != DYNAMIC:
+        if kinds.get(node) != DYNAMIC:
+            continue
+        functional = functional_batchnorm(gm, node)
+        if functional is not None:
+            _fold_functional(gm, node, functional, kinds, clock, gate, report)
+            continue
+        if node.op != "call_module":
             continue
         bn = gm.get_submodule(str(node.target))
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
@@ -95,6 +142,27 @@ def fold_batchnorms(gm: fx.GraphModule, kinds: dict, clock: Clock, gate: bool, r
         elif gate:
             replace_module(gm, str(node.target), GatedBatchNorm(bn, clock))
             gated.append(str(node.target))
+
+
+def _fold_functional(gm: fx.GraphModule, node: fx.Node, bn: nn.Module, kinds: dict, clock: Clock, gate: bool,
+                     report: dict) -> None:
+    """Fold the functional BatchNorm ``node`` (as the module ``bn``) into the convolution feeding it
+    alone, or make it a call of a :class:`~ann2snn.neurons.GatedBatchNorm`."""
+    src = node.args[0]
+    layer = gm.get_submodule(str(src.target)) if isinstance(src, fx.Node) and src.op == "call_module" else None
+    calls = sum(1 for n in gm.graph.nodes if n.op == "call_module" and isinstance(src, fx.Node)
+                and n.target == src.target)
+    path = module_path(node)
+    if (isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and layer.out_channels == bn.num_features
+            and _readers(src, kinds) == 1 and calls == 1):
+        replace_module(gm, str(src.target), fuse_conv_bn_eval(layer.eval(), bn))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        report["fold_bn"].append(f"{path}.{node.name}" if path else node.name)
+    elif gate:
+        name = add_module(gm, f"{path}.{node.name}" if path else node.name, GatedBatchNorm(bn, clock))
+        node.op, node.target, node.args, node.kwargs = "call_module", name, (src,), {}
+        report["gate_batchnorm"].append(name)
 
 
 def gate_biases(gm: nn.Module, clock: Clock) -> list[str]:
@@ -113,8 +181,8 @@ def gate_biases(gm: nn.Module, clock: Clock) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # the graph walk
-REPORT_STEPS = ("replace_activations", "replace_maxpool", "replace_products", "replace_softmax", "replace_functions",
-                "gate_constants", "remove_dropout", "kept_float_ops")
+REPORT_STEPS = ("replace_activations", "replace_maxpool", "replace_products", "replace_softmax", "replace_attention",
+                "replace_functions", "gate_constants", "remove_dropout", "kept_float_ops")
 
 
 def convert_graph(net: nn.Module, clock: Clock, neg_rule: str, gate_bias: bool = True,

@@ -17,11 +17,16 @@ intermediates of five elementwise ops.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ann2snn._checks import check_int, check_module, check_positive
+from ann2snn.graph import ConversionError, add_module, describe, module_path, replace_module, trace
+from ann2snn.layers import MatMul, SignedSite
+from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
 
 log = logging.getLogger("ann2snn")
 
@@ -98,16 +103,11 @@ class QCFS(nn.Module):
 def trace_leaves() -> tuple[type, ...]:
     """Module types torch.fx records as calls without looking inside: QCFS, the marker product,
     and the spiking operators of a converted network."""
-    from ann2snn.layers import MatMul, SignedSite
-    from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
-
     return (QCFS, MatMul, SignedSite, ScaledNeuron, MaxPoolNeuron, SpikeMatMul, ECSoftmax, DriveGate)
 
 
 def _signed_site(node, gm) -> tuple[bool, float | None]:
     """(is a signed site, its clip or None): a SignedSite module or a symmetric Hardtanh(−c, c)."""
-    from ann2snn.layers import SignedSite
-
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         if isinstance(m, SignedSite):
@@ -119,8 +119,6 @@ def _signed_site(node, gm) -> tuple[bool, float | None]:
 
 def _activation_clip(node, gm) -> tuple[bool, float | None, bool]:
     """(is a ReLU-family activation, its clip or None, in place) for an fx node."""
-    import torch.nn.functional as F
-
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         if type(m) is nn.ReLU:
@@ -177,70 +175,86 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     pretrained ReLU network.  Raises :class:`~ann2snn.graph.ConversionError` for an untraceable
     model (naming the line) or one with no ReLU activation.
     """
-    from ann2snn.graph import ConversionError, add_module, describe, module_path, replace_module, trace
-
     levels, lambda_init = _quantize_args(model, levels, lambda_init)
     gm = trace(model, trace_leaves())
-    sites, signed = [], set()
-    for node in gm.graph.nodes:
-        is_signed, clip = _signed_site(node, gm)
-        if is_signed:
-            sites.append((node, clip, False))
-            signed.add(node)
-            continue
-        is_act, clip, inplace = _activation_clip(node, gm)
-        if is_act:
-            sites.append((node, clip, inplace))
-    if not sites:
-        raise ConversionError(f"quantize: {type(model).__name__} has no ReLU-family activation (ReLU, ReLU6, "
-                              "Hardtanh(0, c), F.relu, Tensor.relu) to replace by QCFS. Other activations (GELU, "
-                              "SiLU, sigmoid) cannot become QCFS sites: build the model with ReLU.")
+    sites = _find_sites(gm, model)
     uses: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             uses[str(node.target)] = uses.get(str(node.target), 0) + 1
-    in_place = all(n.op == "call_module" and uses[str(n.target)] == 1 for n, _, _ in sites)
-    if in_place:  # the module tree already has one module per site: keep the model's own class
-        for node, clip, _ in sites:
-            replace_module(model, str(node.target), QCFS(levels, lambda_init, clip, signed=node in signed))
+    if all(s.node.op == "call_module" and uses[str(s.node.target)] == 1 for s in sites):
+        # the module tree already has one module per site: keep the model's own class
+        for site in sites:
+            replace_module(model, str(site.node.target), QCFS(levels, lambda_init, site.clip, signed=site.signed))
         log.info("quantize: %d activation site(s) -> QCFS(L=%d), in place", len(sites), levels)
         out = model
     else:
-        seen: set[str] = set()
-        order = {n: i for i, n in enumerate(gm.graph.nodes)}
-        for node, clip, inplace in sites:
-            q = QCFS(levels, lambda_init, clip, signed=node in signed)
-            if node.op == "call_module" and str(node.target) not in seen:
-                name = str(node.target)
-                seen.add(name)
-                replace_module(gm, name, q)  # its first call site keeps the module's name
-                continue
-            if node.op == "call_module":  # a later call of a shared module: a sibling site
-                base = str(node.target)
-            else:  # a functional or method call: a site in the module whose forward made it
-                path = module_path(node)
-                base = f"{path}.{node.name}" if path else node.name
-            name = add_module(gm, base, q)
-            src = node.args[0]
-            with gm.graph.inserting_after(node):
-                new = gm.graph.call_module(name, (src,))
-            new.meta = dict(node.meta)
-            node.replace_all_uses_with(new)
-            if inplace and isinstance(src, torch.fx.Node):  # later readers of the input saw the activation
-                for user in list(src.users):
-                    if user is not new and order.get(user, -1) > order[node]:
-                        user.replace_input_with(src, new)
-            gm.graph.erase_node(node)
-        gm.graph.lint()
-        gm.recompile()
+        out = _rewrite_sites(gm, sites, levels, lambda_init)
         log.info("quantize: %d activation site(s) -> QCFS(L=%d); the model is rewritten as a graph "
                  "(shared or functional activations)", len(sites), levels)
-        out = gm
     if not any(isinstance(m, QCFS) for m in out.modules()):  # pragma: no cover - defensive
-        raise ConversionError(f"quantize: no QCFS site was created in {describe(sites[0][0], gm)}")
+        raise ConversionError(f"quantize: no QCFS site was created in {describe(sites[0].node, gm)}")
     if calibrate is not None:
         calibrate_lambdas(out, calibrate, percentile, calibration_batches)
     return out
+
+
+@dataclass(frozen=True)
+class _Site:
+    node: torch.fx.Node
+    clip: float | None  # a clipped ReLU's clip (λ ≤ clip)
+    inplace: bool
+    signed: bool
+
+
+def _find_sites(gm: torch.fx.GraphModule, model: nn.Module) -> list[_Site]:
+    """Every activation call site of the traced model; a ConversionError when there is none."""
+    sites = []
+    for node in gm.graph.nodes:
+        is_signed, clip = _signed_site(node, gm)
+        if is_signed:
+            sites.append(_Site(node, clip, False, True))
+            continue
+        is_act, clip, inplace = _activation_clip(node, gm)
+        if is_act:
+            sites.append(_Site(node, clip, inplace, False))
+    if not sites:
+        raise ConversionError(f"quantize: {type(model).__name__} has no ReLU-family activation (ReLU, ReLU6, "
+                              "Hardtanh(0, c), F.relu, Tensor.relu) to replace by QCFS. Other activations (GELU, "
+                              "SiLU, sigmoid) cannot become QCFS sites: build the model with ReLU.")
+    return sites
+
+
+def _rewrite_sites(gm: torch.fx.GraphModule, sites: list[_Site], levels: int, lambda_init: float):
+    """Give each site its own QCFS module in the graph: a shared module's first call keeps its
+    name, later calls and functional / method calls get new modules beside the code that made them."""
+    seen: set[str] = set()
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for site in sites:
+        node, q = site.node, QCFS(levels, lambda_init, site.clip, signed=site.signed)
+        if node.op == "call_module" and str(node.target) not in seen:
+            seen.add(str(node.target))
+            replace_module(gm, str(node.target), q)  # its first call site keeps the module's name
+            continue
+        if node.op == "call_module":  # a later call of a shared module: a sibling site
+            base = str(node.target)
+        else:  # a functional or method call: a site in the module whose forward made it
+            path = module_path(node)
+            base = f"{path}.{node.name}" if path else node.name
+        name = add_module(gm, base, q)
+        src = node.args[0]
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (src,))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        if site.inplace and isinstance(src, torch.fx.Node):  # later readers of the input saw the activation
+            for user in list(src.users):
+                if user is not new and order.get(user, -1) > order[node]:
+                    user.replace_input_with(src, new)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
 
 
 @torch.no_grad()

@@ -20,10 +20,10 @@ The rules, by role:
 - neurons: each QCFS call site → its own :class:`~ann2snn.neurons.ScaledNeuron` (a module called
   at two sites gets two neurons); max-pool (module or ``F.max_pool2d``) → its own
   :class:`~ann2snn.neurons.MaxPoolNeuron` (Li, Ma & Furber, Front. Neurosci. 2022);
-- products: ``@`` / ``matmul`` / ``bmm`` / :class:`~ann2snn.layers.MatMul` / ``einsum`` of two
-  dynamic tensors → :class:`~ann2snn.neurons.SpikeMatMul` / :class:`SpikeEinsum` (running-sum
-  product, Huang et al. "ECMT" 2024; You et al. "SpikeZIP-TF", ICML 2024); with a constant it is
-  linear;
+- products: ``@`` / ``matmul`` / ``bmm`` / :class:`~ann2snn.layers.MatMul` / ``einsum`` / elementwise
+  ``*`` of two dynamic tensors → :class:`~ann2snn.neurons.SpikeMatMul` / :class:`SpikeEinsum` /
+  :class:`SpikeMul` (running-sum product, Huang et al. "ECMT" 2024; You et al. "SpikeZIP-TF",
+  ICML 2024); with a constant operand they are linear;
 - float functions that spikes cannot carry: softmax → :class:`~ann2snn.neurons.ECSoftmax`;
   LayerNorm, RMSNorm, GroupNorm, GELU, SiLU, sigmoid, tanh and other elementwise activations →
   :class:`~ann2snn.neurons.RunningFunction` (R_k = n·f(X_k / n)): a float operation on every
@@ -35,8 +35,7 @@ The rules, by role:
   operand is gated to the drive steps: :class:`~ann2snn.neurons.DriveConst`), concatenation (the
   same), scaling by a constant, zero padding; dropout is removed.
 
-Anything else on a dynamic path (an elementwise product of two dynamic tensors, division by one,
-``abs``, sorting, ...) is refused with a :class:`~ann2snn.graph.ConversionError` naming the node,
+Anything else on a dynamic path (division by a dynamic tensor, ``abs``, sorting, ...) is refused with a :class:`~ann2snn.graph.ConversionError` naming the node,
 its module path and source line -- unless the caller's ``allow_float_ops`` keeps it as a per-step
 float op, with a warning: the network is then an approximation.
 """
@@ -56,7 +55,7 @@ from torch import fx, nn
 from ann2snn.graph import DYNAMIC, ConversionError, add_module, describe, module_path, replace_module
 from ann2snn.layers import MatMul
 from ann2snn.neurons import (Clock, DriveConst, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
-                             ScaledNeuron, SpikeEinsum, SpikeMatMul)
+                             ScaledNeuron, SpikeAttention, SpikeEinsum, SpikeMatMul, SpikeMul)
 from ann2snn.quant import QCFS
 
 
@@ -319,6 +318,33 @@ def _einsum(walk: Walk, node: fx.Node, fn) -> None:
                     "Split it into products of two operands.")
 
 
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+@RULES.functions(getattr(F, "scaled_dot_product_attention", None), role=Role.LINEAR, makes=(SpikeAttention,))
+def _attention(walk: Walk, node: fx.Node, fn) -> None:
+    """``F.scaled_dot_product_attention`` of three dynamic operands becomes the spike-equivalent
+    attention (running-sum products, expectation-compensated softmax, the mask on drive steps)."""
+    args = dict(zip(_SDPA_ARGS, node.args)) | dict(node.kwargs)
+    q, k, v, mask = args.get("query"), args.get("key"), args.get("value"), args.get("attn_mask")
+    if not all(walk.is_dynamic(a) for a in (q, k, v)):
+        walk.refuse(node, "attention with a constant query, key or value has no spike-equivalent form here",
+                    "Feed q, k and v from the input (or compute the constant part outside the attention).")
+        return
+    if walk.is_dynamic(mask) or args.get("dropout_p", 0.0) or args.get("enable_gqa", False):
+        walk.refuse(node, "an input-dependent mask, dropout or grouped-query attention has no spike-equivalent "
+                    "form here", "Pass a constant attn_mask, dropout_p=0 (eval) and repeat the key/value heads.")
+        return
+    scale = args.get("scale")
+    if isinstance(scale, fx.Node) or isinstance(args.get("is_causal"), fx.Node):
+        walk.refuse(node, "a scale or is_causal computed in the forward is not known at conversion",
+                    "Pass a number for scale and a bool for is_causal.")
+        return
+    walk.call(node, SpikeAttention(walk.clock, None if scale is None else float(scale), bool(args.get("is_causal"))),
+              f"attention_{node.name}", (q, k, v) + ((mask,) if mask is not None else ()))
+    walk.record("replace_attention", node.name)
+
+
 # -- float functions -------------------------------------------------------------------------------
 @RULES.modules(nn.Softmax, role=Role.FLOAT, makes=(ECSoftmax, nn.Softmax))
 def _softmax_module(walk: Walk, node: fx.Node, mod: nn.Softmax) -> None:
@@ -443,15 +469,22 @@ _DIVISIONS = (operator.truediv, torch.div, operator.itruediv, "div", "__truediv_
 
 
 @RULES.functions(operator.mul, operator.truediv, torch.mul, torch.div, operator.imul, operator.itruediv,
-                 role=Role.LINEAR)
-@RULES.methods("mul", "div", "__mul__", "__truediv__", "__rmul__", role=Role.LINEAR)
+                 role=Role.PRODUCT, makes=(SpikeMul,))
+@RULES.methods("mul", "div", "__mul__", "__truediv__", "__rmul__", role=Role.PRODUCT, makes=(SpikeMul,))
 def _scaling(walk: Walk, node: fx.Node, op) -> None:
-    """Scaling by a constant: linear.  A product of two dynamic tensors or a division by one is refused."""
-    if len(walk.dynamic_args(node)) > 1:
-        walk.refuse(node, "a product of two spiking tensors (elementwise *) has no exact running-sum form here",
-                    "Use a matrix product (@), which converts exactly, or make one factor constant.")
-    elif op in _DIVISIONS and len(node.args) > 1 and walk.is_dynamic(node.args[1]):
-        walk.refuse(node, "division by a spiking tensor is not linear", "Divide by a constant instead.")
+    """Scaling by a constant is linear; a product of two dynamic tensors becomes the running-sum
+    product (bilinear, like ``@``); a division by a dynamic tensor is refused."""
+    dynamic = walk.dynamic_args(node)
+    if op in _DIVISIONS:
+        if len(node.args) > 1 and walk.is_dynamic(node.args[1]):
+            walk.refuse(node, "division by a spiking tensor is not linear", "Divide by a constant instead.")
+        return
+    if len(dynamic) == 2 and len(node.args) >= 2 and not node.kwargs:
+        walk.call(node, SpikeMul(walk.clock), f"mul_{node.name}", tuple(node.args[:2]))
+        walk.record("replace_products", node.name)
+    elif len(dynamic) > 1:
+        walk.refuse(node, "a product with more than two spiking operands is not bilinear",
+                    "Split it into products of two operands.")
 
 
 @RULES.functions(F.linear, F.conv1d, F.conv2d, F.conv3d, role=Role.SYNAPSE)

@@ -125,12 +125,12 @@ def run_model(name: str, args, work: Path) -> dict:
            "train_total_s": total_s, "own_top1": own.top1, "n_test": own.n, "snn": {}}
     for t in steps:
         res = measure_energy(model, simulator_for(model, cfg), loader, t, max_batches=args.energy_batches)
-        tot = res["totals"]
-        out["snn"][t] = {"top1_per_step": res["accuracy"]["snn_top1_within_run"], "e_snn_uj": tot["e_snn_mj"] * 1e3,
-                         "e_ann_uj": tot["e_ann_mj"] * 1e3, "mean_rate": tot["mean_rate"], "sops": tot["sops"],
-                         "flops": tot["flops"], "energy_images": tot["images"]}
-        print(f"{name} T={t}: top-1 within the T-step run {['%.2f' % a for a in res['accuracy']['snn_top1_within_run']]}, "
-              f"E_SNN {tot['e_snn_mj'] * 1e3:.3f} µJ/image", flush=True)
+        tot = res.totals
+        out["snn"][t] = {"top1_per_step": res.accuracy.snn_top1_within_run, "e_snn_uj": tot.e_snn_mj * 1e3,
+                         "e_ann_uj": tot.e_ann_mj * 1e3, "mean_rate": tot.mean_rate, "sops": tot.sops,
+                         "flops": tot.flops, "energy_images": tot.images}
+        print(f"{name} T={t}: top-1 within the T-step run {['%.2f' % a for a in res.accuracy.snn_top1_within_run]}, "
+              f"E_SNN {tot.e_snn_mj * 1e3:.3f} µJ/image", flush=True)
     return out
 
 

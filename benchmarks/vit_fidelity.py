@@ -213,10 +213,10 @@ def energy_points(model, cfg, loader, batches: int) -> dict:
     for label, t, extra in (("T = L", cfg.l, 0), ("T = 2L (t = L + L zero steps)", cfg.l, cfg.l),
                             ("T = 2L (t = 2L)", 2 * cfg.l, 0)):
         res = measure_energy(model, simulator_for(model, cfg), loader, t, extra, max_batches=batches)
-        tot = res["totals"]
+        tot = res.totals.to_dict()  # written to the benchmark's JSON as it is
         out[label] = {k: tot[k] for k in ("e_ann_mj", "e_snn_mj", "ann_snn_ratio", "non_spike_share",
                                          "energy_breakdown_mj", "mean_rate", "sops", "nonlinear_macs")}
-        out[label]["top1"] = res["accuracy"]["snn_top1_within_run"][-1]
+        out[label]["top1"] = res.accuracy.snn_top1_within_run[-1]
     return out
 
 
@@ -282,7 +282,7 @@ def markdown(res: dict, args) -> str:
                          f"{pct['mac_products']:.1f} % | {pct['mac_analog_inputs']:.1f} % | {pct['mac_image_layer']:.1f} % | "
                          f"{e['mean_rate']:.3f} |")
     lines += ["", "The columns after *not spike-driven* split E_SNN by what pays MACs. Float functions (LayerNorm, "
-              "GELU, softmax by the running-sum rule) are counted by the per-element table in `ann2snn/energy.py`; "
+              "GELU, softmax by the running-sum rule) are counted by the per-element table in `ann2snn/energy/constants.py`; "
               "products and the layers that read real-valued operands (a LayerNorm output under `qkv`, attention's "
               "output) pay MACs; top-1 is on the energy images, at the point's T. The full t × (t + extra_t) tables are "
               "in `runs/vit_fidelity/<run>/table.md`.", "<!-- vit-fidelity:end -->"]

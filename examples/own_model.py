@@ -73,8 +73,8 @@ def run(name: str, relu_model: nn.Module, train_loader, test_loader, steps: int,
     print("  k-step runs, top-1 %:", ", ".join(f"k={k}: {a:.2f}" for k, a in zip(res.k_step.k, res.k_step.top1)))
     print("  table rows t = 1, 2, %d at extra_t 0..2:" % t,
           {k: [round(a, 2) for a in row.top1] for k, row in table.items()})
-    tot = energy["totals"]
-    print(f"  energy per image: ANN {tot['e_ann_mj'] * 1e3:.3f} µJ, SNN {tot['e_snn_mj'] * 1e3:.3f} µJ "
+    tot = energy.totals
+    print(f"  energy per image: ANN {tot.e_ann_mj * 1e3:.3f} µJ, SNN {tot.e_snn_mj * 1e3:.3f} µJ "
           f"at t = {t}")
     return {"verify": check, "evaluate": res, "table": table, "energy": energy}
 

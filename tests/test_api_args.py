@@ -141,8 +141,8 @@ def test_metrics_and_energy_score_the_logits(kind, data):
     assert ann2snn.evaluate_table(sim, loader, [1, 2, 4], 2) == ann2snn.evaluate_table(ref, loader, [1, 2, 4], 2)
     assert ann2snn.evaluate_ann(model, loader) == ann2snn.evaluate_ann(plain, loader)
     e_got, e_want = (ann2snn.measure_energy(m, s, loader, t=4) for s, m in ((sim, model), (ref, plain)))
-    assert e_got["accuracy"] == e_want["accuracy"]
-    assert e_got["totals"]["sops"] >= e_want["totals"]["sops"] > 0  # the aux head's synapses add to the count
+    assert e_got.accuracy == e_want.accuracy
+    assert e_got.totals.sops >= e_want.totals.sops > 0  # the aux head's synapses add to the count
 
 
 def test_an_output_that_cannot_be_summed_names_its_leaf(data):

@@ -15,8 +15,8 @@ from torch import nn
 
 from ann2snn.convert import SpikingNetwork, convert
 from ann2snn.presets import PRESETS
-from ann2snn.energy import (CONSTANTS, NONLINEAR_MACS, RUNNING_RULE_MACS, EnergyMeter, count_flops, measure_energy,
-                            nonlinear_macs, resolve_constants)
+from ann2snn.energy import (CONSTANTS, NONLINEAR_MACS, RUNNING_RULE_MACS, EnergyMeter, EnergyResult, EnergyRow,
+                            count_flops, measure_energy, nonlinear_macs, resolve_constants)
 from ann2snn.metrics import effective_latency, settle_steps
 from ann2snn.app.report import format_energy_table, write_energy_csv, write_energy_json
 from ann2snn.layers import MatMul
@@ -31,8 +31,8 @@ def spiking(net: nn.Module, clock: Clock | None = None) -> Simulator:
     return Simulator(SpikingNetwork(net, clock or Clock(), PRESETS["rate"], {}))
 
 
-def rows_by_name(result: dict) -> dict[str, dict]:
-    return {r["name"]: r for r in result["rows"]}
+def rows_by_name(result: EnergyResult) -> dict[str, EnergyRow]:
+    return {r.name: r for r in result.rows}
 
 
 # ------------------------------------------------------------------------------ FLOPs
@@ -63,23 +63,23 @@ def test_flops_sops_energy_of_hand_built_network(first_layer):
     res = measure_energy(ann, spiking(snn), loader, t=4, first_layer=first_layer)
     rows = rows_by_name(res)
     # FLOPs (MACs): 4·3 = 12 and 3·2 = 6.
-    assert rows["0"]["flops"] == 12 and rows["2"]["flops"] == 6
+    assert rows["0"].flops == 12 and rows["2"].flops == 6
     # Neuron inputs 0.5, 1, 0 over T = 4 steps from v = ½: spikes at steps {1, 3}, {1, 2, 3, 4}, {}
     # → 6 spikes in 3 neurons × 4 steps: rate 0.5.
-    assert rows["1"]["rate"] == pytest.approx(0.5)
+    assert rows["1"].rate == pytest.approx(0.5)
     # Layer 0 reads the image: MACs, 12 once or 12 on each of the 4 steps.
-    assert rows["0"]["input"] == "image" and rows["0"]["op"] == "MAC" and rows["0"]["sops"] == 0
+    assert rows["0"].input == "image" and rows["0"].op == "MAC" and rows["0"].sops == 0
     first = 12 if first_layer == "once" else 4 * 12
-    assert rows["0"]["macs"] == pytest.approx(first)
+    assert rows["0"].macs == pytest.approx(first)
     # Layer 2: SOP = rate 0.5 × T 4 × FLOPs 6 = 12 = 6 spikes × fan-out 2.
-    assert rows["2"]["rate"] == pytest.approx(0.5)
-    assert rows["2"]["sops"] == pytest.approx(12) and rows["2"]["macs"] == 0
-    tot = res["totals"]
-    assert tot["flops"] == 18 and tot["sops"] == pytest.approx(12)
-    assert tot["e_ann_mj"] == pytest.approx(4.6 * 18 * 1e-9)
-    assert tot["e_snn_mj"] == pytest.approx((4.6 * first + 0.9 * 12) * 1e-9)
-    assert tot["ann_snn_ratio"] == pytest.approx(tot["e_ann_mj"] / tot["e_snn_mj"])
-    assert sum(r["e_snn_mj"] for r in res["rows"]) == pytest.approx(tot["e_snn_mj"])
+    assert rows["2"].rate == pytest.approx(0.5)
+    assert rows["2"].sops == pytest.approx(12) and rows["2"].macs == 0
+    tot = res.totals
+    assert tot.flops == 18 and tot.sops == pytest.approx(12)
+    assert tot.e_ann_mj == pytest.approx(4.6 * 18 * 1e-9)
+    assert tot.e_snn_mj == pytest.approx((4.6 * first + 0.9 * 12) * 1e-9)
+    assert tot.ann_snn_ratio == pytest.approx(tot.e_ann_mj / tot.e_snn_mj)
+    assert sum(r.e_snn_mj for r in res.rows) == pytest.approx(tot.e_snn_mj)
 
 
 class TwoOperands(nn.Module):
@@ -113,18 +113,18 @@ def test_spike_equivalent_product_counts_by_hand():
     #   step 1: (no B_0) + b1's 1 event → 1 AC;  step 2: a2's 1 event + b2's 1 event → 2 ACs.
     # Rescaling by 1/n: 1 output element × 2 steps = 2 MACs.
     row = run_two_operands(SpikeMatMul)
-    assert row["type"] == "SpikeMatMul" and row["input"] == "spikes×spikes"
-    assert row["sops"] == pytest.approx(3) and row["macs"] == pytest.approx(2)
-    assert row["rate"] == pytest.approx(3 / 4) and row["rate_b"] == pytest.approx(2 / 4)
+    assert row.type == "SpikeMatMul" and row.input == "spikes×spikes"
+    assert row.sops == pytest.approx(3) and row.macs == pytest.approx(2)
+    assert row.rate == pytest.approx(3 / 4) and row.rate_b == pytest.approx(2 / 4)
 
 
 def test_spike_einsum_is_counted_like_the_spike_matmul_it_spells():
     """``einsum("bij,bjk->bik")`` is the same product as ``@``: the same events, ACs and 1/n MACs."""
     mm = run_two_operands(SpikeMatMul)
     es = run_two_operands(lambda clock: SpikeEinsum("bij,bjk->bik", clock))
-    assert es["kind"] == "product" and es["input"] == "spikes×spikes"
+    assert es.kind == "product" and es.input == "spikes×spikes"
     for key in ("sops", "macs", "rate", "rate_b"):
-        assert es[key] == pytest.approx(mm[key]), key
+        assert getattr(es, key) == pytest.approx(getattr(mm, key)), key
 
 
 class NormNet(nn.Module):
@@ -150,14 +150,14 @@ def test_float_functions_are_counted_as_macs_on_both_sides_and_in_the_non_spike_
     res = meter.result({"": 0}, 3)
     row = rows_by_name(res)["norm"]
     assert NONLINEAR_MACS["layernorm"] == 4 and RUNNING_RULE_MACS == 2
-    assert row["kind"] == "nonlinear" and row["op"] == "MAC" and row["input"] == "analog"
-    assert row["ann_macs"] == pytest.approx(16) and row["macs"] == pytest.approx(72)
-    tot = res["totals"]
-    assert tot["nonlinear_macs"] == pytest.approx(72) and tot["nonlinear_macs_ann"] == pytest.approx(16)
-    assert tot["e_ann_mj"] == pytest.approx(4.6 * 16 * 1e-9)  # no FLOPs: the float function only
-    assert tot["e_snn_mj"] == pytest.approx(4.6 * 72 * 1e-9)  # no synapse: nothing spike-driven
-    assert tot["non_spike_share"] == pytest.approx(1.0)
-    assert sum(tot["energy_breakdown_mj"].values()) == pytest.approx(tot["e_snn_mj"])
+    assert row.kind == "nonlinear" and row.op == "MAC" and row.input == "analog"
+    assert row.ann_macs == pytest.approx(16) and row.macs == pytest.approx(72)
+    tot = res.totals
+    assert tot.nonlinear_macs == pytest.approx(72) and tot.nonlinear_macs_ann == pytest.approx(16)
+    assert tot.e_ann_mj == pytest.approx(4.6 * 16 * 1e-9)  # no FLOPs: the float function only
+    assert tot.e_snn_mj == pytest.approx(4.6 * 72 * 1e-9)  # no synapse: nothing spike-driven
+    assert tot.non_spike_share == pytest.approx(1.0)
+    assert sum(tot.energy_breakdown_mj.to_dict().values()) == pytest.approx(tot.e_snn_mj)
     assert "not driven by spikes: 100.0% of E_SNN" in format_energy_table(res)
 
 
@@ -173,17 +173,17 @@ def test_per_step_product_of_two_spike_operands_is_driven_by_the_sparser():
     # Per-step a_k·b_k, both operands spikes: a has 2 + 1 = 3 events, b 1 + 1 = 2 (fan-out 1 each);
     # the layer is driven by b, the operand with fewer events: 2 ACs = r_b 0.5 × S 2 × FLOPs 2.
     row = run_two_operands(lambda clock: MatMul())
-    assert row["sops"] == pytest.approx(2) and row["macs"] == 0 and row["op"] == "AC"
-    assert row["sops"] == pytest.approx(min(row["rate"], row["rate_b"]) * 2 * 2)
+    assert row.sops == pytest.approx(2) and row.macs == 0 and row.op == "AC"
+    assert row.sops == pytest.approx(min(row.rate, row.rate_b) * 2 * 2)
 
 
 def test_product_with_one_spike_operand_is_counted_as_acs():
     # b = softmax over its 2 entries: dense and real-valued on both steps; a spikes as above.
     # a drives: each spike adds one (real) entry of b: 2 + 1 = 3 ACs = r_a 0.75 × S 2 × FLOPs 2.
     row = run_two_operands(lambda clock: MatMul(), analog_b=True)
-    assert row["input"] == "spikes×analog" and row["op"] == "AC"
-    assert row["sops"] == pytest.approx(3) and row["macs"] == 0
-    assert row["sops"] == pytest.approx(row["rate"] * 2 * 2)
+    assert row.input == "spikes×analog" and row.op == "AC"
+    assert row.sops == pytest.approx(3) and row.macs == 0
+    assert row.sops == pytest.approx(row.rate * 2 * 2)
 
 
 class Shaped(nn.Module):
@@ -229,13 +229,13 @@ def test_products_count_events_of_the_driving_operand_times_fan_out(product, ana
     with EnergyMeter.for_simulator(sim) as meter:
         sim.run(x, t)
     row = rows_by_name(meter.result(count_flops(net, x), t))["mm"]
-    assert row["flops"] == 12 and row["input"] == label
+    assert row.flops == 12 and row.input == label
     if not analog_a:
-        assert row["rate"] == pytest.approx(0.25)
+        assert row.rate == pytest.approx(0.25)
     if not analog_b:
-        assert row["rate_b"] == pytest.approx(0.5)
-    assert row["sops"] == pytest.approx(acs) and row["macs"] == pytest.approx(macs)
-    assert row["op"] == "+".join(k for k, v in (("AC", acs), ("MAC", macs)) if v)
+        assert row.rate_b == pytest.approx(0.5)
+    assert row.sops == pytest.approx(acs) and row.macs == pytest.approx(macs)
+    assert row.op == "+".join(k for k, v in (("AC", acs), ("MAC", macs)) if v)
 
 
 # ------------------------------------------------------------------------------ firing rate
@@ -247,7 +247,7 @@ def test_firing_rate_of_constant_input_follows_spec_2(t, z):
     sim = spiking(nn.Sequential(ScaledNeuron(lam)))
     with EnergyMeter.for_simulator(sim) as meter:
         sim.run(torch.full((1, 1), z * lam), t)
-    rate = rows_by_name(meter.result({}, t))["0"]["rate"]
+    rate = rows_by_name(meter.result({}, t))["0"].rate
     assert rate == pytest.approx(min(max(math.floor(t * z + 0.5), 0), t) / t)
 
 
@@ -300,7 +300,7 @@ def test_measured_firing_rates_and_latency_match_an_independent_count(qcfs_trans
         for h in handles:
             h.remove()
     rows = rows_by_name(res)
-    assert seen and {n: rows[n]["rate"] for n in seen} == pytest.approx({n: a / b for n, (a, b) in seen.items()}, abs=1e-12)
+    assert seen and {n: rows[n].rate for n in seen} == pytest.approx({n: a / b for n, (a, b) in seen.items()}, abs=1e-12)
     assert any(0 < a / b < 1 for a, b in seen.values())  # the check is not about all-zero layers
     preds = sim.run(x, t, extra_t + more).argmax(-1)  # [S, B]
     S = t + extra_t + more
@@ -310,13 +310,13 @@ def test_measured_firing_rates_and_latency_match_an_independent_count(qcfs_trans
         while s > 1 and preds[s - 2, b] == preds[S - 1, b]:
             s -= 1
         settle.append(s)
-    lat = res["effective_latency"]
-    assert lat["observed_steps"] == S
+    lat = res.effective_latency
+    assert lat.observed_steps == S
     if max(settle) < S:
-        assert lat == {"steps": max(settle), "settled": True, "observed_steps": S, "fraction": 0.999,
-                       "unsettled_fraction": 0.0}
+        assert lat.to_dict() == {"steps": max(settle), "settled": True, "observed_steps": S, "fraction": 0.999,
+                                 "unsettled_fraction": 0.0}
     else:
-        assert lat["settled"] is False and lat["steps"] is None
+        assert lat.settled is False and lat.steps is None
 
 
 # ------------------------------------------------------------------------------ transformer
@@ -325,30 +325,135 @@ def test_transformer_rows_totals_and_flops_from_either_side(qcfs_transformer, tm
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
     res = measure_energy(qcfs_transformer, Simulator(snn), [(x, y)], t=3, extra_t=1)
     by_snn = measure_energy(None, Simulator(snn), [(x, y)], t=3, extra_t=1)
-    assert by_snn["totals"]["flops"] == res["totals"]["flops"] > 0  # one SNN step = the ANN's layers
+    assert by_snn.totals.flops == res.totals.flops > 0  # one SNN step = the ANN's layers
     rows = rows_by_name(res)
-    assert rows["embed.proj.0.0"]["input"] == "image"
-    assert rows["blocks.0.attn.qk"]["input"] == "spikes×spikes"
+    assert rows["embed.proj.0.0"].input == "image"
+    assert rows["blocks.0.attn.qk"].input == "spikes×spikes"
     av = rows["blocks.0.attn.av"]  # softmax increments drive MACs, v's spikes ACs, + 1/n rescaling
-    assert av["input"] == "analog×spikes" and av["op"] == "AC+MAC"
+    assert av.input == "analog×spikes" and av.op == "AC+MAC"
     proj = rows["blocks.0.attn.proj.linear"]  # reads attention's real-valued output: MACs
-    assert proj["input"] == "analog" and proj["op"] == "MAC" and proj["sops"] == 0
-    assert rows["blocks.0.attn.q.linear"]["type"] == "Linear"  # bias-gated layer reported by its type
-    tot = res["totals"]
-    assert tot["flops_layers"] == tot["flops"]  # every counted op belongs to a reported layer
+    assert proj.input == "analog" and proj.op == "MAC" and proj.sops == 0
+    assert rows["blocks.0.attn.q.linear"].type == "Linear"  # bias-gated layer reported by its type
+    tot = res.totals
+    assert tot.flops_layers == tot.flops  # every counted op belongs to a reported layer
     soft = rows_by_name(res)["blocks.0.attn.softmax"]  # ECSoftmax: a float function on every step
-    assert soft["macs"] > soft["ann_macs"] > 0 and tot["nonlinear_macs"] >= soft["macs"]
-    assert sum(tot["energy_breakdown_mj"].values()) == pytest.approx(tot["e_snn_mj"])
-    assert 0 < tot["non_spike_share"] < 1
-    assert tot["energy_breakdown_mj"]["mac_products"] > 0 and tot["energy_breakdown_mj"]["mac_analog_inputs"] > 0
-    assert len(res["accuracy"]["snn_top1_within_run"]) == 4
+    assert soft.macs > soft.ann_macs > 0 and tot.nonlinear_macs >= soft.macs
+    assert sum(tot.energy_breakdown_mj.to_dict().values()) == pytest.approx(tot.e_snn_mj)
+    assert 0 < tot.non_spike_share < 1
+    assert tot.energy_breakdown_mj.mac_products > 0 and tot.energy_breakdown_mj.mac_analog_inputs > 0
+    assert len(res.accuracy.snn_top1_within_run) == 4
     text = format_energy_table(res)
     for word in ("layer", "FLOPs", "SOPs", "E_ANN", "E_SNN", "effective latency"):
         assert word in text
     with open(write_energy_csv(tmp_path / "e.csv", res)) as f:
         table = list(csv.DictReader(f))
-    assert table[-1]["name"] == "TOTAL" and len(table) == len(res["rows"]) + 1
-    assert json.loads(write_energy_json(tmp_path / "e.json", res).read_text())["totals"]["flops"] == tot["flops"]
+    assert table[-1]["name"] == "TOTAL" and len(table) == len(res.rows) + 1
+    assert json.loads(write_energy_json(tmp_path / "e.json", res).read_text())["totals"]["flops"] == tot.flops
+
+
+
+# ------------------------------------------------------------------------------ typed results
+ROW_KEYS = {
+    "neuron": ["name", "type", "kind", "rate", "neg_rate", "input", "op", "flops", "sops", "macs", "e_ann_mj",
+               "e_snn_mj"],
+    "nonlinear": ["name", "type", "kind", "rate", "neg_rate", "input", "op", "flops", "sops", "macs", "ann_macs",
+                  "e_ann_mj", "e_snn_mj"],
+    "synapse": ["name", "type", "kind", "rate", "input", "op", "flops", "sops", "macs", "e_ann_mj", "e_snn_mj"],
+    "product": ["name", "type", "kind", "rate", "rate_b", "input", "op", "flops", "sops", "macs", "e_ann_mj",
+                "e_snn_mj"],
+}
+TOTAL_KEYS = ["images", "t", "extra_t", "steps", "spike_levels", "bits_per_step", "bit_steps", "constants",
+              "first_layer", "flops", "flops_layers", "first_layer_flops", "first_layer_macs", "other_macs",
+              "nonlinear_macs", "nonlinear_macs_ann", "sops", "e_ann_mj", "e_snn_mj", "energy_breakdown_mj",
+              "non_spike_share", "ann_snn_ratio", "mean_rate"]
+
+
+def test_result_dicts_keep_the_file_keys_in_order(qcfs_transformer):
+    """``to_dict()`` is the JSON / CSV form: every kind of row, the totals and the result keep the keys
+    (and their order) that the files had when the result was a dict."""
+    x, y = torch.randn(2, 1, 8, 8), torch.randint(0, 10, (2,))
+    res = measure_energy(qcfs_transformer, Simulator(convert(qcfs_transformer, "exact")), [(x, y)], t=2)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert list(d) == ["rows", "totals", "accuracy", "effective_latency"]
+    assert {r["kind"] for r in d["rows"]} == set(ROW_KEYS)
+    for row in d["rows"]:
+        assert list(row) == ROW_KEYS[row["kind"]], row["name"]
+    assert list(d["totals"]) == TOTAL_KEYS
+    assert list(d["totals"]["constants"]) == ["name", "e_mac_pj", "e_ac_pj"]
+    assert list(d["totals"]["energy_breakdown_mj"]) == ["ac_spikes", "mac_image_layer", "mac_analog_inputs",
+                                                        "mac_products", "mac_float_functions"]
+    assert list(d["accuracy"]) == ["snn_top1_within_run", "ann_top1"]
+    assert d["effective_latency"] == res.effective_latency.to_dict()
+
+
+def test_a_misspelt_record_field_is_an_error_not_a_zero():
+    from ann2snn.energy import LayerRecord
+    from ann2snn.rules import Role
+
+    rec = LayerRecord("fc", Role.SYNAPSE, "Linear")
+    rec.nnz += 2
+    with pytest.raises(AttributeError):
+        rec.nzz += 1
+    with pytest.raises(AttributeError):
+        rec.nzz = 1
+
+
+def test_energy_of_a_metered_evaluation_equals_measure_energy(qcfs_transformer):
+    """``convert --energy`` meters its evaluation (k-step runs left out) and prices it with
+    ``energy_of``; ``energy`` calls ``measure_energy``: the same figures."""
+    from ann2snn.energy import energy_of
+    from ann2snn.metrics import evaluate
+
+    sim = Simulator(convert(qcfs_transformer, "exact"))
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    with EnergyMeter.for_simulator(sim) as meter:
+        run = evaluate(sim, [(x, y)], 3, 1, ann=qcfs_transformer, meter=meter)
+    got = energy_of(meter, sim, x, 3, 1, "fp16", "per_step", effective_latency=run["effective_latency"])
+    want = measure_energy(qcfs_transformer, sim, [(x, y)], 3, 1, "fp16", first_layer="per_step")
+    assert got.accuracy is None and want.accuracy is not None
+    assert list(meter.result({}, 3, 1).to_dict()) == ["rows", "totals"]  # the meter alone: no run figures
+    assert got.to_dict() == {k: v for k, v in want.to_dict().items() if k != "accuracy"}
+
+
+# ------------------------------------------------------------------------------ roles from the rules
+def test_conv3d_is_a_synapse_by_the_rules_table():
+    """Roles come from ``RULES.role_of``: ``nn.Conv3d`` is a synapse (the meter's own type lists
+    had left it out).  Input 1 → the neuron spikes on each of its 8 entries; the 1×1×1 conv to 2
+    channels is 16 MACs, fan-out 2: 16 ACs in one step."""
+    net = nn.Sequential(ScaledNeuron(1.0), nn.Conv3d(1, 2, 1, bias=False))
+    sim = spiking(net)
+    x = torch.ones(1, 1, 2, 2, 2)
+    with EnergyMeter.for_simulator(sim) as meter:
+        sim.run(x, 1)
+    row = rows_by_name(meter.result(count_flops(net, x), 1))["1"]
+    assert (row.kind, row.type, row.input, row.op, row.flops) == ("synapse", "Conv3d", "spikes", "AC", 16)
+    assert row.sops == pytest.approx(16)
+
+
+class Sign(nn.Module):
+    """A spiking layer of the user's own: 1 where the input is positive."""
+
+    def forward(self, x):
+        return (x > 0).float()
+
+
+def test_a_module_given_a_role_is_counted(monkeypatch):
+    from ann2snn.rules import RULES, Role
+
+    monkeypatch.setattr(RULES, "roles", dict(RULES.roles))  # the table as it was, after the test
+    net = nn.Sequential(Sign(), nn.Linear(4, 2, bias=False))
+    x = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
+
+    def rows():
+        sim = spiking(net)
+        with EnergyMeter.for_simulator(sim) as meter:
+            sim.run(x, 2)
+        return rows_by_name(meter.result(count_flops(net, x), 2))
+
+    assert "0" not in rows()  # no role: not counted
+    RULES.add_role(Sign, Role.NEURON)
+    sign = rows()["0"]
+    assert (sign.kind, sign.type, sign.rate) == ("neuron", "Sign", pytest.approx(0.5))
 
 
 def test_constants_presets_and_custom():
@@ -446,19 +551,19 @@ def test_direct_models_get_per_step_flops_and_lif_rates(name):
     rows = rows_by_name(res)
     # First conv, one step: 32/8 = 4 output channels × 8×8 positions × 1×3×3 taps = 2304 MACs
     # (the model's own forward would run all T = 4 steps).
-    assert rows["embed.proj.0.0"]["flops"] == 2304 and rows["embed.proj.0.0"]["input"] == "image"
-    assert res["accuracy"]["ann_top1"] is None  # no ANN to compare with
+    assert rows["embed.proj.0.0"].flops == 2304 and rows["embed.proj.0.0"].input == "image"
+    assert res.accuracy.ann_top1 is None  # no ANN to compare with
     ref = lif_outputs(model, x)
-    lifs = {r["name"]: r for r in res["rows"] if r["type"] == "LIFNode"}
+    lifs = {r.name: r for r in res.rows if r.type == "LIFNode"}
     assert sorted(lifs) == sorted(ref) and len(lifs) >= 10
     for lif_name, row in lifs.items():
-        assert row["kind"] == "neuron" and 0.0 < row["rate"] <= 1.0, (lif_name, row["rate"])
+        assert row.kind == "neuron" and 0.0 < row.rate <= 1.0, (lif_name, row.rate)
         assert ref[lif_name].shape[0] == 4  # T steps
-        assert row["rate"] == pytest.approx(rate_of(ref[lif_name]), abs=1e-12), lif_name
+        assert row.rate == pytest.approx(rate_of(ref[lif_name]), abs=1e-12), lif_name
     # every synapse reads spikes (binary LIF outputs, or SEW sums of them) except the image-fed conv
-    for r in res["rows"]:
-        if r["kind"] == "synapse" and r["name"] != "embed.proj.0.0":
-            assert r["input"] == "spikes" and r["macs"] == 0, r["name"]
+    for r in res.rows:
+        if r.kind == "synapse" and r.name != "embed.proj.0.0":
+            assert r.input == "spikes" and r.macs == 0, r.name
 
 
 @pytest.mark.parametrize("ssa_form", ["token_first", "token_last"])
@@ -488,15 +593,15 @@ def test_spikformer_attention_products_are_acs_at_the_spike_operands_rate(ssa_fo
         flops = H * d * N * d  # v·kᵀ: [d×N]·[N×d]; (v·kᵀ)·q: [d×d]·[d×N] — both 2048
         first_rate, second_rate = min(r["v"], r["k"]), r["q"]
     assert all(0.0 < rate < 1.0 for rate in r.values()), r
-    assert first["flops"] == second["flops"] == flops
-    assert first["input"] == "spikes×spikes" and second["input"] == "analog×spikes"
+    assert first.flops == second.flops == flops
+    assert first.input == "spikes×spikes" and second.input == "analog×spikes"
     for row, rate in ((first, first_rate), (second, second_rate)):
-        assert row["op"] == "AC" and row["macs"] == 0, row
-        assert row["sops"] == pytest.approx(rate * S * flops, rel=1e-9), row["name"]
+        assert row.op == "AC" and row.macs == 0, row
+        assert row.sops == pytest.approx(rate * S * flops, rel=1e-9), row.name
     # the spike operand's rate as the table reports it
-    assert second["rate_b"] == pytest.approx(second_rate)
+    assert second.rate_b == pytest.approx(second_rate)
     # Spikformer is multiplication-free beyond the image-fed conv
-    assert res["totals"]["first_layer_macs"] == 2304 and res["totals"]["other_macs"] == 0
+    assert res.totals.first_layer_macs == 2304 and res.totals.other_macs == 0
 
 
 @pytest.mark.parametrize("m,events", [(1, 3), (4, 4 + 2 + 0 + 1)])
@@ -511,9 +616,9 @@ def test_multi_level_spikes_cost_one_ac_per_event_and_fan_out(m, events):
     with EnergyMeter.for_simulator(sim) as meter:
         sim.run(x, 1)
     res = meter.result({"1": 8, "": 8}, 1)
-    assert rows_by_name(res)["1"]["sops"] == pytest.approx(2 * events)
-    tot = res["totals"]
-    assert tot["spike_levels"] == m and tot["bits_per_step"] == pytest.approx(math.log2(2 * m + 1))
-    assert tot["bit_steps"] == pytest.approx(tot["bits_per_step"])  # S = 1
+    assert rows_by_name(res)["1"].sops == pytest.approx(2 * events)
+    tot = res.totals
+    assert tot.spike_levels == m and tot.bits_per_step == pytest.approx(math.log2(2 * m + 1))
+    assert tot.bit_steps == pytest.approx(tot.bits_per_step)  # S = 1
     if m > 1:
-        assert rows_by_name(res)["0"]["event_rate"] == pytest.approx(events / 4)
+        assert rows_by_name(res)["0"].event_rate == pytest.approx(events / 4)

@@ -168,7 +168,22 @@ def test_only_the_simulator_advances_time_or_resets(module):
 
 
 def test_energy_imports_no_private_names():
-    tree = ast.parse((PKG / "energy.py").read_text())
-    private = [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+    private = [f"{path.name}: {n.module}.{a.name}" for path in sorted((PKG / "energy").glob("*.py"))
+               for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)
                and (n.module or "").startswith("ann2snn") for a in n.names if a.name.startswith("_")]
     assert not private, private
+
+
+def test_energy_is_a_measurement_package_apart_from_the_model_zoo():
+    """The energy meter's pieces (hooks, analog flow, FLOPs, accounting, results, constants) are
+    modules of the measurement floor; none reaches into the model zoo (a directly trained SNN is
+    recognised by its simulator's preset) or is imported from a lower floor."""
+    g = _graph()
+    energy = sorted(m for m in g if m == "ann2snn.energy" or m.startswith("ann2snn.energy."))
+    assert {"ann2snn.energy.meter", "ann2snn.energy.flow", "ann2snn.energy.accounting",
+            "ann2snn.energy.flops"} <= set(energy)
+    assert all(_floor(m) == _floor("ann2snn.metrics") for m in energy)
+    assert [f"{m} -> {d}" for m in energy for d in g[m] if d.startswith("ann2snn.models")] == []
+    lower = [f"{m} -> {d}" for m, deps in g.items() for d in deps
+             if d in energy and (_floor(m) is not None and _floor(m) < _floor("ann2snn.energy"))]
+    assert lower == []

@@ -1,14 +1,15 @@
-"""The four PNG plots are written from results (result dicts and typed results), are valid PNGs,
+"""The four PNG plots are written from results (dicts and typed results), are valid PNGs,
 non-empty, and have the size that ``figure_size`` × ``DPI`` promises (read from the PNG header)."""
 from __future__ import annotations
 
 import struct
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from ann2snn.app import plots
-from ann2snn.energy import CONSTANTS
+from ann2snn.energy import CONSTANTS, EnergyResult, EnergyRow, EnergyTotals
 from ann2snn.results import Accuracy, Table, TableRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,21 +35,21 @@ def convert_result(t=4, extra_t=2):
                                   "unsettled_fraction": 0.0}}
 
 
-def energy_result(n_layers=3):
+def energy_result(n_layers=3) -> EnergyResult:
     rows = []
     for i in range(n_layers):
-        rows.append({"name": f"layer{i}", "type": "Linear", "kind": "synapse", "op": "MAC" if i == 0 else "AC",
-                     "input": "image" if i == 0 else "spikes", "rate": 0.2, "flops": 1000 * (i + 1),
-                     "sops": 500.0 * i, "macs": 1000.0 if i == 0 else 0.0,
-                     "e_ann_mj": 4.6e-9 * 1000 * (i + 1), "e_snn_mj": 4.6e-6 if i == 0 else 0.9e-9 * 500 * i})
-        rows.append({"name": f"act{i}", "type": "ScaledNeuron", "kind": "neuron", "rate": 0.1 * (i + 1),
-                     "neg_rate": 0.01 * i})
-    totals = {"t": 4, "extra_t": 0, "steps": 4, "mean_rate": 0.2, "constants": {"name": "fp32", **{
-        "e_mac_pj": CONSTANTS["fp32"].e_mac_pj, "e_ac_pj": CONSTANTS["fp32"].e_ac_pj}},
-        "e_ann_mj": sum(r.get("e_ann_mj", 0) for r in rows), "e_snn_mj": sum(r.get("e_snn_mj", 0) for r in rows)}
-    return {"rows": rows, "totals": totals, "effective_latency": {"steps": None, "settled": False,
-                                                                "observed_steps": 4, "fraction": 0.999,
-                                                                "unsettled_fraction": 0.01}}
+        rows.append(EnergyRow(name=f"layer{i}", type="Linear", kind="synapse", op="MAC" if i == 0 else "AC",
+                              input="image" if i == 0 else "spikes", rate=0.2, flops=1000 * (i + 1),
+                              sops=500.0 * i, macs=1000.0 if i == 0 else 0.0,
+                              e_ann_mj=4.6e-9 * 1000 * (i + 1), e_snn_mj=4.6e-6 if i == 0 else 0.9e-9 * 500 * i))
+        rows.append(EnergyRow(name=f"act{i}", type="ScaledNeuron", kind="neuron", rate=0.1 * (i + 1),
+                              neg_rate=0.01 * i))
+    zeros = {f.name: 0 for f in fields(EnergyTotals)}
+    totals = EnergyTotals(**{**zeros, "t": 4, "extra_t": 0, "steps": 4, "mean_rate": 0.2,
+                             "constants": CONSTANTS["fp32"], "e_ann_mj": sum(r.e_ann_mj for r in rows),
+                             "e_snn_mj": sum(r.e_snn_mj for r in rows)})
+    return EnergyResult(rows, totals, effective_latency={"steps": None, "settled": False, "observed_steps": 4,
+                                                         "fraction": 0.999, "unsettled_fraction": 0.01})
 
 
 def table_result():

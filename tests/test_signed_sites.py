@@ -74,9 +74,9 @@ def test_vit_with_signed_sites_after_every_layernorm_settles_and_its_linears_rea
     for t in (1, 4, 8):
         assert ann2snn.verify(q, snn, x, t=t).ok, t
     res = measure_energy(q, ann2snn.Simulator(snn), [(x, torch.zeros(4, dtype=torch.long))], t=4)
-    rows = {r["name"]: r for r in res["rows"]}
+    rows = {r.name: r for r in res.rows}
     for name in ("blocks.0.attn.qkv", "blocks.0.fc1", "head"):
-        assert rows[name]["input"] == "spikes" and rows[name]["op"] == "AC", rows[name]
+        assert rows[name].input == "spikes" and rows[name].op == "AC", rows[name]
     kw = dict(dim=16, num_heads=2, depth=2, mlp_ratio=2, in_channels=1, img_size=8, num_classes=10, patch_size=4)
     # the sites hold no weights until quantized: a ReLU-pretrained ViT loads into either placement
     assert set(create_model("vit", **kw).state_dict()) == set(create_model("vit", placement="norm", **kw).state_dict())

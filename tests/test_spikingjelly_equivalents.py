@@ -96,5 +96,5 @@ def test_spikingjelly_synop_counter_does_not_see_converted_spikes():
     with EnergyMeter.for_simulator(sim) as meter:
         out = sim.run(binary * 0.7, 1)
     torch.testing.assert_close(out[0], lin(binary * 0.7))
-    row = meter.result({"1": 8 * 4}, 1)["rows"][1]
-    assert row["input"] == "spikes" and row["sops"] == 3 * 4  # three events, each reaching 4 outputs
+    row = meter.result({"1": 8 * 4}, 1).rows[1]
+    assert row.input == "spikes" and row.sops == 3 * 4  # three events, each reaching 4 outputs

@@ -200,8 +200,8 @@ def cmd_convert(args, overrides) -> int:
     from ann2snn.app.plots import write_convert_plots
     from ann2snn.app.report import (convert_result, format_energy_table, format_steps, summary_line, verify_line,
                                     write_json)
-    from ann2snn.energy import EnergyMeter, flops_per_module
-    from ann2snn.metrics import device_of, evaluate
+    from ann2snn.energy import EnergyMeter, energy_of
+    from ann2snn.metrics import evaluate
 
     job = prepare(args, overrides, "eval")
     cfg, ckpt, out, model, loader, sim = job.cfg, job.checkpoint, job.out, job.model, job.loader, job.sim
@@ -212,12 +212,11 @@ def cmd_convert(args, overrides) -> int:
     result = convert_result(res, cfg.t, cfg.extra_t, cfg.preset, ckpt, check)
     if not _is_main():  # under torchrun only rank 0 reports and writes
         return 0
-    sample = next(iter(loader))[0][:1].to(device_of(model))
-    energy = meter.result(flops_per_module(sim, model, sample), cfg.t, cfg.extra_t,
-                          getattr(args, "constants", "fp32"), getattr(args, "first_layer", "once"))
-    energy["effective_latency"] = res["effective_latency"]  # (rank 0's shard under torchrun)
+    energy = energy_of(meter, sim, next(iter(loader))[0], cfg.t, cfg.extra_t, getattr(args, "constants", "fp32"),
+                       getattr(args, "first_layer", "once"),
+                       effective_latency=res.effective_latency)  # (rank 0's shard under torchrun)
     full = getattr(args, "energy", False)  # `run` has no --energy
-    result.update({"energy": energy} if full else {"energy_totals": energy["totals"]})
+    result.update({"energy": energy.to_dict()} if full else {"energy_totals": energy.totals.to_dict()})
     print(format_steps(result))
     if check is not None and getattr(args, "verify", False):
         print(verify_line(check))
@@ -241,14 +240,15 @@ def cmd_energy(args, overrides) -> int:
                          args.max_batches, args.first_layer, latency_extra=args.latency_extra)
     if not _is_main():
         return 0
-    res.update(checkpoint=str(ckpt), preset=cfg.preset)
+    meta = {"checkpoint": str(ckpt), "preset": cfg.preset}  # written after the result's own keys
     print(format_energy_table(res))
-    write_energy_json(out / f"energy_t{cfg.t}_e{cfg.extra_t}.json", res)
+    write_energy_json(out / f"energy_t{cfg.t}_e{cfg.extra_t}.json", res, meta)
     write_energy_csv(out / f"energy_t{cfg.t}_e{cfg.extra_t}.csv", res)
     write_energy_plots(res, out)
-    for path, write in ((args.json, write_energy_json), (args.csv, write_energy_csv)):
-        if path:
-            write(path, res)
+    if args.json:
+        write_energy_json(args.json, res, meta)
+    if args.csv:
+        write_energy_csv(args.csv, res)
     print(f"written: {out}")
     return 0
 

@@ -5,8 +5,9 @@
   :func:`ann2snn.app.report.convert_result`).
 - :func:`plot_table_heatmap`: the t × (t + extra_t) accuracy table as an annotated heatmap
   (``evaluate_table``'s :class:`~ann2snn.results.Table`).
-- :func:`plot_firing_rates`: output firing rate of every spiking layer (``measure_energy``'s dict).
-- :func:`plot_energy`: energy per layer, SNN against ANN (``measure_energy``'s dict).
+- :func:`plot_firing_rates`: output firing rate of every spiking layer (``measure_energy``'s
+  :class:`~ann2snn.energy.EnergyResult`).
+- :func:`plot_energy`: energy per layer, SNN against ANN (the same result).
 - :func:`plot_frontier`: accuracy against energy per image across spike levels, steps marked, the
   Pareto front drawn (``ann2snn.frontier.frontier``'s :class:`~ann2snn.results.Frontier`).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -26,6 +28,9 @@ from matplotlib.figure import Figure
 from ann2snn.app.files import atomic_open
 from ann2snn.app.report import table_grid
 from ann2snn.results import Accuracy, Frontier, Table
+
+if TYPE_CHECKING:  # only for annotations: the plots need matplotlib, not torch
+    from ann2snn.energy.result import EnergyResult
 
 DPI = 100
 WIDTH_IN = 9.0
@@ -122,25 +127,24 @@ def plot_table_heatmap(ann: Accuracy, table: Table, extra_t: list[int], path: st
     return _save(fig, path)
 
 
-def plot_firing_rates(energy: dict, path: str | Path) -> Path:
+def plot_firing_rates(energy: EnergyResult, path: str | Path) -> Path:
     """Horizontal bars: output firing rate of every spiking layer, negative spikes shown apart."""
-    rows = [r for r in energy["rows"] if r["kind"] == "neuron"]
-    tot = energy["totals"]
+    rows = [r for r in energy.rows if r.kind == "neuron"]
+    tot = energy.totals
     fig, ax = _figure("rates", len(rows))
     y = np.arange(len(rows))
-    rate = np.array([r["rate"] for r in rows])
-    neg = np.array([r.get("neg_rate", 0.0) for r in rows])
+    rate = np.array([r.rate for r in rows])
+    neg = np.array([r.neg_rate or 0.0 for r in rows])
     ax.barh(y, rate - neg, color="C0", label="positive spikes")
     if neg.any():
         ax.barh(y, neg, left=rate - neg, color="C1", label="negative spikes")
     for yi, r in zip(y, rate):
         ax.text(r, yi, f" {r:.3f}", va="center", fontsize=8)
-    ax.set_yticks(y, [f"{r['name']} ({r['type']})" for r in rows], fontsize=8)
+    ax.set_yticks(y, [f"{r.name} ({r.type})" for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max(rate.max(initial=0) * 1.18, 0.05))
     ax.set_xlabel("firing rate (non-zero spikes per neuron per step)")
-    ax.set_title(f"Firing rate per spiking layer (t = {tot['t']}, extra_t = {tot['extra_t']}; "
-                 f"mean {tot['mean_rate']:.3f})")
+    ax.set_title(f"Firing rate per spiking layer (t = {tot.t}, extra_t = {tot.extra_t}; mean {tot.mean_rate:.3f})")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
@@ -153,38 +157,38 @@ def _unit(max_mj: float) -> tuple[str, float]:
     return "pJ", 1e9
 
 
-def plot_energy(energy: dict, path: str | Path) -> Path:
+def plot_energy(energy: EnergyResult, path: str | Path) -> Path:
     """Grouped horizontal bars: energy per image of each synaptic layer, ANN against SNN."""
-    rows = [r for r in energy["rows"] if r["kind"] in ("synapse", "product")]
-    tot, c = energy["totals"], energy["totals"]["constants"]
-    ann = np.array([r["e_ann_mj"] for r in rows])
-    snn = np.array([r["e_snn_mj"] for r in rows])
+    rows = [r for r in energy.rows if r.kind in ("synapse", "product")]
+    tot, c = energy.totals, energy.totals.constants
+    ann = np.array([r.e_ann_mj for r in rows])
+    snn = np.array([r.e_snn_mj for r in rows])
     unit, scale = _unit(max(ann.max(initial=0), snn.max(initial=0)))
     fig, ax = _figure("energy", len(rows))
     y = np.arange(len(rows))
-    ax.barh(y - 0.2, ann * scale, height=0.4, color="C3", label=f"ANN (MAC {c['e_mac_pj']:g} pJ)")
-    ax.barh(y + 0.2, snn * scale, height=0.4, color="C0", label=f"SNN (AC {c['e_ac_pj']:g} pJ, MAC where analog)")
-    ax.set_yticks(y, [f"{r['name']} ({r['op']})" for r in rows], fontsize=8)
+    ax.barh(y - 0.2, ann * scale, height=0.4, color="C3", label=f"ANN (MAC {c.e_mac_pj:g} pJ)")
+    ax.barh(y + 0.2, snn * scale, height=0.4, color="C0", label=f"SNN (AC {c.e_ac_pj:g} pJ, MAC where analog)")
+    ax.set_yticks(y, [f"{r.name} ({r.op})" for r in rows], fontsize=8)
     ax.invert_yaxis()
     positive = np.concatenate([ann, snn])
     positive = positive[positive > 0]
     if positive.size and positive.max() / positive.min() > 100:
         ax.set_xscale("log")
     ax.set_xlabel(f"energy per image ({unit})")
-    ax.set_title(f"Energy per layer, {c['name']}: ANN {tot['e_ann_mj']:.3g} mJ vs SNN "
-                 f"{tot['e_snn_mj']:.3g} mJ per image (t = {tot['t']})")
+    ax.set_title(f"Energy per layer, {c.name}: ANN {tot.e_ann_mj:.3g} mJ vs SNN "
+                 f"{tot.e_snn_mj:.3g} mJ per image (t = {tot.t})")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
-def write_energy_plots(energy: dict, out: str | Path) -> list[Path]:
+def write_energy_plots(energy: EnergyResult, out: str | Path) -> list[Path]:
     """Firing-rate and energy PNGs into ``out``."""
     out = Path(out)
     return [plot_firing_rates(energy, out / NAMES["rates"]), plot_energy(energy, out / NAMES["energy"])]
 
 
-def write_convert_plots(result: dict, energy: dict | None, out: str | Path) -> list[Path]:
+def write_convert_plots(result: dict, energy: EnergyResult | None, out: str | Path) -> list[Path]:
     """``convert``'s PNGs into ``out``: accuracy per step, and firing rates / energy if measured."""
     out = Path(out)
     paths = [plot_accuracy(result, out / NAMES["accuracy"])]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ann2snn.app.files import atomic_write_text
+from ann2snn.energy.result import EnergyResult, EnergyRow, EnergyTotals
 from ann2snn.metrics import latency_text
 from ann2snn.neurons import bits_per_step
 from ann2snn.results import Accuracy, Evaluation, Frontier, FrontierPoint, Table, VerifyResult
@@ -164,7 +165,7 @@ def write_table(out: Path, ann: Accuracy, table: Table, extra_t: list[int], meta
 
 
 # --------------------------------------------------------------------------------------------
-# energy (the dicts of ann2snn.energy.measure_energy / EnergyMeter.result)
+# energy (the typed results of ann2snn.energy.measure_energy / EnergyMeter.result)
 def _si(x: float) -> str:
     for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= div:
@@ -172,92 +173,97 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
-def format_energy_table(result: dict) -> str:
+def _energy_row_line(r: EnergyRow) -> str:
+    """One layer of :func:`format_energy_table`."""
+    if r.kind == "neuron" or (r.kind == "nonlinear" and not r.macs):
+        rate = f"out {r.rate:.3f}"
+        return f"{r.name:<28} {r.type:<13} {'':<14} {'':<7} {rate:>11}"
+    if r.kind == "nonlinear":
+        return (f"{r.name:<28} {r.type:<13} {r.input:<14} {r.op:<7} {'':>11} "
+                f"{'':>8} {'':>8} {_si(r.macs):>8} "
+                f"{r.e_ann_mj * 1e3:>9.4f} {r.e_snn_mj * 1e3:>9.4f}")
+    rate = f"{r.rate:.3f}" + (f"/{r.rate_b:.3f}" if r.rate_b is not None else "")
+    return (f"{r.name:<28} {r.type:<13} {r.input:<14} {r.op:<7} {rate:>11} "
+            f"{_si(r.flops):>8} {_si(r.sops):>8} {_si(r.macs):>8} "
+            f"{r.e_ann_mj * 1e3:>9.4f} {r.e_snn_mj * 1e3:>9.4f}")
+
+
+def _energy_totals_lines(tot: EnergyTotals) -> list[str]:
+    """The totals of :func:`format_energy_table`: steps and constants, MACs, SOPs, energies."""
+    c = tot.constants
+    once = "once, papers' convention" if tot.first_layer == "once" else "on every step"
+    lines = [
+        f"per image, S = t + extra_t = {tot.t} + {tot.extra_t} steps, {tot.images} images, "
+        f"{c.name}: E_MAC = {c.e_mac_pj:g} pJ, E_AC = {c.e_ac_pj:g} pJ",
+        f"  {budget_text(tot.spike_levels)}: S × bits = {tot.steps * bits_per_step(tot.spike_levels):.1f}",
+        f"  ANN  MACs {_si(tot.flops + tot.nonlinear_macs_ann):>7}   E_ANN = {tot.e_ann_mj:.4g} mJ"
+        + (f" (float functions {_si(tot.nonlinear_macs_ann)})" if tot.nonlinear_macs_ann else ""),
+        f"  SNN  MACs {_si(snn_macs(tot)):>7}   image-fed layer "
+        f"{_si(tot.first_layer_macs)} ({once}); analog inputs and 1/n rescaling {_si(tot.other_macs)}"
+        + (f"; float functions {_si(tot.nonlinear_macs)}" if tot.nonlinear_macs else ""),
+        f"       SOPs {_si(tot.sops):>7}   E_SNN = {tot.e_snn_mj:.4g} mJ",
+        f"  E_ANN / E_SNN = {tot.ann_snn_ratio:.2f}x; mean firing rate over spiking layers {tot.mean_rate:.3f}",
+    ]
+    parts = ", ".join(f"{k.replace('_', ' ')} {100 * v / tot.e_snn_mj:.1f}%"
+                      for k, v in tot.energy_breakdown_mj.to_dict().items() if v > 0 and tot.e_snn_mj > 0)
+    lines.append(f"  not driven by spikes: {100 * tot.non_spike_share:.1f}% of E_SNN ({parts})")
+    return lines
+
+
+def format_energy_table(result: EnergyResult) -> str:
     """Per-layer table and totals, for a terminal."""
-    tot, c = result["totals"], result["totals"]["constants"]
+    tot = result.totals
     head = (f"{'layer':<28} {'type':<13} {'input':<14} {'op':<7} {'rate':>11} {'FLOPs':>8} "
             f"{'SOPs':>8} {'MACs':>8} {'E_ANN µJ':>9} {'E_SNN µJ':>9}")
-    lines = [head, "-" * len(head)]
-    for r in result["rows"]:
-        if r["kind"] == "neuron" or (r["kind"] == "nonlinear" and not r.get("macs")):
-            rate = f"out {r['rate']:.3f}"
-            lines.append(f"{r['name']:<28} {r['type']:<13} {'':<14} {'':<7} {rate:>11}")
-            continue
-        if r["kind"] == "nonlinear":
-            lines.append(f"{r['name']:<28} {r['type']:<13} {r['input']:<14} {r['op']:<7} {'':>11} "
-                         f"{'':>8} {'':>8} {_si(r['macs']):>8} "
-                         f"{r['e_ann_mj'] * 1e3:>9.4f} {r['e_snn_mj'] * 1e3:>9.4f}")
-            continue
-        rate = f"{r['rate']:.3f}" + (f"/{r['rate_b']:.3f}" if "rate_b" in r else "")
-        lines.append(f"{r['name']:<28} {r['type']:<13} {r['input']:<14} {r['op']:<7} {rate:>11} "
-                     f"{_si(r['flops']):>8} {_si(r['sops']):>8} {_si(r['macs']):>8} "
-                     f"{r['e_ann_mj'] * 1e3:>9.4f} {r['e_snn_mj'] * 1e3:>9.4f}")
-    once = "once, papers' convention" if tot["first_layer"] == "once" else "on every step"
-    lines += [
-        "-" * len(head),
-        f"per image, S = t + extra_t = {tot['t']} + {tot['extra_t']} steps, {tot['images']} images, "
-        f"{c['name']}: E_MAC = {c['e_mac_pj']:g} pJ, E_AC = {c['e_ac_pj']:g} pJ",
-        f"  {budget_text(tot.get('spike_levels', 1))}: S × bits = "
-        f"{tot['steps'] * bits_per_step(tot.get('spike_levels', 1)):.1f}",
-        f"  ANN  MACs {_si(tot['flops'] + tot.get('nonlinear_macs_ann', 0)):>7}   E_ANN = {tot['e_ann_mj']:.4g} mJ"
-        + (f" (float functions {_si(tot['nonlinear_macs_ann'])})" if tot.get("nonlinear_macs_ann") else ""),
-        f"  SNN  MACs {_si(snn_macs(tot)):>7}   image-fed layer "
-        f"{_si(tot['first_layer_macs'])} ({once}); analog inputs and 1/n rescaling {_si(tot['other_macs'])}"
-        + (f"; float functions {_si(tot['nonlinear_macs'])}" if tot.get("nonlinear_macs") else ""),
-        f"       SOPs {_si(tot['sops']):>7}   E_SNN = {tot['e_snn_mj']:.4g} mJ",
-        f"  E_ANN / E_SNN = {tot['ann_snn_ratio']:.2f}x; mean firing rate over spiking layers {tot['mean_rate']:.3f}",
-    ]
-    if "non_spike_share" in tot:
-        b = tot["energy_breakdown_mj"]
-        parts = ", ".join(f"{k.replace('_', ' ')} {100 * v / tot['e_snn_mj']:.1f}%" for k, v in b.items()
-                          if v > 0 and tot["e_snn_mj"] > 0)
-        lines.append(f"  not driven by spikes: {100 * tot['non_spike_share']:.1f}% of E_SNN ({parts})")
-    acc = result.get("accuracy")
-    if acc and acc.get("snn_top1_within_run"):
-        ann = f"ANN top-1 {acc['ann_top1']:.2f}%, " if acc.get("ann_top1") is not None else ""
-        lines.append(f"{ann}SNN top-1 {acc['snn_top1_within_run'][-1]:.2f}% after the {len(acc['snn_top1_within_run'])} steps "
-                     f"of the t = {tot['t']} run")
-    if result.get("effective_latency") is not None:
-        lines.append(latency_text(result["effective_latency"]))
+    lines = [head, "-" * len(head)] + [_energy_row_line(r) for r in result.rows]
+    lines += ["-" * len(head)] + _energy_totals_lines(tot)
+    acc = result.accuracy
+    if acc and acc.snn_top1_within_run:
+        ann = f"ANN top-1 {acc.ann_top1:.2f}%, " if acc.ann_top1 is not None else ""
+        lines.append(f"{ann}SNN top-1 {acc.snn_top1_within_run[-1]:.2f}% after the {len(acc.snn_top1_within_run)} "
+                     f"steps of the t = {tot.t} run")
+    if result.effective_latency is not None:
+        lines.append(latency_text(result.effective_latency))
     return "\n".join(lines)
 
 
-def snn_macs(tot: dict) -> float:
+def snn_macs(tot: EnergyTotals) -> float:
     """All MACs of the SNN per image: the image-fed layer, analog inputs, products, float functions."""
-    return tot["first_layer_macs"] + tot["other_macs"] + tot.get("nonlinear_macs", 0.0)
+    return tot.first_layer_macs + tot.other_macs + tot.nonlinear_macs
 
 
 CSV_FIELDS = ("name", "type", "kind", "input", "op", "rate", "rate_b", "neg_rate", "flops", "ann_macs", "sops", "macs",
               "e_ann_mj", "e_snn_mj")
 
 
-def write_energy_csv(path: str | Path, result: dict) -> Path:
+def write_energy_csv(path: str | Path, result: EnergyResult) -> Path:
     """One row per layer (columns :data:`CSV_FIELDS`), then a ``TOTAL`` row; written atomically."""
-    tot = result["totals"]
+    tot = result.totals
 
     def rows(f) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
-        for r in result["rows"]:
-            w.writerow(r)
-        w.writerow({"name": "TOTAL", "flops": tot["flops"], "sops": tot["sops"],
-                    "macs": snn_macs(tot), "e_ann_mj": tot["e_ann_mj"],
-                    "e_snn_mj": tot["e_snn_mj"]})
+        for r in result.rows:
+            w.writerow(r.to_dict())
+        w.writerow({"name": "TOTAL", "flops": tot.flops, "sops": tot.sops, "macs": snn_macs(tot),
+                    "e_ann_mj": tot.e_ann_mj, "e_snn_mj": tot.e_snn_mj})
 
     return atomic_write_text(path, _csv_text(rows))
 
 
-def write_energy_json(path: str | Path, result: dict) -> Path:
-    return write_json(path, result)
+def write_energy_json(path: str | Path, result: EnergyResult, meta: dict[str, Any] | None = None) -> Path:
+    """``result.to_dict()`` as JSON, followed by the keys of ``meta`` (the command's checkpoint and
+    preset)."""
+    return write_json(path, {**result.to_dict(), **(meta or {})})
 
 
-def summary_line(result: dict) -> str:
+def summary_line(result: EnergyResult) -> str:
     """One line: energies per image, their ratio, the mean firing rate and the effective latency."""
-    tot = result["totals"]
-    return (f"energy/image ({tot['constants']['name']}): ANN {tot['e_ann_mj']:.4g} mJ, SNN {tot['e_snn_mj']:.4g} mJ "
-            f"(ANN/SNN {tot['ann_snn_ratio']:.2f}x); mean firing rate {tot['mean_rate']:.3f}; "
-            + (f"{100 * tot['non_spike_share']:.0f}% of E_SNN not spike-driven; " if "non_spike_share" in tot else "")
-            + latency_text(result.get("effective_latency")))
+    tot = result.totals
+    return (f"energy/image ({tot.constants.name}): ANN {tot.e_ann_mj:.4g} mJ, SNN {tot.e_snn_mj:.4g} mJ "
+            f"(ANN/SNN {tot.ann_snn_ratio:.2f}x); mean firing rate {tot.mean_rate:.3f}; "
+            f"{100 * tot.non_spike_share:.0f}% of E_SNN not spike-driven; "
+            + latency_text(result.effective_latency))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""Conversion rules added for the model zoos (issue 19): each operator converts exactly, checked
+against the quantized ANN in float64 (``verify``'s tolerance, 1e-4 × max(1, |logit|)), or is
+refused naming the node."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ann2snn
+from ann2snn._compat import import_torchvision
+from ann2snn.graph import ConversionError
+from ann2snn.neurons import GatedBatchNorm, SpikeMul
+from conftest import randomize_bn, randomize_lambdas
+
+
+def _qann(model: nn.Module, levels: int = 4, seed: int = 0) -> nn.Module:
+    randomize_bn(model, torch.Generator().manual_seed(seed))
+    q = ann2snn.quantize(model.eval(), levels).eval()
+    return randomize_lambdas(q, gen=torch.Generator().manual_seed(seed + 1))
+
+
+def _exact(q: nn.Module, x: torch.Tensor, t: int = 4) -> dict:
+    snn = ann2snn.convert(q)
+    res = ann2snn.verify(q, snn, x, t=t)
+    assert res.ok, res
+    return snn.report
+
+
+class SqueezeExcite(nn.Module):
+    """x · sigmoid(W2 relu(W1 mean(x))): a product of two input-dependent tensors."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class GatedMLP(nn.Module):
+    """A GLU-style MLP: relu(W1 x) * (W2 x), then W3 (the SwiGLU pattern with a QCFS site)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.w1, self.w2, self.w3 = nn.Linear(d, 8), nn.Linear(d, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.relu(self.w1(x)).mul(F.relu(self.w2(x)))
+        return self.w3(h)
+
+
+@pytest.mark.parametrize("t", [1, 2, 4, 8])
+def test_a_squeeze_excitation_gate_converts_exactly(t):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), SqueezeExcite(4),
+                          nn.Flatten(), nn.LazyLinear(5))
+    model(torch.zeros(1, 3, 6, 6))
+    report = _exact(_qann(model), torch.randn(8, 3, 6, 6), t=t)
+    assert len(report["replace_products"]) == 1 and report["replace_functions"] == ["sigmoid"]
+
+
+def test_a_gated_mlp_product_is_a_spike_mul_and_exact():
+    torch.manual_seed(1)
+    q = _qann(GatedMLP(6))
+    snn = ann2snn.convert(q)
+    assert sum(isinstance(m, SpikeMul) for m in snn.modules()) == 1
+    assert ann2snn.verify(q, snn, torch.randn(16, 6)).ok
+
+
+def test_a_square_of_spikes_is_a_product_with_itself():
+    """``h * h`` (refused before issue 19) is the bilinear product of one operand with itself."""
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = F.relu(self.lin(x))
+            return self.out(h * h)
+
+    torch.manual_seed(3)
+    q = _qann(Square())
+    for t in (1, 3):
+        _exact(q, torch.randn(6, 4), t=t)
+
+
+def test_division_by_an_input_dependent_tensor_is_still_refused():
+    class Div(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.relu(self.a(x)) / (F.relu(self.b(x)) + 1)
+
+    with pytest.raises(ConversionError, match="division by a spiking tensor"):
+        ann2snn.convert(_qann(Div()))
+
+
+def test_functional_batchnorm_folds_after_a_convolution_and_is_gated_elsewhere():
+    """timm's BatchNormAct2d calls F.batch_norm: after a convolution that it alone reads it folds,
+    after an add it is gated (its shift on drive steps only); both exact."""
+    import_torchvision()
+    from timm.layers import BatchNormAct2d
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn1 = nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=nn.ReLU)
+            self.c2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), BatchNormAct2d(4, act_layer=nn.ReLU)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = self.bn1(self.c1(x))
+            return self.head(self.bn2(self.c2(x) + x).mean((2, 3)))
+
+    torch.manual_seed(2)
+    q = _qann(Net())
+    report = _exact(q, torch.randn(8, 3, 8, 8))
+    assert len(report["fold_bn"]) == 1 and len(report["gate_batchnorm"]) == 1
+    snn = ann2snn.convert(q)
+    assert sum(isinstance(m, GatedBatchNorm) for m in snn.modules()) == 1
+
+
+def test_functional_batchnorm_in_training_mode_is_not_folded():
+    """F.batch_norm with batch statistics depends on the batch, not only the input: refused."""
+    class TrainBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+            self.register_buffer("m", torch.zeros(4))
+            self.register_buffer("v", torch.ones(4))
+
+        def forward(self, x):
+            return F.relu(F.batch_norm(self.c(x), self.m, self.v, training=True)).mean((2, 3))
+
+    with pytest.raises(ConversionError, match="batch_norm"):
+        ann2snn.convert(_qann(TrainBN()))
+
+
+def test_an_elementwise_product_is_counted_by_hand():
+    """``h * h`` under the running-sum rule (energy module docstring): step k's a_k drives
+    a_k·B_{k−1} from step 2 on and b_k drives A_k·b_k on every step, one AC per event (fan-out 1
+    elementwise), plus one MAC per output entry and step for the 1/n rescaling; the ANN pays one
+    MAC per output entry, once."""
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = F.relu(self.lin(x))
+            return self.out(h * h)
+
+    torch.manual_seed(4)
+    q = _qann(Square())
+    sim = ann2snn.Simulator(ann2snn.convert(q))
+    x = torch.randn(5, 4)
+    events: list[float] = []
+    mul = next(m for m in sim.snn.modules() if isinstance(m, SpikeMul))
+    handle = mul.register_forward_pre_hook(lambda m, args: events.append(float(torch.count_nonzero(args[0]))))
+    t, extra_t = 3, 2
+    try:
+        res = ann2snn.measure_energy(q, sim, [(x, torch.zeros(5, dtype=torch.long))], t, extra_t)
+    finally:
+        handle.remove()
+    row = next(r for r in res.rows if r.kind == "product")
+    assert len(events) == t + extra_t + 1  # the run, then one step from rest that counts the FLOPs
+    events = events[:t + extra_t]
+    assert row.sops == pytest.approx((sum(events[1:]) + sum(events)) / 5)
+    assert row.macs == pytest.approx((t + extra_t) * 6)  # 1/n on each of the 6 entries, every step
+    assert row.flops == 6
+    assert res.totals.flops == 4 * 6 + 6 + 6 * 2  # lin, the product, out
+
+
+class SDPA(nn.Module):
+    """q, k, v after QCFS sites, then ``F.scaled_dot_product_attention`` as timm and torchvision call it."""
+
+    def __init__(self, d: int = 8, heads: int = 2, **sdpa):
+        super().__init__()
+        self.qkv, self.proj, self.heads, self.sdpa = nn.Linear(d, 3 * d), nn.Linear(d, 3), heads, sdpa
+        self.register_buffer("mask", None)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = F.relu(self.qkv(x)).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, **self.sdpa)
+        return self.proj(o.transpose(1, 2).reshape(B, N, D).mean(1))
+
+
+@pytest.mark.parametrize("case", ["plain", "scale", "causal", "float-mask", "bool-mask"])
+def test_scaled_dot_product_attention_converts_exactly(case):
+    torch.manual_seed(5)
+    sdpa = {"scale": {"scale": 0.3}, "causal": {"is_causal": True}}.get(case, {})
+    model = SDPA(**sdpa)
+    if case == "float-mask":
+        model.mask = torch.randn(5, 5)
+    if case == "bool-mask":
+        model.mask = torch.rand(5, 5) > 0.3
+        model.mask.fill_diagonal_(True)  # every query keeps a key
+    q = _qann(model)
+    for t in (1, 4):
+        report = _exact(q, torch.randn(6, 5, 8), t=t)
+    assert len(report["replace_attention"]) == 1
+
+
+def test_the_energy_of_a_converted_sdpa_counts_its_products_and_softmax():
+    torch.manual_seed(6)
+    q = _qann(SDPA(is_causal=True))
+    sim = ann2snn.Simulator(ann2snn.convert(q))
+    x = torch.randn(4, 5, 8)
+    res = ann2snn.measure_energy(q, sim, [(x, torch.zeros(4, dtype=torch.long))], 2, 1)
+    kinds = {r.name.rsplit(".", 1)[-1]: r.kind for r in res.rows if "attention" in r.name}
+    assert kinds == {"qk": "product", "av": "product", "softmax": "nonlinear"}
+    # per image: q·kᵀ and p·v, each heads · N · N · (D / heads) = 2 · 5 · 5 · 4 MACs
+    assert sum(r.flops for r in res.rows if r.kind == "product") == 2 * (2 * 5 * 5 * 4)
