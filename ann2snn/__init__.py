@@ -8,12 +8,14 @@ The public API (documented in README.md, section "Python API")::
     model = ann2snn.quantize(model, levels=4)    # every ReLU call site -> QCFS, then train
     snn = ann2snn.convert(model, "exact")        # a SpikingNetwork (the ANN is left untouched)
     sim = ann2snn.Simulator(snn)
-    res = ann2snn.evaluate(sim, loader, t=8)     # k-step curve, within-run steps, latency
-    table = ann2snn.evaluate_table(sim, loader, rows=[1, 2, 4, 8], extra_t=4)
+    res = ann2snn.evaluate(sim, loader, t=8)     # an Evaluation: res.k_step.top1, res.effective_latency
+    table = ann2snn.evaluate_table(sim, loader, rows=[1, 2, 4, 8], extra_t=4)   # table[4].top1
     energy = ann2snn.measure_energy(model, sim, loader, t=8)
 
 This package is the library: quantization, the spiking operators, graph tracing, the conversion
-rules, passes and presets, the simulator, metrics, energy, the frontier and the model zoo.  It
+rules, passes and presets, the simulator, metrics, energy, the frontier and the model zoo.  The
+measuring functions return typed results (:mod:`ann2snn.results`: ``Evaluation``, ``Table``,
+``VerifyResult``, ``Frontier`` …), each with a ``to_dict()`` giving the plain data the files hold.  It
 imports nothing from the application built on top of it (:mod:`ann2snn.app`: the command line,
 config files, run folders, checkpoints, training, DDP, data loading, reports and plots).
 
@@ -44,6 +46,9 @@ _API = {
     "effective_latency": "metrics",
     "EnergyMeter": "energy", "EnergyResult": "energy", "measure_energy": "energy",
     "frontier": "frontier",
+    "Accuracy": "results", "Evaluation": "results", "Frontier": "results", "FrontierPoint": "results",
+    "KStep": "results", "Latency": "results", "SnnSteps": "results", "Table": "results", "TableRow": "results",
+    "VerifyResult": "results", "WithinRun": "results",
     "bits_per_step": "neurons",
     "create_model": "models", "list_models": "models", "register_model": "models",
 }

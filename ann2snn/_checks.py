@@ -97,5 +97,16 @@ def check_run_args(fn: str, sim: Any, t: Any, extra_t: Any, latency_extra: Any =
             check_optional_int(fn, "max_batches", max_batches, 1, "None: the whole loader"))
 
 
+def renamed(fn: str, name: str, value: Any, old: str, old_value: Any, default: Any) -> tuple[Any, str]:
+    """(the value of argument ``name``, the name it came under, for messages): ``old`` is its
+    spelling of earlier versions (``extra`` for ``extra_t``), still accepted as a keyword.  None
+    means not given; ``default`` when neither is.  Both at once is a TypeError."""
+    if old_value is None:
+        return (default if value is None else value), name
+    if value is not None:
+        raise TypeError(f"{fn}: {name} and {old} (its old name) were both given. Pass {name} only.")
+    return old_value, old
+
+
 __all__ = ["check_int", "check_module", "check_optional_int", "check_positive", "check_rows", "check_run_args",
-           "check_simulator", "describe"]
+           "check_simulator", "describe", "renamed"]

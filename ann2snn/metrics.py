@@ -11,12 +11,12 @@ What each figure means (all accuracies in percent, losses in nats, over the whol
   its neurons still integrate towards a threshold set for t.
 - **k-step runs** (``k_step``): for every k = 1..t the accuracy of a run of its own with k drive
   steps (thresholds set for k), then extra_t zero steps.  This is the accuracy-versus-latency
-  curve, and equals the table's cell (k, k + extra_t).  Under ``rate`` and ``seed`` (threshold 1
+  curve, and equals the table's cell (k, k + extra_t).  Under ``rate`` and ``per_step`` (threshold 1
   everywhere) and for directly trained SNNs a k-step run *is* the first k steps of the t-step
   run, so without extra steps the two listings coincide and one pass gives both; under ``exact``
   every k needs a pass of its own.
-- **Tables** (:func:`evaluate_table`): rows t, columns t + e, each cell the output of a t-step run
-  after e extra steps, divided by t.
+- **Tables** (:func:`evaluate_table`): rows t, columns t + extra_t, each cell the output of a t-step
+  run after extra_t zero-input steps, divided by t.
 - **Effective latency** (:func:`effective_latency`): the first step after which the predictions of
   at least 99.9 % of the samples no longer change, observed over the run (optionally continued
   with zero input beyond t + extra_t).  A sample whose prediction still changed at the last
@@ -24,7 +24,8 @@ What each figure means (all accuracies in percent, losses in nats, over the whol
   reported as *not settled within S steps*, never as S.
 
 Under torchrun, counts are summed over the ranks' shards (:meth:`Counts.sum_over_ranks`)
-and the settle steps gathered, so every figure covers the whole test set.
+and the settle steps gathered, so every figure covers the whole test set.  Results are typed
+(:mod:`ann2snn.results`); ``to_dict()`` gives the plain dicts the files are written from.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ann2snn import shards
-from ann2snn._checks import check_int, check_rows, check_run_args, check_simulator
+from ann2snn._checks import check_int, check_rows, check_run_args, check_simulator, renamed
 from ann2snn.progress import progress
+from ann2snn.results import Accuracy, Evaluation, KStep, Latency, SnnSteps, Table, TableRow, WithinRun
 from ann2snn.simulate import logits_of, logits_view
 
 LATENCY_FRACTION = 0.999
@@ -97,6 +99,11 @@ class Counts:
         return {"top1": [100.0 * c / n for c in self.top1], "top5": [100.0 * c / n for c in self.top5],
                 "loss": [c / n for c in self.loss]}
 
+    def accuracy(self, n: int | None = None) -> Accuracy:
+        """The single-entry counts (an ANN's) as an :class:`~ann2snn.results.Accuracy` of ``n`` samples."""
+        p = self.percents()
+        return Accuracy(p["top1"][0], p["top5"][0], p["loss"][0], n)
+
 
 def device_of(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (CPU for a module without parameters)."""
@@ -124,53 +131,48 @@ def settle_steps(preds: torch.Tensor) -> torch.Tensor:
     return torch.where(changed, steps, torch.ones_like(steps)).amax(0)
 
 
-def effective_latency(settle: torch.Tensor, steps: int, fraction: float = LATENCY_FRACTION) -> dict:
+def effective_latency(settle: torch.Tensor, steps: int, fraction: float = LATENCY_FRACTION) -> Latency:
     """The first step after which the predictions of ≥ ``fraction`` of the samples no longer
     change, over a run of ``steps`` observed steps.
 
-    Returns ``{"steps": L or None, "settled": bool, "observed_steps": steps, "fraction": fraction,
-    "unsettled_fraction": u}``, where u is the share of samples whose prediction still changed at
-    the last observed step.  When the quantile falls on such a sample, ``settled`` is False and
-    ``steps`` None: the run was too short to tell (continue it with zero input to find out).
+    Returns a :class:`~ann2snn.results.Latency` (``steps``: L or None, ``settled``,
+    ``observed_steps``, ``fraction``, ``unsettled_fraction``: the share of samples whose prediction
+    still changed at the last observed step).  When the quantile falls on such a sample,
+    ``settled`` is False and ``steps`` None: the run was too short to tell (continue it with zero
+    input to find out).
     """
     n = settle.numel()
     unsettled = float((settle == steps).sum()) / n if n and steps > 1 else 0.0
-    out = {"steps": None, "settled": False, "observed_steps": int(steps), "fraction": fraction,
-           "unsettled_fraction": unsettled}
+    out = Latency(None, False, int(steps), fraction, unsettled)
     if n == 0:
         return out
     s = settle.sort().values
     q = int(s[max(math.ceil(fraction * n) - 1, 0)])
     if steps <= 1 or q < steps:
-        out.update(steps=q, settled=True)
+        out.steps, out.settled = q, True
     return out
 
 
-def latency_text(lat: dict | None) -> str:
-    """One phrase for a :func:`effective_latency` result."""
+def latency_text(lat: Latency | dict | None) -> str:
+    """One phrase for an :func:`effective_latency` result (or its dict, as an energy result holds it)."""
     if not lat:
         return "effective latency: not measured"
-    if lat["settled"]:
-        return (f"effective latency {lat['steps']} of {lat['observed_steps']} steps (predictions of "
-                f"≥ {lat['fraction']:.1%} of samples final)")
-    return (f"effective latency: not settled within {lat['observed_steps']} steps "
-            f"({lat['unsettled_fraction']:.1%} of samples still changed at the last step; "
-            "observe more steps with --latency-extra N)")
+    return (Latency.from_dict(lat) if isinstance(lat, dict) else lat).text()
 
 
 # --------------------------------------------------------------------------------------------
 # evaluation
 @torch.no_grad()
-def evaluate_ann(model: nn.Module, loader, desc: str = "ANN") -> dict[str, float]:
-    """Top-1/top-5 (percent) and mean cross-entropy of an ANN (or of a direct SNN as trained)."""
+def evaluate_ann(model: nn.Module, loader, desc: str = "ANN") -> Accuracy:
+    """Top-1/top-5 (percent), mean cross-entropy and sample count of an ANN (or of a direct SNN
+    as trained), as an :class:`~ann2snn.results.Accuracy`."""
     model.eval()
     dev, counts = device_of(model), Counts()
     for x, y in progress(loader, desc=desc):
         x, y = x.to(dev), y.to(dev)
         counts.add(logits_of(model(x)).unsqueeze(0), y, 1.0)
     counts.sum_over_ranks(loader, 1)  # sum over torchrun ranks when the loader is sharded
-    p = counts.percents()
-    return {"top1": p["top1"][0], "top5": p["top5"][0], "loss": p["loss"][0], "n": counts.n}
+    return counts.accuracy(counts.n)
 
 
 class _Logits(nn.Module):
@@ -241,30 +243,27 @@ def _add_k_step_rows(sim, x, y, cum, rows: dict, groups: list[list[int]], t: int
 
 @torch.no_grad()
 def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann: nn.Module | None = None,
-             meter=None, latency_extra: int = 0, max_batches: int | None = None, desc: str = "SNN") -> dict:
+             meter=None, latency_extra: int = 0, max_batches: int | None = None, desc: str = "SNN") -> Evaluation:
     """Everything one evaluation of a converted (or direct) SNN reports, in one loop over ``loader``.
 
     Per batch: the ANN (when given), the t-step run with ``extra_t`` extra steps (observed by
     ``meter``, an :class:`~ann2snn.energy.EnergyMeter`, when given), continued for
     ``latency_extra`` more zero-input steps that only the effective latency sees, and, with
-    ``k_step``, the k-step runs k = 1..t-1 (not metered).  Returns::
-
-        {"n", "ann": {"top1", "top5", "loss"} | None,
-         "within_run": {"steps": [1..S], "top1", "top5", "loss"},
-         "k_step": {"k": [1..t], "total_steps": [k + extra_t], "top1", "top5", "loss",
-                    "top1_no_extra", "top5_no_extra", "loss_no_extra"} | None,
-         "k_step_is_prefix": bool, "effective_latency": {...}}
-
-    (see the module docstring for what each figure means; structured outputs: on their logits).
+    ``k_step``, the k-step runs k = 1..t-1 (not metered).  Returns an
+    :class:`~ann2snn.results.Evaluation`: ``n``, ``ann`` (an Accuracy, or None),
+    ``within_run`` (steps 1..S), ``k_step`` (k = 1..t, after their extra_t steps and without
+    them; None without ``k_step``), ``k_step_is_prefix``, ``spike_levels``, ``bits_per_step`` and
+    ``effective_latency`` (see the module docstring for what each figure means; structured
+    outputs: on their logits).  ``to_dict()`` gives the plain dict.
     """
     sim, ann, t, extra_t, latency_extra, max_batches = _evaluate_args(sim, ann, t, extra_t, latency_extra, max_batches)
-    dev = device_of(sim.snn)
-    S, N = t + extra_t, max(int(latency_extra), 0)
+    dev, steps = device_of(sim.snn), t + extra_t
     prefix = sim.k_step_runs_share_one_pass(t)
-    ann_counts, within = Counts(), Counts()
+    ann_counts, within = (None if ann is None else Counts()), Counts()
     rows = {k: Counts() for k in range(1, t + 1)} if k_step else {}
     label = f"{desc} t={t}+{extra_t}"
-    groups, long = _k_step_plan(sim, t, extra_t, S + N, k_step and not (prefix and extra_t == 0), label)
+    groups, long = _k_step_plan(sim, t, extra_t, steps + latency_extra, k_step and not (prefix and extra_t == 0),
+                                label)
     settle: list[torch.Tensor] = []
     if ann is not None:
         ann.eval()
@@ -275,86 +274,104 @@ def evaluate(sim, loader, t: int, extra_t: int = 0, *, k_step: bool = True, ann:
         if ann is not None:
             with _paused(meter):
                 ann_counts.add(ann(x).unsqueeze(0), y, 1.0)
-        cums, preds = [], []
-        try:
-            for s, cum in enumerate(sim.iter_run(x, t, S + N), 1):
-                preds.append(cum.argmax(-1))
-                if s <= S:
-                    cums.append(cum)
-                if s == S and N and meter is not None:
-                    meter.pause()  # the latency-only steps are not part of the measured run
-        finally:
-            if meter is not None:
-                meter.resume()
-        cum = torch.stack(cums)
-        within.add(cum, y, step_divisors(t, S))
-        settle.append(settle_steps(torch.stack(preds)).cpu())
+        cum, batch_settle = _observe_run(sim, x, t, steps, latency_extra, meter)
+        within.add(cum, y, step_divisors(t, steps))
+        settle.append(batch_settle)
         if k_step:
             title = f"{label} batch {i + 1}" if long else None
             _add_k_step_rows(sim, x, y, cum, rows, groups, t, extra_t, meter, title)
+    return _evaluation(sim, loader, ann_counts, within, rows, settle, (t, extra_t, latency_extra), prefix)
+
+
+def _observe_run(sim, x, t: int, steps: int, latency_extra: int, meter) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``x``'s t-step run: (its cumulative outputs after each of its ``steps`` steps,
+    [steps, B, C]; each sample's settle step over ``steps + latency_extra`` observed steps, on the
+    CPU).  ``meter`` sees the ``steps`` only, not the latency-only steps after them."""
+    cums, preds = [], []
+    try:
+        for s, cum in enumerate(sim.iter_run(x, t, steps + latency_extra), 1):
+            preds.append(cum.argmax(-1))
+            if s <= steps:
+                cums.append(cum)
+            if s == steps and latency_extra and meter is not None:
+                meter.pause()  # the latency-only steps are not part of the measured run
+    finally:
+        if meter is not None:
+            meter.resume()
+    return torch.stack(cums), settle_steps(torch.stack(preds)).cpu()
+
+
+def _evaluation(sim, loader, ann_counts: Counts | None, within: Counts, rows: dict[int, Counts],
+                settle: list[torch.Tensor], run: tuple[int, int, int], prefix: bool) -> Evaluation:
+    """:func:`evaluate`'s result from its counts, summed over torchrun ranks (every rank makes
+    the same collective calls in the same order: a rank may have had no batch); ``run``: (t,
+    extra_t, latency_extra)."""
+    t, extra_t, latency_extra = run
+    steps = t + extra_t
     local = torch.cat(settle) if settle else torch.zeros(0, dtype=torch.long)
-    sharded = shards.is_sharded(loader)
-    all_settle = torch.cat(shards.gather_objects(local)) if sharded else local  # a rank may have had no batch
+    all_settle = torch.cat(shards.gather_objects(local)) if shards.is_sharded(loader) else local
     if not all_settle.numel():
         raise ValueError("evaluate: the loader yielded no batch")
-    within.sum_over_ranks(loader, S)
+    within.sum_over_ranks(loader, steps)
     for c in rows.values():
         c.sum_over_ranks(loader, 2)
     bits = getattr(sim, "bits_per_step", math.log2(3))
-    out: dict = {"n": within.n, "ann": None, "k_step": None, "k_step_is_prefix": prefix,
-                 "spike_levels": getattr(sim, "spike_levels", 1), "bits_per_step": bits,
-                 "within_run": {"steps": list(range(1, S + 1)), "bit_steps": [s * bits for s in range(1, S + 1)],
-                                **within.percents()},
-                 "effective_latency": effective_latency(all_settle, S + N)}
-    if ann is not None:
-        ann_counts.sum_over_ranks(loader, 1)
-        p = ann_counts.percents()
-        out["ann"] = {"top1": p["top1"][0], "top5": p["top5"][0], "loss": p["loss"][0]}
-    if k_step:
-        per = {k: c.percents() for k, c in sorted(rows.items())}
-        ks = sorted(per)
-        ksr = {"k": ks, "total_steps": [k + extra_t for k in ks], "bit_steps": [(k + extra_t) * bits for k in ks]}
-        for m in ("top1", "top5", "loss"):
-            ksr[m] = [per[k][m][1] for k in ks]
-            ksr[f"{m}_no_extra"] = [per[k][m][0] for k in ks]
-        out["k_step"] = ksr
-    return out
+    ann = None if ann_counts is None else ann_counts.sum_over_ranks(loader, 1).accuracy()
+    return Evaluation(
+        n=within.n, ann=ann, k_step=_k_step_result(rows, extra_t, bits) if rows else None, k_step_is_prefix=prefix,
+        spike_levels=getattr(sim, "spike_levels", 1), bits_per_step=bits,
+        within_run=WithinRun(list(range(1, steps + 1)), [s * bits for s in range(1, steps + 1)], **within.percents()),
+        effective_latency=effective_latency(all_settle, steps + latency_extra))
 
 
-def evaluate_snn(sim, loader, t: int, extra_t: int = 0) -> dict:
+def _k_step_result(rows: dict[int, Counts], extra_t: int, bits: float) -> KStep:
+    """The k-step figures: entry 1 of each row's counts is after its extra_t steps, entry 0 at k."""
+    per = {k: c.percents() for k, c in sorted(rows.items())}
+    ks = sorted(per)
+    figures = {}
+    for m in ("top1", "top5", "loss"):
+        figures[m] = [per[k][m][1] for k in ks]
+        figures[f"{m}_no_extra"] = [per[k][m][0] for k in ks]
+    return KStep(k=ks, total_steps=[k + extra_t for k in ks], bit_steps=[(k + extra_t) * bits for k in ks], **figures)
+
+
+def evaluate_snn(sim, loader, t: int, extra_t: int = 0) -> SnnSteps:
     """Within-run per-step top-1/top-5/loss for steps 1..t+extra_t of one t-step run (one pass a
-    batch): ``{"t", "extra_t", "steps", "top1", "top5", "loss"}``.  See :func:`evaluate` for the
-    k-step curve."""
-    res = evaluate(sim, loader, t, extra_t, k_step=False)
-    return {"t": t, "extra_t": extra_t, **res["within_run"]}
+    batch), as a :class:`~ann2snn.results.SnnSteps` (``t``, ``extra_t``, ``steps``, ``top1`` …).
+    See :func:`evaluate` for the k-step curve."""
+    within = evaluate(sim, loader, t, extra_t, k_step=False).within_run
+    return SnnSteps(t, extra_t, **within.to_dict())
 
 
-def count_table(sim, loader, rows: list[int], extra: int) -> dict[int, Counts]:
+def count_table(sim, loader, rows: list[int], extra_t: int) -> dict[int, Counts]:
     dev = device_of(sim.snn)
     counts = {t: Counts() for t in rows}
-    for x, y in progress(loader, desc=f"table t={min(rows)}..{max(rows)} +0..{extra}"):
+    for x, y in progress(loader, desc=f"table t={min(rows)}..{max(rows)} +0..{extra_t}"):
         x, y = x.to(dev), y.to(dev)
-        for t, cum in sim.run_rows(x, rows, extra).items():
+        for t, cum in sim.run_rows(x, rows, extra_t).items():
             counts[t].add(cum, y, float(t))
     for t in rows:
-        counts[t].sum_over_ranks(loader, extra + 1)
+        counts[t].sum_over_ranks(loader, extra_t + 1)
     return counts
 
 
-def evaluate_table(sim, loader, rows: list[int], extra: int) -> dict[int, dict]:
-    """The t × (t + e) table: ``{t: {"cols": [t..t+extra], "bit_steps": [...], "top1": [...], "top5": [...],
-    "loss": [...]}}``; cell (t, t + e) is a t-step run after e extra steps, its sum divided by t, and
-    its spike-step budget is (t + e) × log2(2m + 1) bits for the simulator's spike_levels m.
-    ``rows`` must list at least one t ≥ 1 and ``extra`` be ≥ 0 (else ValueError / TypeError)."""
+def evaluate_table(sim, loader, rows: list[int], extra_t: int | None = None, *, extra: int | None = None) -> Table:
+    """The t × (t + extra_t) table, a :class:`~ann2snn.results.Table` of rows by t, each with
+    ``cols`` [t..t+extra_t], ``bit_steps``, ``top1``, ``top5`` and ``loss``: cell (t, t + e) is a
+    t-step run after e zero-input steps, its sum divided by t, and its spike-step budget is
+    (t + e) × log2(2m + 1) bits for the simulator's spike_levels m.  ``rows`` must list at least
+    one t ≥ 1 and ``extra_t`` be ≥ 0 (default 0; else ValueError / TypeError).  ``extra`` is the
+    old name of ``extra_t``, still accepted."""
     rows = check_rows("evaluate_table", "rows", rows)
-    extra = check_int("evaluate_table", "extra", extra, 0, "zero-input steps after each row's input")
+    extra_t, name = renamed("evaluate_table", "extra_t", extra_t, "extra", extra, 0)
+    extra_t = check_int("evaluate_table", name, extra_t, 0, "zero-input steps after each row's input")
     sim = logits_view(check_simulator("evaluate_table", sim))
     bits = getattr(sim, "bits_per_step", math.log2(3))
-    out = {}
-    for t, c in count_table(sim, loader, rows, extra).items():
-        cols = list(range(t, t + extra + 1))
-        out[t] = {"cols": cols, "bit_steps": [col * bits for col in cols], **c.percents()}
-    return out
+    table = Table()
+    for t, c in count_table(sim, loader, rows, extra_t).items():
+        cols = list(range(t, t + extra_t + 1))
+        table.rows[t] = TableRow(cols, [col * bits for col in cols], **c.percents())
+    return table
 
 
 __all__ = ["Counts", "LATENCY_FRACTION", "device_of", "effective_latency", "evaluate", "evaluate_ann",

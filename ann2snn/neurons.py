@@ -137,7 +137,7 @@ class ScaledNeuron(base.MemoryModule):
     With threshold t/L and cap L this is SpikeZIP's signed neuron, spikingjelly's
     ``STBIFNode(q_threshold=λ·t/L, level=L+1)``, step for step
     (``tests/test_spikingjelly_equivalents.py``).  It is kept as its own module because the
-    simulator retunes θ and cap per table row on the same instance, and because the ``seed``
+    simulator retunes θ and cap per table row on the same instance, and because the ``per_step``
     preset needs the original's lazy negative rule, which STBIF does not have.
 
     ``m`` (spike_levels, set by the simulator) is the most spikes it may send per step and sign:

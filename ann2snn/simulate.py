@@ -33,7 +33,7 @@ import torch.utils._pytree as pytree
 from spikingjelly.activation_based import base, functional
 from torch import nn
 
-from ann2snn._checks import check_int, check_module, check_rows, describe
+from ann2snn._checks import check_int, check_module, check_rows, describe, renamed
 from ann2snn.neurons import ScaledNeuron, bits_per_step, check_spike_levels
 from ann2snn.presets import AS_TRAINED
 
@@ -190,7 +190,7 @@ class Simulator:
 
     def k_step_runs_share_one_pass(self, t: int) -> bool:
         """True when a k-step run (k ≤ t) is the first k steps of the t-step run for every k
-        (threshold 1 everywhere: the ``rate`` and ``seed`` presets, directly trained SNNs)."""
+        (threshold 1 everywhere: the ``rate`` and ``per_step`` presets, directly trained SNNs)."""
         return all(self.shares_trunk(k) for k in range(1, t + 1))
 
     # -- state ------------------------------------------------------------------------------------
@@ -251,10 +251,13 @@ class Simulator:
         return stack_steps(list(self.iter_run(x, t, t + extra_t)))
 
     @torch.no_grad()
-    def run_rows(self, x: torch.Tensor, rows: list[int], extra: int) -> dict[int, torch.Tensor]:
-        """For each row t: cumulative sums at columns t..t+extra, [extra + 1, B, classes]."""
+    def run_rows(self, x: torch.Tensor, rows: list[int], extra_t: int | None = None, *,
+                 extra: int | None = None) -> dict[int, torch.Tensor]:
+        """For each row t: cumulative sums at columns t..t+extra_t, [extra_t + 1, B, classes].
+        (``extra`` is the old name of ``extra_t``, still accepted.)"""
         rows = check_rows("Simulator.run_rows", "rows", rows)
-        extra = check_int("Simulator.run_rows", "extra", extra, 0, "zero-input steps after each row's input")
+        extra_t, name = renamed("Simulator.run_rows", "extra_t", extra_t, "extra", extra, 0)
+        extra_t = check_int("Simulator.run_rows", name, extra_t, 0, "zero-input steps after each row's input")
         out: dict[int, torch.Tensor] = {}
         trunk = sorted(t for t in rows if self.shares_trunk(t))
         if trunk:
@@ -265,11 +268,11 @@ class Simulator:
                 acc = accumulate(acc, self.step(x, drive=True))
                 if k in trunk:
                     cols = [acc]
-                    if extra:
+                    if extra_t:
                         snap = self.snapshot()
                         self.configure(k)  # the row's own cap (= t) for its extra steps
                         branch = acc
-                        for _ in range(extra):
+                        for _ in range(extra_t):
                             branch = accumulate(branch, self.step(x, drive=False))
                             cols.append(branch)
                         self.restore(snap)
@@ -277,7 +280,7 @@ class Simulator:
                     out[k] = stack_steps(cols)
         for t in rows:
             if t not in out:
-                out[t] = select_steps(self.run(x, t, extra), slice(t - 1, None))
+                out[t] = select_steps(self.run(x, t, extra_t), slice(t - 1, None))
         self.reset()
         return out
 
@@ -300,8 +303,8 @@ class LogitsView:
     def run(self, x: torch.Tensor, t: int, extra_t: int = 0) -> torch.Tensor:
         return logits_of(self.sim.run(x, t, extra_t))
 
-    def run_rows(self, x: torch.Tensor, rows: list[int], extra: int) -> dict[int, torch.Tensor]:
-        return {t: logits_of(v) for t, v in self.sim.run_rows(x, rows, extra).items()}
+    def run_rows(self, x: torch.Tensor, rows: list[int], extra_t: int = 0) -> dict[int, torch.Tensor]:
+        return {t: logits_of(v) for t, v in self.sim.run_rows(x, rows, extra_t).items()}
 
 
 def logits_view(sim) -> Any:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ann2snn._checks import check_int, check_module, check_optional_int, check_positive
 from ann2snn._checks import describe as describe_value
+from ann2snn.results import VerifyResult
 from ann2snn.simulate import Simulator, named_leaves
 
 VERIFY_TOLERANCE = 1e-4
@@ -23,7 +24,7 @@ VERIFY_TOLERANCE = 1e-4
 @torch.no_grad()
 def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = VERIFY_TOLERANCE,
            max_steps: int = 1024, dtype: torch.dtype | None = torch.float64,
-           spike_levels: int | None = None) -> dict:
+           spike_levels: int | None = None) -> VerifyResult:
     """Run the converted network on ``batch`` until it is quiescent and compare its output mean with
     the quantized ANN's logits.
 
@@ -41,8 +42,9 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     activations are common, and they say nothing about the conversion.  In float64 they are about
     10⁹ times rarer.  ``dtype=None`` checks the networks as they are.
 
-    Returns ``{"max_abs_diff", "scale", "tolerance", "ok", "t", "settle_steps", "quiescent",
-    "steps_run", "dtype", "leaf"}``, where ``scale`` is the largest |ANN logit|, ``ok`` means
+    Returns a :class:`~ann2snn.results.VerifyResult` (``max_abs_diff``, ``scale``, ``tolerance``,
+    ``ok``, ``t``, ``settle_steps``, ``quiescent``, ``steps_run``, ``spike_levels``, ``dtype``,
+    ``leaf``; ``to_dict()`` for the plain dict), where ``scale`` is the largest |ANN logit|, ``ok`` means
     ``max_abs_diff ≤ tolerance · max(1, scale)`` once quiescent, and ``settle_steps`` counts the
     steps until the last state change (input steps included).  A model whose forward returns a
     tuple, dict or ModelOutput is compared tensor by tensor, each against its own scale;
@@ -89,9 +91,9 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
         for h in handles:
             h.remove()
     diff, scale, ok, leaf = _compare_outputs(cum, ref, t, tolerance)
-    return {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "ok": bool(ok and quiescent), "t": t,
-            "settle_steps": settle, "quiescent": quiescent, "steps_run": steps, "spike_levels": sim.spike_levels,
-            "dtype": str(dtype or x.dtype).replace("torch.", ""), "leaf": leaf}
+    return VerifyResult(max_abs_diff=diff, scale=scale, tolerance=tolerance, ok=bool(ok and quiescent), t=t,
+                        settle_steps=settle, quiescent=quiescent, steps_run=steps, spike_levels=sim.spike_levels,
+                        dtype=str(dtype or x.dtype).replace("torch.", ""), leaf=leaf)
 
 
 def _verify_args(ann, snn, batch, t, tolerance, max_steps) -> tuple:

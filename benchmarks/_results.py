@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ann2snn.app.files import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -21,14 +23,14 @@ def write_marked(name: str, md: str, path: Path = RESULTS) -> None:
         text = text[:text.index(start)] + md.strip() + "\n" + ("\n" + rest if rest else "")
     else:
         text = text.rstrip() + "\n\n" + md
-    path.write_text(text)
+    atomic_write_text(path, text)
 
 
 def load_run(ckpt: Path, test_subset: int):
     """(config, model in eval mode, test loader) of a trained checkpoint, on its first ``test_subset``
     test images; the config is the one stored with the checkpoint."""
     from ann2snn.app.checkpoint import checkpoint_config, load_checkpoint
-    from ann2snn.app.cli import load_trained
+    from ann2snn.app.pipeline import load_trained
     from ann2snn.app.config import load_config
 
     stored = checkpoint_config(load_checkpoint(ckpt), ckpt)

@@ -31,6 +31,8 @@ import torch
 
 from _results import load_run, write_marked
 
+from ann2snn.app.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -91,12 +93,12 @@ def ann2snn_curves(model, cfg, loader) -> dict[str, dict[int, float]]:
         cfg.preset = preset
         sim = simulator_for(model, cfg)
         diag = evaluate_table(sim, loader, list(STEPS), 0)
-        out[f"{preset}, t = T"] = {T: diag[T]["top1"][0] for T in STEPS}
+        out[f"{preset}, t = T"] = {T: diag[T].top1[0] for T in STEPS}
         if preset == "exact":
             L = cfg.l
             row = evaluate_table(sim, loader, [L], max(STEPS) - L)[L]
             out[f"exact, t = L = {L}, then T − L zero steps"] = {
-                T: row["top1"][T - L] for T in STEPS if T >= L}
+                T: row.top1[T - L] for T in STEPS if T >= L}
     cfg.preset = "exact"
     return out
 
@@ -194,7 +196,7 @@ def main() -> int:
     from ann2snn.metrics import evaluate_ann
 
     cfg_relu, relu, loader = load(ckpts["relu"], args.test_subset)
-    res["ann"]["relu"] = evaluate_ann(relu, loader)["top1"]
+    res["ann"]["relu"] = evaluate_ann(relu, loader).top1
     from ann2snn.app.distributed import build_loaders
 
     calib = [b for _, b in zip(range(args.calib_batches), build_loaders(cfg_relu)[0])]
@@ -207,7 +209,7 @@ def main() -> int:
         print(mode, curve, f"{time.perf_counter() - t0:.0f} s", flush=True)
     for net in ("qcfs_finetuned", "qcfs_scratch"):
         cfg, model, loader = load(ckpts[net], args.test_subset)
-        res["ann"][net] = evaluate_ann(model, loader)["top1"]
+        res["ann"][net] = evaluate_ann(model, loader).top1
         t0 = time.perf_counter()
         for label, curve in ann2snn_curves(model, cfg, loader).items():
             res["rows"].append((f"ann2snn {label}, {net.replace('_', ' ')}", net, curve))
@@ -215,9 +217,9 @@ def main() -> int:
     _, qcfs, _ = load(ckpts["qcfs_finetuned"], args.test_subset)
     res["costs"] = step_costs(relu, sj_snn, qcfs, loader, args.repeats)
     res["goals"] = goals(res, args.levels)
-    (runs / "cnn_vs_sj.json").write_text(json.dumps(res, indent=2, default=str))
+    atomic_write_text(runs / "cnn_vs_sj.json", json.dumps(res, indent=2, default=str))
     md = markdown(res, args)
-    (runs / "cnn_vs_sj.md").write_text(md)
+    atomic_write_text(runs / "cnn_vs_sj.md", md)
     print(md)
     if args.write:
         write_marked("cnn-vs-spikingjelly", md)

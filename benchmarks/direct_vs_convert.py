@@ -42,12 +42,12 @@ import statistics
 import torch
 
 import ann2snn.app.train as train_mod
-from ann2snn.app.cli import load_trained
 from ann2snn.app.config import load_config
-from ann2snn.models import model_kind
+from ann2snn.app.files import atomic_write_text
+from ann2snn.app.pipeline import load_trained, simulator_for
 from ann2snn.energy import measure_energy
 from ann2snn.metrics import evaluate_ann
-from ann2snn.app.pipeline import simulator_for
+from ann2snn.models import model_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # name: (config, how it is trained, SNN time steps to report)
@@ -122,7 +122,7 @@ def run_model(name: str, args, work: Path) -> dict:
     out = {"name": name, "config": config, "how": how, "cfg": cfg.to_dict(), "_speed": (model, cfg, x, y),
            "params": sum(p.numel() for p in model.parameters()), "train_epoch_s": timer.seconds,
            "train_epoch_cpu_s": timer.cpu_seconds,
-           "train_total_s": total_s, "own_top1": own["top1"], "n_test": own["n"], "snn": {}}
+           "train_total_s": total_s, "own_top1": own.top1, "n_test": own.n, "snn": {}}
     for t in steps:
         res = measure_energy(model, simulator_for(model, cfg), loader, t, max_batches=args.energy_batches)
         tot = res.totals
@@ -208,8 +208,8 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count()}
     md = markdown(results, meta)
-    (out / "direct_vs_convert.md").write_text(f"Command: `{meta['command']}`\n\n{md}")
-    (out / "direct_vs_convert.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    atomic_write_text(out / "direct_vs_convert.md", f"Command: `{meta['command']}`\n\n{md}")
+    atomic_write_text(out / "direct_vs_convert.json", json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print("\n" + md)
     print(f"written: {out / 'direct_vs_convert.md'}, {out / 'direct_vs_convert.json'}")
     return 0

@@ -28,6 +28,8 @@ import torch
 
 from _results import write_marked
 
+from ann2snn.app.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -57,7 +59,7 @@ def part_verify(levels: int = 4) -> list[dict]:
                "gated_bn": len(snn.report["gate_batchnorm"]), "quantize_s": t1 - t0, "convert_s": t3 - t2}
         for t in (1, levels):
             r = verify(q, snn, x, t=t)
-            row[f"t{t}"] = {k: r[k] for k in ("max_abs_diff", "scale", "ok", "settle_steps", "quiescent")}
+            row[f"t{t}"] = {k: getattr(r, k) for k in ("max_abs_diff", "scale", "ok", "settle_steps", "quiescent")}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -84,7 +86,7 @@ def part_table(runs: Path, args) -> dict:
     timing["qcfs_train_s"] = time.perf_counter() - t0
     saved = runs / "train_timing.json"  # training is cached between runs: keep the times it took
     if timing["relu_train_s"] > 1 and timing["qcfs_train_s"] > 1:
-        saved.write_text(json.dumps(timing))
+        atomic_write_text(saved, json.dumps(timing))
     elif saved.is_file():
         timing.update(json.loads(saved.read_text()))
     ckpt = qcfs / "best_model.pt"
@@ -102,12 +104,12 @@ def part_table(runs: Path, args) -> dict:
     relu_log = (relu / "log.csv").read_text().strip().splitlines()
     from ann2snn import convert, verify
     from ann2snn.app.checkpoint import checkpoint_config, load_checkpoint
-    from ann2snn.app.cli import load_trained
+    from ann2snn.app.pipeline import load_trained
 
     model, loader, _ = load_trained(checkpoint_config(load_checkpoint(ckpt), ckpt), ckpt)
     x, _ = next(iter(loader))
     snn = convert(model, "exact")
-    checks = {"float64": verify(model, snn, x), "float32": verify(model, snn, x, dtype=None)}
+    checks = {"float64": verify(model, snn, x).to_dict(), "float32": verify(model, snn, x, dtype=None).to_dict()}
     return {"convert": json.loads((runs / "convert.json").read_text()),
             "table": json.loads((runs / "table" / "table.json").read_text()),
             "table_md": (runs / "table" / "table.md").read_text(), "relu_last_epoch": relu_log[-1],
@@ -172,7 +174,7 @@ def main() -> int:
     verify_rows = part_verify(args.levels) if "verify" in args.part else []
     table = part_table(runs, args) if "table" in args.part else None
     md = markdown(verify_rows, table, args)
-    (runs / "own_models.md").write_text(md)
+    atomic_write_text(runs / "own_models.md", md)
     print(md)
     if args.write:
         write_marked("own-models", md)

@@ -39,6 +39,7 @@ from ann2snn.quant import quantize
 from ann2snn.models import create_model
 from ann2snn.quant import QCFS
 from ann2snn.simulate import Simulator
+from ann2snn.app.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Simulation speed"
@@ -268,7 +269,7 @@ def write_section(text: str, path: Path = RESULTS) -> None:
     else:
         nxt = old.find("\n## ", start + len(SECTION))
         new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
-    path.write_text(new)
+    atomic_write_text(path, new)
 
 
 def main(argv=None) -> None:

@@ -32,6 +32,8 @@ import torch
 
 from _results import load_run, write_marked
 
+from ann2snn.app.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
 
@@ -60,7 +62,7 @@ def frontier_of(ckpt: Path, args, levels: list[int] | None = None, rows: list[in
     L = cfg.l
     t0 = time.perf_counter()
     res = frontier(model, sim, loader, levels or [1, max(1, L // 2), L], rows or list(range(1, 2 * L + 1)), L,
-                   args.energy_batches)
+                   args.energy_batches).to_dict()
     res["seconds"] = time.perf_counter() - t0
     if levels is None and rows is None:  # a full frontier: its own files next to the run
         save_frontier(res, ckpt.parent / "frontier")
@@ -84,7 +86,7 @@ def lag(model, x, t: int, m: int, max_steps: int = 64) -> dict:
         ok = float((cum / t - ref).abs().max()) <= tol
         exact_from = (exact_from or k) if ok else None
     v = verify(q, sim, x, t=t, dtype=None)
-    return {"exact_steps": exact_from, "settle_steps": v["settle_steps"], "ok": v["ok"]}
+    return {"exact_steps": exact_from, "settle_steps": v.settle_steps, "ok": v.ok}
 
 
 def pipeline_lag(args) -> list[dict]:
@@ -154,6 +156,7 @@ def _point(fr, m, T):
 
 def goals(fr: dict) -> list[str]:
     from ann2snn.app.report import fewest_steps
+    from ann2snn.results import Frontier
 
     L = fr["L"]
     out = []
@@ -166,11 +169,11 @@ def goals(fr: dict) -> list[str]:
         out.append(f"m = {m} at T = {T}: {p['top1']:.2f} ({p['delta_top1']:+.2f}; goal within 0.5: {met}), "
                    f"{p['bit_steps']:.1f} bit-steps, {p['e_snn_mj']:.4g} mJ")
     for m in fr["levels"]:
-        p = fewest_steps(fr, m, 0.1)
+        p = fewest_steps(Frontier.from_dict(fr), m, 0.1)
         out.append(f"fewest total steps within 0.1 of the ANN with m = {m}: " + (
             "not reached within t ≤ 2L plus ≤ L extra steps" if p is None else
-            f"T = {p['steps']} (t = {p['t']} + {p['extra_t']}; {p['bit_steps']:.1f} bit-steps; {p['e_snn_mj']:.4g} mJ; "
-            f"top-1 {p['top1']:.2f})"))
+            f"T = {p.steps} (t = {p.t} + {p.extra_t}; {p.bit_steps:.1f} bit-steps; {p.e_snn_mj:.4g} mJ; "
+            f"top-1 {p.top1:.2f})"))
     return out
 
 
@@ -202,9 +205,9 @@ def lag_summary(rows: list[dict], L: int) -> str:
 
 def publish(res: dict, runs: Path, args) -> int:
     """The JSON and Markdown in --runs, the Markdown printed and, with --write, put into RESULTS.md."""
-    (runs / "spike_levels.json").write_text(json.dumps(res, indent=2, default=str))
+    atomic_write_text(runs / "spike_levels.json", json.dumps(res, indent=2, default=str))
     md = markdown(res, args)
-    (runs / "spike_levels.md").write_text(md)
+    atomic_write_text(runs / "spike_levels.md", md)
     print(md)
     if args.write:
         write_marked("spike-levels", md)
@@ -212,15 +215,21 @@ def publish(res: dict, runs: Path, args) -> int:
 
 
 def save_frontier(fr: dict, folder: Path) -> None:
+    """A frontier's files from its dict (as frontier.json holds it); keys of the benchmark's own
+    (``seconds``, ``recomputed``) go into the JSON too."""
     from ann2snn.app.plots import plot_frontier
     from ann2snn.app.report import write_frontier
+    from ann2snn.results import Frontier
 
-    write_frontier(folder, fr, echo=False)
-    plot_frontier(fr, folder / "frontier.png")
+    typed = Frontier.from_dict(fr)
+    own = typed.to_dict()
+    write_frontier(folder, typed, meta={k: v for k, v in fr.items() if k not in own}, echo=False)
+    plot_frontier(typed, folder / "frontier.png")
 
 
 def merge(runs: Path, args) -> int:
     from ann2snn.frontier import pareto
+    from ann2snn.results import FrontierPoint
 
     rows_text, levels_text = args.merge.split(":")
     rows, levels = [int(v) for v in rows_text.split(",")], [int(v) for v in levels_text.split(",")]
@@ -228,9 +237,11 @@ def merge(runs: Path, args) -> int:
     for attn, fr in res["frontiers"].items():
         new = frontier_of(runs / attn / "best_model.pt", args, levels, rows)
         keep = [p for p in fr["points"] if not (p["spike_levels"] in levels and p["t"] in rows)]
-        fr["points"] = sorted(keep + new["points"], key=lambda p: (p["spike_levels"], p["t"], p["extra_t"]))
+        points = sorted((FrontierPoint.from_dict(p) for p in keep + new["points"]),
+                        key=lambda p: (p.spike_levels, p.t, p.extra_t))
+        pareto(points)
+        fr["points"] = [p.to_dict() for p in points]
         fr.setdefault("recomputed", []).append(args.merge)
-        pareto(fr["points"])
         save_frontier(fr, runs / attn / "frontier")
     return publish(res, runs, args)
 

@@ -47,6 +47,8 @@ from torch import nn
 
 from _results import load_run, write_marked
 
+from ann2snn.app.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -188,18 +190,18 @@ def spikingjelly_rows(q, loader, steps: int) -> tuple[list, list[str]]:
 
 
 # ------------------------------------------------------------------------------ ann2snn
-def ann2snn_rows(model, cfg, loader, steps: int, extra: int) -> tuple[list, dict]:
+def ann2snn_rows(model, cfg, loader, steps: int, extra_t: int) -> tuple[list, dict]:
     from ann2snn.app.pipeline import simulator_for
     from ann2snn.metrics import evaluate_table
 
     sim = simulator_for(model, cfg)
     t0 = time.perf_counter()
-    table = evaluate_table(sim, loader, list(range(1, steps + 1)), extra)
+    table = evaluate_table(sim, loader, list(range(1, steps + 1)), extra_t)
     print(f"ann2snn table {time.perf_counter() - t0:.0f} s", flush=True)
     L = cfg.l
-    diag = {T: table[T]["top1"][0] for T in range(1, steps + 1)}
+    diag = {T: table[T].top1[0] for T in range(1, steps + 1)}
     long_row = evaluate_table(sim, loader, [L], steps - L)[L]
-    row_l = {T: long_row["top1"][T - L] for T in range(L, steps + 1)}
+    row_l = {T: long_row.top1[T - L] for T in range(L, steps + 1)}
     return [("ann2snn exact, t = T", diag), (f"ann2snn exact, t = L = {L}, then T − L zero steps", row_l)], table
 
 
@@ -224,7 +226,7 @@ def verify_batch(model, cfg, loader) -> dict:
 
     x, _ = next(iter(loader))
     r = verify(model, convert(model, cfg.preset), x[:64], t=cfg.l)
-    return {k: r[k] for k in ("ok", "max_abs_diff", "scale", "settle_steps", "quiescent")}
+    return {k: getattr(r, k) for k in ("ok", "max_abs_diff", "scale", "settle_steps", "quiescent")}
 
 
 # ------------------------------------------------------------------------------ report
@@ -295,7 +297,8 @@ def main() -> int:
     p.add_argument("--train_subset", type=int, default=0, help="0: all 60 000 training images")
     p.add_argument("--test_subset", type=int, default=2000)
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--extra", type=int, default=4, help="extra steps of the written table")
+    p.add_argument("--extra-t", "--extra", dest="extra_t", type=int, default=4,
+                   help="extra steps (extra_t) of the written table; --extra is the old spelling")
     p.add_argument("--energy_batches", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true")
@@ -310,20 +313,20 @@ def main() -> int:
         ckpt = train(runs, args, placement)
         cfg, model, loader = load(ckpt, args.test_subset)
         ann = evaluate_ann(model, loader)
-        ours, table = ann2snn_rows(model, cfg, loader, args.steps, args.extra)
-        write_table(ckpt.parent, ann, table, list(range(args.extra + 1)), meta={"preset": cfg.preset}, echo=False)
+        ours, table = ann2snn_rows(model, cfg, loader, args.steps, args.extra_t)
+        write_table(ckpt.parent, ann, table, list(range(args.extra_t + 1)), meta={"preset": cfg.preset}, echo=False)
         sj, notes = spikingjelly_rows(model, loader, args.steps)
         res["levels"] = cfg.l
-        res["energy_images"] = min(args.energy_batches * cfg.bs, ann["n"])
+        res["energy_images"] = min(args.energy_batches * cfg.bs, ann.n)
         res["placements"][placement] = {
-            "ann_top1": ann["top1"], "n": ann["n"], "train_s": train_seconds(ckpt.parent / "log.csv"),
+            "ann_top1": ann.top1, "n": ann.n, "train_s": train_seconds(ckpt.parent / "log.csv"),
             "model": {k: getattr(cfg, k) for k in ("dim", "depth", "num_heads", "patch_size", "mlp_ratio")},
             "train": f"AdamW, {cfg.epochs} epochs on {cfg.train_subset or 60000} training images",
-            "rows": ours + sj, "notes": notes, "table": table, "verify": verify_batch(model, cfg, loader),
+            "rows": ours + sj, "notes": notes, "table": table.to_dict(), "verify": verify_batch(model, cfg, loader),
             "energy": energy_points(model, cfg, loader, args.energy_batches)}
-    (runs / "vit_fidelity.json").write_text(json.dumps(res, indent=2, default=str))
+    atomic_write_text(runs / "vit_fidelity.json", json.dumps(res, indent=2, default=str))
     md = markdown(res, args)
-    (runs / "vit_fidelity.md").write_text(md)
+    atomic_write_text(runs / "vit_fidelity.md", md)
     print(md)
     if args.write:
         write_marked("vit-fidelity", md)

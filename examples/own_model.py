@@ -66,13 +66,13 @@ def run(name: str, relu_model: nn.Module, train_loader, test_loader, steps: int,
     check = ann2snn.verify(ann, snn, x)
     sim = ann2snn.Simulator(snn)
     res = ann2snn.evaluate(sim, test_loader, t=t, ann=ann)
-    table = ann2snn.evaluate_table(sim, test_loader, rows=[1, 2, t], extra=2)
+    table = ann2snn.evaluate_table(sim, test_loader, rows=[1, 2, t], extra_t=2)
     energy = ann2snn.measure_energy(ann, sim, test_loader, t=t)
-    print(f"{name}: ANN top-1 {res['ann']['top1']:.2f}%; verify max |SNN - ANN| {check['max_abs_diff']:.2g} "
-          f"({'OK' if check['ok'] else 'FAILED'}, settled after {check['settle_steps']} steps)")
-    print("  k-step runs, top-1 %:", ", ".join(f"k={k}: {a:.2f}" for k, a in zip(res["k_step"]["k"], res["k_step"]["top1"])))
-    print("  table rows t = 1, 2, %d at extra 0..2:" % t,
-          {k: [round(a, 2) for a in row["top1"]] for k, row in table.items()})
+    print(f"{name}: ANN top-1 {res.ann.top1:.2f}%; verify max |SNN - ANN| {check.max_abs_diff:.2g} "
+          f"({'OK' if check.ok else 'FAILED'}, settled after {check.settle_steps} steps)")
+    print("  k-step runs, top-1 %:", ", ".join(f"k={k}: {a:.2f}" for k, a in zip(res.k_step.k, res.k_step.top1)))
+    print("  table rows t = 1, 2, %d at extra_t 0..2:" % t,
+          {k: [round(a, 2) for a in row.top1] for k, row in table.items()})
     tot = energy.totals
     print(f"  energy per image: ANN {tot.e_ann_mj * 1e3:.3f} µJ, SNN {tot.e_snn_mj * 1e3:.3f} µJ "
           f"at t = {t}")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         tv = ann2snn.create_model("torchvision:resnet18", in_channels=info.in_channels, img_size=info.img_size,
                                   num_classes=info.num_classes)
         results["resnet18"] = run("torchvision resnet18", tv, train_loader, test_loader, steps, 4)
-    return 0 if all(r["verify"]["ok"] for r in results.values()) else 1
+    return 0 if all(r["verify"].ok for r in results.values()) else 1
 
 
 if __name__ == "__main__":

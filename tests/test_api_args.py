@@ -117,16 +117,16 @@ def test_verify_compares_every_tensor(kind, data):
     x, _ = data
     model = qnet(kind)
     res = ann2snn.verify(model, ann2snn.convert(model), x)
-    assert res["ok"] and res["quiescent"] and res["max_abs_diff"] < 1e-9, res
-    assert res["leaf"] in ("[0]", "[1]", "['logits']", "['aux']", ".logits", ".aux")
-    assert ann2snn.verify(qnet("tensor"), ann2snn.convert(qnet("tensor")), x)["leaf"] is None
+    assert res.ok and res.quiescent and res.max_abs_diff < 1e-9, res
+    assert res.leaf in ("[0]", "[1]", "['logits']", "['aux']", ".logits", ".aux")
+    assert ann2snn.verify(qnet("tensor"), ann2snn.convert(qnet("tensor")), x).leaf is None
 
 
 def test_verify_names_the_tensor_that_does_not_settle(data):
     x, _ = data
     model = qnet("const_leaf")
     res = ann2snn.verify(model, ann2snn.convert(model), x)
-    assert not res["ok"] and res["leaf"] == "[1]" and res["max_abs_diff"] >= 0.25, res  # (t + 1)/t - 1 at t = 4
+    assert not res.ok and res.leaf == "[1]" and res.max_abs_diff >= 0.25, res  # (t + 1)/t - 1 at t = 4
 
 
 @pytest.mark.parametrize("kind", STRUCTURED)
@@ -136,8 +136,8 @@ def test_metrics_and_energy_score_the_logits(kind, data):
     model, plain = qnet(kind), qnet("tensor")
     sim, ref = ann2snn.Simulator(ann2snn.convert(model)), ann2snn.Simulator(ann2snn.convert(plain))
     got, want = (ann2snn.evaluate(s, loader, t=4, extra_t=1, ann=m) for s, m in ((sim, model), (ref, plain)))
-    assert got["k_step"] == want["k_step"] and got["ann"] == want["ann"]
-    assert got["within_run"] == want["within_run"]
+    assert got.k_step == want.k_step and got.ann == want.ann
+    assert got.within_run == want.within_run
     assert ann2snn.evaluate_table(sim, loader, [1, 2, 4], 2) == ann2snn.evaluate_table(ref, loader, [1, 2, 4], 2)
     assert ann2snn.evaluate_ann(model, loader) == ann2snn.evaluate_ann(plain, loader)
     e_got, e_want = (ann2snn.measure_energy(m, s, loader, t=4) for s, m in ((sim, model), (ref, plain)))
@@ -360,6 +360,37 @@ def test_verify_arguments(data):
 def test_evaluate_table_arguments(sim, data, rows, extra, exc, words):
     with pytest.raises(exc, match=re.escape(words)):
         ann2snn.evaluate_table(sim, [data], rows=rows, extra=extra)
+
+
+def test_evaluate_table_takes_extra_t_and_its_old_name(sim, data):
+    """One name per concept: ``extra_t``; ``extra`` (the old keyword) gives the same table and is
+    named in its own messages; both at once is refused."""
+    table = ann2snn.evaluate_table(sim, [data], [1, 2], extra_t=1)
+    assert ann2snn.evaluate_table(sim, [data], [1, 2], extra=1) == table
+    assert isinstance(table, ann2snn.Table) and sorted(table) == [1, 2] and table[2].cols == [2, 3]
+    with pytest.raises(ValueError, match=re.escape("evaluate_table: extra_t must be an integer >= 0")):
+        ann2snn.evaluate_table(sim, [data], [1], extra_t=-1)
+    with pytest.raises(TypeError, match="extra_t and extra"):
+        ann2snn.evaluate_table(sim, [data], [1], extra_t=1, extra=1)
+
+
+def test_results_are_typed_and_their_dicts_are_the_old_ones(sim, data):
+    """Read by attribute; ``to_dict()`` is the dict the files are written from (its keys in their
+    old order), ``from_dict`` reads it back, and reading by key still works."""
+    res = ann2snn.evaluate(sim, [data], t=2, extra_t=1, ann=qnet())
+    d = res.to_dict()
+    assert list(d) == ["n", "ann", "k_step", "k_step_is_prefix", "spike_levels", "bits_per_step", "within_run",
+                       "effective_latency"]
+    assert list(d["ann"]) == ["top1", "top5", "loss"] and list(d["k_step"]) == [
+        "k", "total_steps", "bit_steps", "top1", "top1_no_extra", "top5", "top5_no_extra", "loss", "loss_no_extra"]
+    assert res["k_step"] == d["k_step"] and res.k_step.top1 == d["k_step"]["top1"]
+    assert ann2snn.Evaluation.from_dict(d) == res
+    with pytest.raises(AttributeError):
+        res.k_steps  # noqa: B018  (a mistyped name fails loudly)
+    table = ann2snn.evaluate_table(sim, [data], [1, 2], 1)
+    assert ann2snn.Table.from_dict({str(t): row for t, row in table.to_dict().items()}) == table
+    check = ann2snn.verify(qnet(), ann2snn.convert(qnet()), data[0])
+    assert list(check.to_dict())[:4] == ["max_abs_diff", "scale", "tolerance", "ok"]
 
 
 @pytest.mark.parametrize("fn", ["evaluate", "measure_energy"])

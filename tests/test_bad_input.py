@@ -8,6 +8,7 @@ machine), so a missing dataset is always a DataError and never a 170 MB download
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import shutil
@@ -22,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ann2snn.app import cli, data
+from ann2snn.app import cli, commands, data
 from ann2snn.app.config import FIELD_NAMES, WIDTH_MODELS, Config
 from ann2snn.presets import PRESETS
 from ann2snn.app.data import DataError
@@ -295,7 +296,7 @@ def _poison_eval(monkeypatch, epoch: int, how: str) -> None:
                 with torch.no_grad():
                     model.head.bias[0] = float("inf")
             else:
-                ev = {**ev, "loss": float(how)}
+                ev = dataclasses.replace(ev, loss=float(how))
         return ev
 
     monkeypatch.setattr(train_mod, "evaluate_ann", poisoned)
@@ -324,7 +325,7 @@ def test_nan_loss_in_a_later_epoch_removes_the_run_and_restores_latest(capsys, c
         rc, err = run_cli(capsys, ["convert", "--out_root", tmp_path])
         assert_user_error(rc, err, "convert", "No trained run found")
     else:
-        assert cli.latest_run(str(tmp_path)) == other.resolve()
+        assert commands.latest_run(str(tmp_path)) == other.resolve()
 
 
 @pytest.mark.parametrize("how,words", [("nan", ["test loss became nan after epoch 2"]),
@@ -373,7 +374,7 @@ def test_nan_in_a_resumed_run_keeps_its_checkpoints(capsys, checkpoints, tmp_pat
     assert all(bool(torch.isfinite(v).all()) for c in (last, best) for v in c["model"].values()
                if v.is_floating_point())
     assert [ln.split(",")[0] for ln in (run / "log.csv").read_text().splitlines()[1:]] == ["1", "2"]
-    assert cli.latest_run(str(tmp_path)) == run.resolve()
+    assert commands.latest_run(str(tmp_path)) == run.resolve()
     assert_no_partial_run(tmp_path)
 
 

@@ -167,8 +167,8 @@ def test_per_step_loss_is_the_cross_entropy_of_the_prefix_mean():
     res = evaluate(sim, [(x, y)], t=3, extra_t=2)
     ce = torch.nn.functional.cross_entropy
     # the running mean is x after every drive step and stays x on extra steps (sum 3x divided by 3)
-    assert res["within_run"]["loss"] == pytest.approx([float(ce(x, y))] * 5, rel=1e-6)
-    assert res["k_step"]["loss"] == pytest.approx([float(ce(x, y))] * 3, rel=1e-6)
+    assert res.within_run.loss == pytest.approx([float(ce(x, y))] * 5, rel=1e-6)
+    assert res.k_step.loss == pytest.approx([float(ce(x, y))] * 3, rel=1e-6)
 
 
 def test_help_subprocess():

@@ -37,7 +37,7 @@ def test_registered_cnns_settle_on_their_quantized_ann(name, use_maxpool):
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     for t in (1, 4):
         r = ann2snn.verify(q, snn, x, t=t)
-        assert r["ok"], (name, t, r)
+        assert r.ok, (name, t, r)
 
 
 def test_cnn_depths_and_widths_are_the_papers():

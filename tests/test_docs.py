@@ -74,10 +74,10 @@ def test_python_api_example_runs(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "k-step runs" in out and "E_SNN per image" in out
     res, table, energy = scope["res"], scope["table"], scope["energy"]
-    assert res["k_step"]["k"] == [1, 2, 3, 4] and sorted(table) == [1, 2, 4]
+    assert res.k_step.k == [1, 2, 3, 4] and sorted(table) == [1, 2, 4]
     # the example's k-step run with k = 4 and its table cell (4, 4 + 2) are the same run
-    assert res["k_step"]["top1"][3] == table[4]["top1"][2]
-    assert energy.totals.e_snn_mj > 0 and res["ann"]["top1"] > 20  # one epoch learns something
+    assert res.k_step.top1[3] == table[4].top1[2]
+    assert energy.totals.e_snn_mj > 0 and res.ann.top1 > 20  # one epoch learns something
 
 
 @pytest.mark.parametrize("words", ["≈99", "measured below", "energy_digits.png"])

@@ -261,15 +261,15 @@ def test_settle_steps_and_effective_latency_by_hand():
     assert settle.tolist() == [1, 3, 4, 1]
     # 99.9% of 4 samples = all of them; sample 2 still changed at the last step: censored, not "4"
     lat = effective_latency(settle, 4)
-    assert (lat["settled"], lat["steps"], lat["unsettled_fraction"]) == (False, None, 0.25)
-    assert effective_latency(settle, 4, fraction=0.5)["steps"] == 1
-    assert effective_latency(settle, 4, fraction=0.75) == {"steps": 3, "settled": True, "observed_steps": 4,
+    assert (lat.settled, lat.steps, lat.unsettled_fraction) == (False, None, 0.25)
+    assert effective_latency(settle, 4, fraction=0.5).steps == 1
+    assert effective_latency(settle, 4, fraction=0.75).to_dict() == {"steps": 3, "settled": True, "observed_steps": 4,
                                                           "fraction": 0.75, "unsettled_fraction": 0.25}
     # the same predictions followed by one more unchanged step: sample 2 is now seen to settle at 4
     lat5 = effective_latency(settle_steps(torch.cat([preds, preds[-1:]])), 5)
-    assert (lat5["settled"], lat5["steps"], lat5["unsettled_fraction"]) == (True, 4, 0.0)
+    assert (lat5.settled, lat5.steps, lat5.unsettled_fraction) == (True, 4, 0.0)
     # a single step cannot change: every prediction is final at step 1
-    assert effective_latency(settle_steps(preds[:1]), 1)["steps"] == 1
+    assert effective_latency(settle_steps(preds[:1]), 1).steps == 1
 
 
 def test_measured_firing_rates_and_latency_match_an_independent_count(qcfs_transformer):
@@ -311,12 +311,12 @@ def test_measured_firing_rates_and_latency_match_an_independent_count(qcfs_trans
             s -= 1
         settle.append(s)
     lat = res.effective_latency
-    assert lat["observed_steps"] == S
+    assert lat.observed_steps == S
     if max(settle) < S:
-        assert lat == {"steps": max(settle), "settled": True, "observed_steps": S, "fraction": 0.999,
-                       "unsettled_fraction": 0.0}
+        assert lat.to_dict() == {"steps": max(settle), "settled": True, "observed_steps": S, "fraction": 0.999,
+                                 "unsettled_fraction": 0.0}
     else:
-        assert lat["settled"] is False and lat["steps"] is None
+        assert lat.settled is False and lat.steps is None
 
 
 # ------------------------------------------------------------------------------ transformer
@@ -383,7 +383,7 @@ def test_result_dicts_keep_the_file_keys_in_order(qcfs_transformer):
     assert list(d["totals"]["energy_breakdown_mj"]) == ["ac_spikes", "mac_image_layer", "mac_analog_inputs",
                                                         "mac_products", "mac_float_functions"]
     assert list(d["accuracy"]) == ["snn_top1_within_run", "ann_top1"]
-    assert d["effective_latency"] == res.effective_latency
+    assert d["effective_latency"] == res.effective_latency.to_dict()
 
 
 def test_a_misspelt_record_field_is_an_error_not_a_zero():

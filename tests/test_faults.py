@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from ann2snn.app import checkpoint, cli, config, rundir
+from ann2snn.app import checkpoint, cli, commands, config, rundir
 from ann2snn.app.config import FIELD_NAMES, MAX_STEPS, RESUME_SAFE_KEYS, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,7 +319,7 @@ def test_config_is_read_once_per_invocation(capsys, trained, tmp_path, monkeypat
     """`run` hands over to `train` (and `convert`): the file is read once, as a pipe can be."""
     reads = []
     real = config.read_config_file
-    monkeypatch.setattr(cli, "read_config_file", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(commands, "read_config_file", lambda p: reads.append(p) or real(p))
     cfg = write_yaml(tmp_path / "c.yml", {**TINY, "action": "train"})
     rc, err = run_cli(capsys, ["run", "-c", cfg, "--out", tmp_path / "run", "--out_root", tmp_path])
     assert rc == 0, err
@@ -377,7 +377,7 @@ def test_table_ranges_beyond_the_bound_are_refused_before_expanding(capsys, trai
     assert_user_error(rc, err, "table", flag, f"at most {MAX_STEPS}", repr(value))
     assert time.perf_counter() - t0 < 30
     with pytest.raises(ConfigError, match="at most 4096"):
-        cli.parse_range("1-1000000000000", "--t", 1)  # never expanded: no MemoryError, no wait
+        config.parse_steps("1-1000000000000", "--t", 1)  # never expanded: no MemoryError, no wait
 
 
 # ============================================================================ 2.4 corrupt run files

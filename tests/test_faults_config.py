@@ -24,7 +24,7 @@ import yaml
 
 from ann2snn import graph
 from ann2snn.app import cli, config
-from ann2snn.app.config import ConfigError, load_config, parse_config_text, read_config_file
+from ann2snn.app.config import ConfigError, load_config, parse_config_text, parse_steps, read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
@@ -412,8 +412,35 @@ def test_config_messages_never_hold_a_long_value_whole():
         cli.parse_overrides(["--t", "1", long])
     assert len(str(info.value)) < 300
     with pytest.raises(ConfigError) as info:
-        cli.parse_range(long, "--t", 1)
+        parse_steps(long, "--t", 1)
     assert len(str(info.value)) < 300
+
+
+def test_one_step_parser_for_every_command():
+    """Every `--t` / `--extra-t` / `--spike-levels` and the config's t / extra_t are read by one
+    parser: numbers, ranges, lists and the L symbols, bounded before a range is expanded."""
+    assert parse_steps("8", "--t") == [8] and parse_steps(8, "--t") == [8]
+    assert parse_steps("1-8,12,16", "--t") == [1, 2, 3, 4, 5, 6, 7, 8, 12, 16]
+    assert parse_steps("1-2L", "--t", 1, L=4) == list(range(1, 9))
+    assert parse_steps("0-L", "--extra-t", 0, L=4) == [0, 1, 2, 3, 4]
+    assert parse_steps("1,L/2,l", "spike levels", 1, L=4) == [1, 2, 4]
+    for text, words in [("4-2", "is empty"), ("L", "symbol L"), ("0", "--t must be >= 1"),
+                        ("1-5000", "at most 4096"), ("x", "--t must be whole numbers")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_steps(text, "--t", 1)
+    cfg = load_config(None, {"l": 4, "t": "2L", "extra_t": "L/2"})
+    assert (cfg.t, cfg.extra_t) == (8, 2)
+    with pytest.raises(ConfigError, match="t is one number of steps"):
+        load_config(None, {"t": "1-2L"})
+
+
+def test_renamed_options_keep_their_old_spellings():
+    parser = cli.build_parser()
+    for flag in ("--spike-levels", "--spike_levels", "--levels"):
+        assert parser.parse_args(["frontier", flag, "1,L"]).spike_levels == "1,L"
+    for command in ("table", "frontier"):
+        for flag in ("--extra-t", "--extra_t"):
+            assert parser.parse_args([command, flag, "0-2"]).extra_t == "0-2"
 
 
 # ============================================================================ progress

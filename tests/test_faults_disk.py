@@ -22,6 +22,7 @@ import yaml
 
 from ann2snn.app import cli, rundir
 from ann2snn.app.checkpoint import atomic_save, load_checkpoint
+from ann2snn.results import Accuracy
 
 from test_bad_input import assert_user_error, offline, run_cli  # noqa: F401  (offline: the autouse fixture)
 from test_faults import TINY, fill, snapshot, tmpfs, write_yaml
@@ -241,7 +242,7 @@ def test_a_kill_between_last_pt_and_best_model_pt_is_completed_by_resume(capsys,
                                    "--epochs", "2", "--lr", "1e-4"]
     acc = iter([10.0, 20.0])  # epoch 2 improves on epoch 1
     monkeypatch.setattr(train_mod, "atomic_save", interrupted)
-    monkeypatch.setattr(train_mod, "evaluate_ann", lambda *a, **k: {"loss": 1.0, "top1": next(acc), "top5": 100.0})
+    monkeypatch.setattr(train_mod, "evaluate_ann", lambda *a, **k: Accuracy(top1=next(acc), top5=100.0, loss=1.0))
     rc, _ = run_cli(capsys, args)
     assert rc == 130
     assert load_checkpoint(run / "last.pt")["epoch"] == 2 and load_checkpoint(run / "best_model.pt")["epoch"] == 1

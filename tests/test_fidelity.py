@@ -136,18 +136,18 @@ def trained_digits(tmp_path_factory):
 def test_trained_model_rows_rise_with_extra_steps(trained_digits):
     model, loader, res = trained_digits
     ann = evaluate_ann(model, loader)
-    assert ann["top1"] > 80, "the tiny digits model should train (sanity check of the fixture)"
-    one_sample = 100.0 / ann["n"]
+    assert ann.top1 > 80, "the tiny digits model should train (sanity check of the fixture)"
+    one_sample = 100.0 / ann.n
     table = evaluate_table(Simulator(convert(model, "exact")), loader, [1, 2, L, L + 2, 2 * L], 12)
     for t, row in table.items():
-        acc = row["top1"]
+        acc = row.top1
         # Extra steps only deliver late spikes, moving the SNN onto the ANN.  Where the diagonal
         # is at or below the ANN this is the bound, acc[t+e] >= acc[t] - one sample.  The
         # unsettled diagonal can beat the ANN by luck (seen: 97.00 vs 95.67 at t = 8 on this
         # fixture), and an SNN that converges to its ANN must then come down to it, so the bound
         # is: never below both the diagonal and the ANN.
-        floor = min(acc[0], ann["top1"]) - one_sample - 1e-9
+        floor = min(acc[0], ann.top1) - one_sample - 1e-9
         for e in range(1, 5):
-            assert acc[e] >= floor, f"row t={t} fell at +{e}: {acc[:5]} (ANN {ann['top1']:.2f})"
+            assert acc[e] >= floor, f"row t={t} fell at +{e}: {acc[:5]} (ANN {ann.top1:.2f})"
         # every row settles on the ANN's accuracy (exactly the ANN's predictions, see above)
-        assert abs(acc[-1] - ann["top1"]) < 1e-9, f"row t={t} ends at {acc[-1]} vs ANN {ann['top1']}"
+        assert abs(acc[-1] - ann.top1) < 1e-9, f"row t={t} ends at {acc[-1]} vs ANN {ann.top1}"

@@ -55,12 +55,12 @@ def test_torchvision_models_settle_on_the_quantized_ann(name, sites):
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in snn.modules())
     for t in (1, 4):
         r = verify(q, snn, x, t=t)
-        assert r["quiescent"] and r["ok"], r
-        assert r["max_abs_diff"] <= TOL * max(1.0, r["scale"])
+        assert r.quiescent and r.ok, r
+        assert r.max_abs_diff <= TOL * max(1.0, r.scale)
     # not vacuous: the SNN is active, and rate coding at t = 2 != L misses the ANN by far
     assert ann2snn.Simulator(snn).run(x, 4).abs().sum() > 0
     rate = verify(q, ann2snn.convert(q, "rate"), x, t=2)
-    assert not rate["ok"] and rate["max_abs_diff"] > 100 * TOL * max(1.0, rate["scale"])
+    assert not rate.ok and rate.max_abs_diff > 100 * TOL * max(1.0, rate.scale)
 
 
 def test_resnet_shared_relu_gets_one_neuron_per_site_and_bns_fold():
@@ -125,7 +125,7 @@ def test_hand_written_model_settles_on_the_quantized_ann():
     assert sum(isinstance(m, GatedBatchNorm) for m in snn.modules()) == 1
     for t in (1, 2, 4, 8):
         r = verify(q, snn, x, t=t)
-        assert r["ok"], (t, r)
+        assert r.ok, (t, r)
 
 
 def test_inplace_functional_relu_whose_result_is_unused_still_quantizes_the_later_reads():
@@ -154,7 +154,7 @@ def test_wrong_conversion_would_be_caught_by_verify():
     snn = ann2snn.convert(q, "exact")
     snn.neurons()[3].lam *= 1.5
     r = verify(q, snn, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
-    assert not r["ok"] and r["max_abs_diff"] > 1e-3
+    assert not r.ok and r.max_abs_diff > 1e-3
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -191,7 +191,7 @@ def test_norms_and_activations_convert_by_the_running_sum_rule(case):
     assert len(snn.report["replace_functions"]) == 1
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
     for t in (1, 3):
-        assert verify(q, snn, x, t=t)["ok"]
+        assert verify(q, snn, x, t=t).ok
 
 
 @pytest.mark.parametrize("case", sorted(UNSUPPORTED))
@@ -336,8 +336,8 @@ def test_a_pre_norm_transformer_settles_on_its_quantized_ann():
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     for t in (1, 2, 4, 8):
         r = verify(q, snn, x, t=t)
-        assert r["ok"], (t, r)
+        assert r.ok, (t, r)
     # not vacuous: rate coding at t = 2 != L misses the quantized ANN
     rate_like = verify(q, ann2snn.convert(q, "rate"), x, t=2)
-    assert not rate_like["ok"]
+    assert not rate_like.ok
 

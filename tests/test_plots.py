@@ -1,4 +1,4 @@
-"""The four PNG plots are written from results (dicts; the energy result typed), are valid PNGs,
+"""The four PNG plots are written from results (dicts and typed results), are valid PNGs,
 non-empty, and have the size that ``figure_size`` × ``DPI`` promises (read from the PNG header)."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from ann2snn.app import plots
 from ann2snn.energy import CONSTANTS, EnergyResult, EnergyRow, EnergyTotals
+from ann2snn.results import Accuracy, Table, TableRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,8 +53,10 @@ def energy_result(n_layers=3) -> EnergyResult:
 
 
 def table_result():
-    # rows t = 1, 2, 4 with extra 0..2: {t: {"cols", "top1"}}
-    return {t: {"cols": [t, t + 1, t + 2], "top1": [50.0 + t, 55.0 + t, 60.0 + t]} for t in (1, 2, 4)}
+    # rows t = 1, 2, 4 with extra_t 0..2
+    return Table({t: TableRow(cols=[t, t + 1, t + 2], bit_steps=[1.585 * c for c in (t, t + 1, t + 2)],
+                              top1=[50.0 + t, 55.0 + t, 60.0 + t], top5=[90.0] * 3, loss=[1.0] * 3)
+                  for t in (1, 2, 4)})
 
 
 def test_accuracy_plot(tmp_path):
@@ -63,7 +66,7 @@ def test_accuracy_plot(tmp_path):
 
 
 def test_heatmap_plot(tmp_path):
-    path = plots.plot_table_heatmap({"top1": 91.0}, table_result(), [0, 1, 2], tmp_path / "heat.png")
+    path = plots.plot_table_heatmap(Accuracy(top1=91.0, top5=99.0, loss=0.3), table_result(), [0, 1, 2], tmp_path / "heat.png")
     assert path.stat().st_size > 5000
     assert png_size(path) == expected_px("heatmap")
 

@@ -54,7 +54,7 @@ def test_a_signed_site_converts_exactly_with_negative_counts(site, m):
     x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1)) * 2
     for t in (1, 2, 4, 8):
         r = ann2snn.verify(q, ann2snn.Simulator(snn, spike_levels=m), x, t=t)
-        assert r["ok"], (t, m, r)
+        assert r.ok, (t, m, r)
     counts = []
     neuron.register_forward_hook(lambda mod, a, o: counts.append(mod.n.clone()))
     ann2snn.Simulator(snn).run(x, 4, 8)
@@ -72,7 +72,7 @@ def test_vit_with_signed_sites_after_every_layernorm_settles_and_its_linears_rea
     snn = ann2snn.convert(q.eval(), "exact")
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     for t in (1, 4, 8):
-        assert ann2snn.verify(q, snn, x, t=t)["ok"], t
+        assert ann2snn.verify(q, snn, x, t=t).ok, t
     res = measure_energy(q, ann2snn.Simulator(snn), [(x, torch.zeros(4, dtype=torch.long))], t=4)
     rows = {r.name: r for r in res.rows}
     for name in ("blocks.0.attn.qkv", "blocks.0.fc1", "head"):

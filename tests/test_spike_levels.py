@@ -63,9 +63,9 @@ def test_at_t1_with_m_equal_L_the_first_step_is_the_quantized_ann(make):
     first = sim.run(x, 1)[0]
     assert float((first - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
     r = ann2snn.verify(q, sim, x, t=1)
-    assert r["ok"] and r["settle_steps"] == 1 and r["spike_levels"] == 4, r
+    assert r.ok and r.settle_steps == 1 and r.spike_levels == 4, r
     binary = ann2snn.verify(q, ann2snn.convert(q, "exact"), x, t=1)  # m = 1: the pipeline lags
-    assert binary["ok"] and binary["settle_steps"] > 1, binary
+    assert binary.ok and binary.settle_steps > 1, binary
 
 
 @pytest.mark.parametrize("t", [2, 3])
@@ -77,8 +77,8 @@ def test_enough_levels_settle_no_later_than_binary_spikes(t):
     snn = ann2snn.convert(q, "exact")
     fast = ann2snn.verify(q, snn, x, t=t, spike_levels=math.ceil(4 / t))
     slow = ann2snn.verify(q, snn, x, t=t)
-    assert fast["ok"] and slow["ok"]
-    assert fast["settle_steps"] <= slow["settle_steps"]
+    assert fast.ok and slow.ok
+    assert fast.settle_steps <= slow.settle_steps
 
 
 def test_spike_levels_reach_the_neurons_from_convert_and_the_simulator():

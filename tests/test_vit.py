@@ -33,7 +33,7 @@ def test_vit_settles_on_its_quantized_ann(patch_size, img):
     x = torch.randn(3, 1, img, img, generator=torch.Generator().manual_seed(2))
     for t in (1, 4, 8):
         r = ann2snn.verify(q, snn, x, t=t)
-        assert r["ok"], (t, r)
+        assert r.ok, (t, r)
 
 
 def test_vit_trains_on_digits_and_converts_through_the_cli(tmp_path, capsys):
@@ -73,4 +73,4 @@ def test_a_tiny_timm_vit_settles_on_its_quantized_ann():
     assert sum(rates) / len(rates) > 0.05
     for t in (1, 4):
         r = ann2snn.verify(q, snn, x, t=t)
-        assert r["ok"] and r["scale"] > 0.1, (t, r)
+        assert r.ok and r.scale > 0.1, (t, r)

@@ -24,7 +24,7 @@ def _qann(model: nn.Module, levels: int = 4, seed: int = 0) -> nn.Module:
 def _exact(q: nn.Module, x: torch.Tensor, t: int = 4) -> dict:
     snn = ann2snn.convert(q)
     res = ann2snn.verify(q, snn, x, t=t)
-    assert res["ok"], res
+    assert res.ok, res
     return snn.report
 
 
@@ -66,7 +66,7 @@ def test_a_gated_mlp_product_is_a_spike_mul_and_exact():
     q = _qann(GatedMLP(6))
     snn = ann2snn.convert(q)
     assert sum(isinstance(m, SpikeMul) for m in snn.modules()) == 1
-    assert ann2snn.verify(q, snn, torch.randn(16, 6))["ok"]
+    assert ann2snn.verify(q, snn, torch.randn(16, 6)).ok
 
 
 def test_a_square_of_spikes_is_a_product_with_itself():

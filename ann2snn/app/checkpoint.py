@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ann2snn.app.files import atomic_open
 from ann2snn.app.config import FIELD_NAMES, MODEL_KEYS, Config, ConfigError, config_from_dict, short_repr
-from ann2snn.app.data import available_memory
+from ann2snn.app.data import available_memory, dataset_key
+from ann2snn.app.files import atomic_open, opened
 
 FORMAT_VERSION = 1
 log = logging.getLogger("ann2snn")
@@ -138,14 +138,24 @@ def check_inflated_size(path: Path, what: str = "Checkpoint") -> None:
             "machine with more, or check that the file is the checkpoint you meant.")
 
 
+def _load(path: Path, what: str, fix: str) -> Any:
+    """``torch.load`` of ``path``, weights only, on the CPU.  A file that cannot be opened is a
+    CheckpointError by :func:`ann2snn.app.files.read_failure` (``what``: how to name it, ``fix``:
+    what to do); one that torch cannot read (truncated, corrupt, foreign) is re-raised as is."""
+    check_inflated_size(path, what)
+    with opened(path, f"{what} {str(path)!r}", fix, CheckpointError) as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist. Train first "
                               "(`ann2snn train -c configs/digits.yml`) or pass --checkpoint PATH.")
-    check_inflated_size(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _load(path, "Checkpoint", "Fix its permissions, or pass another checkpoint with --checkpoint PATH.")
+    except CheckpointError:
+        raise
     except Exception as err:  # truncated zip, pickle with foreign objects, not a torch file …
         raise CheckpointError(
             f"Checkpoint {str(path)!r} cannot be read ({_reason(err)}). "
@@ -188,16 +198,11 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoin
         raise CheckpointError(f"The config stored in {str(path)!r} is invalid: {err}") from None
 
 
-def _dataset_key(name: str) -> str:
-    """A dataset name as ann2snn.app.data looks it up ("Fashion-MNIST" and "fashion_mnist" are one)."""
-    return str(name).strip().lower().replace("-", "_")
-
-
 def dataset_mismatch(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "checkpoint") -> str | None:
     """Why the figures of the checkpoint at ``path`` (stored config ``ckpt_cfg``) under ``cfg``
     are suspect, when ``cfg`` evaluates it on another dataset than it was trained on; else None.
     One line, for the log and for a report's JSON."""
-    if _dataset_key(ckpt_cfg.data) == _dataset_key(cfg.data):
+    if dataset_key(ckpt_cfg.data) == dataset_key(cfg.data):
         return None
     return (f"checkpoint {str(path)!r} was trained on {ckpt_cfg.data!r} but is evaluated on {cfg.data!r}: its "
             f"accuracies here are not comparable to those it was trained for. Pass `--data {ckpt_cfg.data}` "
@@ -260,9 +265,10 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"Pretrained weights {str(path)!r} do not exist (or are not a file). Pass a local "
                               "state dict with --pretrained PATH (no downloads: this tool reads local files only).")
-    check_inflated_size(path, "Pretrained weights file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load(path, "Pretrained weights file", "Make it readable, or pass another file with --pretrained PATH.")
+    except CheckpointError:
+        raise
     except Exception as err:
         raise CheckpointError(f"Pretrained weights {str(path)!r} cannot be read ({_reason(err)}). Save them with "
                               "`torch.save(model.state_dict(), PATH)`.") from None

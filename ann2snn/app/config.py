@@ -12,6 +12,7 @@ import datetime
 import difflib
 import logging
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ann2snn.app.files import atomic_write_text, read_failure
 
 log = logging.getLogger("ann2snn")
 
@@ -144,111 +147,118 @@ class Config:
 
     # ------------------------------------------------------------------------------------
     def validate(self) -> "Config":
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-
-        need(self.l >= 1, f"l (QCFS levels) must be >= 1, got {self.l}. Use e.g. `--l 4`.")
-        need(self.l <= MAX_STEPS, f"l (QCFS levels) must be at most {MAX_STEPS}, got {self.l}. Use e.g. `--l 4`.")
-        need(self.t >= 1, f"t (time steps) must be >= 1, got {self.t}. Use e.g. `--t 8`.")
-        need(self.t <= MAX_STEPS, f"t (time steps) must be at most {MAX_STEPS}, got {self.t}. Use e.g. `--t 8`.")
-        need(self.extra_t >= 0, f"extra_t must be >= 0, got {self.extra_t}.")
-        need(self.extra_t <= MAX_STEPS,
-             f"extra_t must be at most {MAX_STEPS}, got {self.extra_t}. Use e.g. `--extra_t 4`.")
-        self._validate_counts(need)
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}.")
-        need(self.wd >= 0, f"wd must be >= 0, got {self.wd}.")
-        need(self.dim >= 8 and self.dim % 8 == 0,
-             f"dim must be a positive multiple of 8 (the embedding uses dim/8 channels), got {self.dim}.")
-        need(self.dim <= MAX_WIDTH, f"dim must be at most {MAX_WIDTH}, got {self.dim}. Use e.g. `--dim 384`.")
-        need(self.num_heads >= 1 and self.dim % self.num_heads == 0,
-             f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}). "
-             f"Pick num_heads among {[h for h in range(1, 33) if self.dim % h == 0]}.")
-        need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}.")
-        hidden = self.dim * self.mlp_ratio  # every model's MLP is dim -> int(dim * mlp_ratio) -> dim
-        need(hidden >= 1, f"mlp_ratio {self.mlp_ratio:g} is too small for dim {self.dim}: the MLP hidden size "
-             f"int(dim * mlp_ratio) = int({hidden:g}) is 0. Use an mlp_ratio with dim * mlp_ratio >= 1 "
-             "(e.g. `--mlp_ratio 4`, the usual value).")
-        need(hidden < MAX_WIDTH + 1, f"mlp_ratio {self.mlp_ratio:g} is too large for dim {self.dim}: the MLP "
-             f"hidden size int(dim * mlp_ratio) = {hidden:g} is over {MAX_WIDTH}. Use e.g. `--mlp_ratio 4`.")
-        need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
-        need(1 <= self.patch_size <= 1024, f"patch_size must be between 1 and 1024, got {self.patch_size}.")
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {short_repr(self.optimizer)}.")
-        need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}. QCFS uses 0.9.")
-        need(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
-             "nesterov: true needs `optimizer: sgd` and a momentum > 0.")
-        need(self.width is None or 0 < self.width <= 64, f"width (channel multiplier) must be in (0, 64], got "
-             f"{self.width}.")
-        need(self.width is None or self.model in WIDTH_MODELS, f"width applies to the CNNs {WIDTH_MODELS} only, not "
-             f"to {short_repr(self.model)}; remove it (the transformers' size is dim).")
-        need(0 < self.calibrate_percentile <= 100, f"calibrate_percentile must be in (0, 100], got "
-             f"{self.calibrate_percentile}. The usual choice is 99.9.")
-        need(self.data_dir is None or bool(self.data_dir.strip()), "data_dir is empty; omit it to use the default "
-             "locations, or pass a folder (`--data_dir DIR`).")
-        for key in ("train_subset", "test_subset"):
-            v = getattr(self, key)
-            need(v is None or v >= 1, f"{key} must be a positive count or null, got {v}.")
-        need(self.attn in ATTN_CHOICES, f"attn must be one of {ATTN_CHOICES}, got {short_repr(self.attn)}.")
-        need(self.placement in PLACEMENT_CHOICES,
-             f"placement must be one of {PLACEMENT_CHOICES}, got {short_repr(self.placement)}.")
-        need(self.placement == "qkv" or self.model == "vit",
-             f"placement applies to the `vit` model only, not {short_repr(self.model)}; leave it at qkv.")
-        need(self.ssa_form in SSA_FORM_CHOICES,
-             f"ssa_form must be one of {SSA_FORM_CHOICES}, got {short_repr(self.ssa_form)}.")
-        need(0.0 <= self.label_smoothing < 1.0,
-             f"label_smoothing must be in [0, 1), got {self.label_smoothing}. The papers use 0.1.")
-        need(self.mixup == 0.0 or self.mixup >= 1e-3,  # tinier alphas underflow Beta's float32 sampling
-             f"mixup (Beta alpha) must be 0 (disabled) or >= 0.001, got {self.mixup}. The papers use 0.8.")
-        need(self.mode in ("ann", "snn"), f"mode must be 'ann' or 'snn', got {short_repr(self.mode)}.")
-        need(self.action in ("train", "test"), f"action must be 'train' or 'test', got {short_repr(self.action)}.")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             f"device must be auto, cpu, cuda or cuda:N, got {short_repr(self.device)}.")
-        need(bool(self.id) and "/" not in self.id and self.id not in (".", "..")
-             and "\\" not in self.id and "\0" not in self.id and self.id.strip() == self.id,
-             f"id must be a plain directory name, got {short_repr(self.id)}.")
-        need(not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in self.id),  # LATEST
-             f"id must not hold control characters or line breaks, got {self.id[:60]!r}. Use e.g. `--id run2`.")
-        need(0 <= self.seed < 2**32, f"seed must be in 0 .. 2**32-1 (NumPy's range), got {self.seed}.")
-        from ann2snn.presets import PRESETS  # late import: loading a config needs no torch
-
-        need(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}, got {short_repr(self.preset)}.")
-        need(1 <= self.spike_levels <= MAX_STEPS,
-             f"spike_levels must be between 1 (binary spikes) and {MAX_STEPS}, got {self.spike_levels}. "
-             "Use e.g. `--spike_levels 4` for up to 4 spikes per step and sign.")
-        from ann2snn.models import is_model, unknown_model_message
-
-        need(is_model(self.model), f"{unknown_model_message(self.model)} Set `model:` in the config or pass "
-             "`--model NAME` (torchvision's classifiers are `--model torchvision:NAME`).")
+        """Every value in range, each checked in one place; a ConfigError names the first bad one."""
+        self._validate_steps()
+        self._validate_counts()
+        self._validate_model()
+        self._validate_recipe()
+        self._validate_run()
         return self
 
-    def _validate_counts(self, need) -> None:
+    def _validate_steps(self) -> None:
+        """The step-like counts, by :func:`check_steps` (as every `--t` of every command)."""
+        check_steps("l (QCFS levels)", self.l, 1, "Use e.g. `--l 4`.")
+        check_steps("t (time steps)", self.t, 1, "Use e.g. `--t 8`.")
+        check_steps("extra_t (zero-input steps after the input)", self.extra_t, 0, "Use e.g. `--extra_t 4`.")
+        check_steps("spike_levels (spikes per step and sign; 1: binary)", self.spike_levels, 1,
+                    "Use e.g. `--spike_levels 4` for up to 4 spikes per step and sign.")
+
+    def _validate_model(self) -> None:
+        """The model and its shape (width, heads, MLP, attention, placement), and the preset."""
+        _need(self.dim >= 8 and self.dim % 8 == 0,
+              f"dim must be a positive multiple of 8 (the embedding uses dim/8 channels), got {self.dim}.")
+        _need(self.dim <= MAX_WIDTH, f"dim must be at most {MAX_WIDTH}, got {self.dim}. Use e.g. `--dim 384`.")
+        _need(self.num_heads >= 1 and self.dim % self.num_heads == 0,
+              f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}). "
+              f"Pick num_heads among {[h for h in range(1, 33) if self.dim % h == 0]}.")
+        _need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}.")
+        hidden = self.dim * self.mlp_ratio  # every model's MLP is dim -> int(dim * mlp_ratio) -> dim
+        _need(hidden >= 1, f"mlp_ratio {self.mlp_ratio:g} is too small for dim {self.dim}: the MLP hidden size "
+              f"int(dim * mlp_ratio) = int({hidden:g}) is 0. Use an mlp_ratio with dim * mlp_ratio >= 1 "
+              "(e.g. `--mlp_ratio 4`, the usual value).")
+        _need(hidden < MAX_WIDTH + 1, f"mlp_ratio {self.mlp_ratio:g} is too large for dim {self.dim}: the MLP "
+              f"hidden size int(dim * mlp_ratio) = {hidden:g} is over {MAX_WIDTH}. Use e.g. `--mlp_ratio 4`.")
+        _need(self.lambda_init > 0, f"lambda_init must be > 0, got {self.lambda_init}.")
+        _need(1 <= self.patch_size <= 1024, f"patch_size must be between 1 and 1024, got {self.patch_size}.")
+        _need(self.width is None or 0 < self.width <= 64, f"width (channel multiplier) must be in (0, 64], got "
+              f"{self.width}.")
+        _need(self.width is None or self.model in WIDTH_MODELS, f"width applies to the CNNs {WIDTH_MODELS} only, not "
+              f"to {short_repr(self.model)}; remove it (the transformers' size is dim).")
+        _need(self.attn in ATTN_CHOICES, f"attn must be one of {ATTN_CHOICES}, got {short_repr(self.attn)}.")
+        _need(self.placement in PLACEMENT_CHOICES,
+              f"placement must be one of {PLACEMENT_CHOICES}, got {short_repr(self.placement)}.")
+        _need(self.placement == "qkv" or self.model == "vit",
+              f"placement applies to the `vit` model only, not {short_repr(self.model)}; leave it at qkv.")
+        _need(self.ssa_form in SSA_FORM_CHOICES,
+              f"ssa_form must be one of {SSA_FORM_CHOICES}, got {short_repr(self.ssa_form)}.")
+        from ann2snn.presets import PRESETS  # late imports: loading a config needs no torch
+        from ann2snn.models import is_model, unknown_model_message
+
+        _need(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}, got {short_repr(self.preset)}.")
+        _need(is_model(self.model), f"{unknown_model_message(self.model)} Set `model:` in the config or pass "
+              "`--model NAME` (torchvision's classifiers are `--model torchvision:NAME`).")
+
+    def _validate_recipe(self) -> None:
+        """The training recipe: optimiser, regularisation, calibration."""
+        _need(self.lr > 0, f"lr must be > 0, got {self.lr}.")
+        _need(self.wd >= 0, f"wd must be >= 0, got {self.wd}.")
+        _need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {short_repr(self.optimizer)}.")
+        _need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}. QCFS uses 0.9.")
+        _need(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+              "nesterov: true needs `optimizer: sgd` and a momentum > 0.")
+        _need(0 < self.calibrate_percentile <= 100, f"calibrate_percentile must be in (0, 100], got "
+              f"{self.calibrate_percentile}. The usual choice is 99.9.")
+        _need(0.0 <= self.label_smoothing < 1.0,
+              f"label_smoothing must be in [0, 1), got {self.label_smoothing}. The papers use 0.1.")
+        _need(self.mixup == 0.0 or self.mixup >= 1e-3,  # tinier alphas underflow Beta's float32 sampling
+              f"mixup (Beta alpha) must be 0 (disabled) or >= 0.001, got {self.mixup}. The papers use 0.8.")
+
+    def _validate_run(self) -> None:
+        """Where the run reads and writes, on what, and the original's action/mode keys."""
+        _need(self.data_dir is None or bool(self.data_dir.strip()), "data_dir is empty; omit it to use the default "
+              "locations, or pass a folder (`--data_dir DIR`).")
+        for key in ("train_subset", "test_subset"):
+            v = getattr(self, key)
+            _need(v is None or v >= 1, f"{key} must be a positive count or null, got {v}.")
+        _need(self.mode in ("ann", "snn"), f"mode must be 'ann' or 'snn', got {short_repr(self.mode)}.")
+        _need(self.action in ("train", "test"), f"action must be 'train' or 'test', got {short_repr(self.action)}.")
+        _need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+              f"device must be auto, cpu, cuda or cuda:N, got {short_repr(self.device)}.")
+        _need(bool(self.id) and "/" not in self.id and self.id not in (".", "..")
+              and "\\" not in self.id and "\0" not in self.id and self.id.strip() == self.id,
+              f"id must be a plain directory name, got {short_repr(self.id)}.")
+        _need(not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in self.id),  # LATEST
+              f"id must not hold control characters or line breaks, got {self.id[:60]!r}. Use e.g. `--id run2`.")
+        _need(0 <= self.seed < 2**32, f"seed must be in 0 .. 2**32-1 (NumPy's range), got {self.seed}.")
+
+    def _validate_counts(self) -> None:
         """The counts of a run (batches, epochs, blocks, processes): each at least its minimum and at
         most its bound (MAX_EPOCHS and friends, below), so that a typo such as `epochs: 1e20` is
         refused with the bound instead of running for ever or filling the memory."""
-        need(self.bs >= 1, f"bs (batch size) must be >= 1, got {self.bs}.")
-        need(self.bs <= MAX_BATCH, f"bs (batch size) must be at most {MAX_BATCH}, got {self.bs}. Use e.g. `--bs 64`.")
-        need(self.eval_bs is None or self.eval_bs >= 1, f"eval_bs must be >= 1, got {self.eval_bs}.")
-        need(self.eval_bs is None or self.eval_bs <= MAX_BATCH,
-             f"eval_bs must be at most {MAX_BATCH}, got {self.eval_bs}. Use e.g. `--eval_bs 256`.")
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs} (a run of 0 epochs would save no "
-             "checkpoint). Use e.g. `--epochs 30`.")
-        need(self.epochs <= MAX_EPOCHS, f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}. Use e.g. "
-             "`--epochs 300`.")
-        need(self.depth >= 1, f"depth must be >= 1, got {self.depth}.")
-        need(self.depth <= MAX_DEPTH, f"depth must be at most {MAX_DEPTH}, got {self.depth}. Use e.g. `--depth 4`.")
-        need(self.calibrate_batches >= 0, f"calibrate_batches must be >= 0 (0: no calibration), got "
-             f"{self.calibrate_batches}.")
-        need(self.calibrate_batches <= MAX_COUNT, f"calibrate_batches must be at most {MAX_COUNT}, got "
-             f"{self.calibrate_batches}. A few batches suffice, e.g. `--calibrate_batches 10`.")
-        need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
-        need(self.cutout <= 1024, f"cutout (hole size in px) must be at most 1024, got {self.cutout}. Use e.g. "
-             "`--cutout 16`.")
-        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
-        need(self.workers <= MAX_WORKERS, f"workers must be at most {MAX_WORKERS}, got {self.workers}. Use about "
-             "one per CPU core, e.g. `--workers 4`.")
-        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0 (0 disables), got {self.warmup_epochs}.")
-        need(self.warmup_epochs <= self.epochs, f"warmup_epochs ({self.warmup_epochs}) must be at most epochs "
-             f"({self.epochs}). Use fewer warmup epochs, e.g. `--warmup_epochs {min(5, self.epochs // 10)}`.")
+        _need(self.bs >= 1, f"bs (batch size) must be >= 1, got {self.bs}.")
+        _need(self.bs <= MAX_BATCH, f"bs (batch size) must be at most {MAX_BATCH}, got {self.bs}. Use e.g. `--bs 64`.")
+        _need(self.eval_bs is None or self.eval_bs >= 1, f"eval_bs must be >= 1, got {self.eval_bs}.")
+        _need(self.eval_bs is None or self.eval_bs <= MAX_BATCH,
+              f"eval_bs must be at most {MAX_BATCH}, got {self.eval_bs}. Use e.g. `--eval_bs 256`.")
+        _need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs} (a run of 0 epochs would save no "
+              "checkpoint). Use e.g. `--epochs 30`.")
+        _need(self.epochs <= MAX_EPOCHS, f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}. Use e.g. "
+              "`--epochs 300`.")
+        _need(self.depth >= 1, f"depth must be >= 1, got {self.depth}.")
+        _need(self.depth <= MAX_DEPTH, f"depth must be at most {MAX_DEPTH}, got {self.depth}. Use e.g. `--depth 4`.")
+        _need(self.calibrate_batches >= 0, f"calibrate_batches must be >= 0 (0: no calibration), got "
+              f"{self.calibrate_batches}.")
+        _need(self.calibrate_batches <= MAX_COUNT, f"calibrate_batches must be at most {MAX_COUNT}, got "
+              f"{self.calibrate_batches}. A few batches suffice, e.g. `--calibrate_batches 10`.")
+        _need(self.cutout >= 0, f"cutout must be >= 0 (0 disables), got {self.cutout}.")
+        _need(self.cutout <= 1024, f"cutout (hole size in px) must be at most 1024, got {self.cutout}. Use e.g. "
+              "`--cutout 16`.")
+        _need(self.workers >= 0, f"workers must be >= 0, got {self.workers}.")
+        _need(self.workers <= MAX_WORKERS, f"workers must be at most {MAX_WORKERS}, got {self.workers}. Use about "
+              "one per CPU core, e.g. `--workers 4`.")
+        _need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0 (0 disables), got {self.warmup_epochs}.")
+        _need(self.warmup_epochs <= self.epochs, f"warmup_epochs ({self.warmup_epochs}) must be at most epochs "
+              f"({self.epochs}). Use fewer warmup epochs, e.g. `--warmup_epochs {min(5, self.epochs // 10)}`.")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -257,10 +267,6 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_root) / self.id
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Keys that define the network's shape; a checkpoint must match them to be loaded."""
-        return {k: getattr(self, k) for k in MODEL_KEYS}
 
 
 ATTN_CHOICES = ("softmax", "query_softmax", "ssa")
@@ -294,6 +300,72 @@ MAX_DEPTH = 1024
 MAX_WORKERS = 512  # DataLoader processes
 MAX_COUNT = 100_000  # calibrate_batches
 FIELD_NAMES = tuple(f.name for f in fields(Config))
+STEP_KEYS = {"t": 1, "extra_t": 0}  # config keys that may be written with the symbol L (the config's l): their minimum
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------------------------
+# step counts: one check, one parser (every `--t`, `--extra-t` and `--spike-levels` of every command)
+def check_steps(name: str, value: int, minimum: int, fix: str, shown: str | None = None) -> int:
+    """``value`` when ``minimum`` <= value <= MAX_STEPS, else a ConfigError naming ``name`` (what the
+    user wrote it as) and the bound, showing ``shown`` (the user's text; default the value)."""
+    shown = str(value) if shown is None else shown
+    _need(value >= minimum, f"{name} must be >= {minimum}, got {shown}. {fix}")
+    _need(value <= MAX_STEPS, f"{name} must be at most {MAX_STEPS}, got {shown}. {fix}")
+    return value
+
+
+_L_SYMBOL = re.compile(r"(\d*)\s*L\s*(?:/\s*(\d+))?", re.IGNORECASE)  # L, 2L, L/2
+
+
+def _step_value(token: str, L: int | None, name: str, text: str) -> int:
+    """One number of a step specification: a whole number, or ``L``, ``kL``, ``L/k`` (k × L, or
+    L // k but at least 1) when ``L`` (a network's QCFS levels) is known."""
+    token = token.strip()
+    symbol = _L_SYMBOL.fullmatch(token)
+    if symbol is None:
+        return int(token)  # ValueError: the caller names the specification
+    if L is None:
+        raise ConfigError(f"{name} {short_repr(text)} uses the symbol L, the QCFS levels of a converted network, "
+                          "which are not known here (a directly trained SNN has none). Give whole numbers.")
+    times, over = int(symbol.group(1) or 1), int(symbol.group(2) or 1)
+    _need(over >= 1, f"{name}: {short_repr(token)} divides L by 0. Use e.g. L/2.")
+    return max(1, times * L // over)
+
+
+def parse_steps(text: str | int, name: str, minimum: int = 1, L: int | None = None, fix: str = "") -> list[int]:
+    """A step specification → its values, sorted and distinct: a whole number (``8``), a range
+    (``1-12``), a list (``1,2,4``) or both (``1-8,12,16``); with ``L`` known (a network's QCFS
+    levels) the symbols ``L``, ``kL`` and ``L/k`` are numbers too (``1-2L``, ``0-L``, ``1,L/2,L``).
+    Used for every command's ``--t``, ``--extra-t`` and ``--spike-levels`` and for the config's
+    ``t``/``extra_t``; ``name`` is what the user typed (``--t``).  Every value must lie in
+    ``minimum``..MAX_STEPS (:func:`check_steps`); a range is checked before it is expanded
+    (``1-1000000000`` must not build a billion-entry list)."""
+    fix = fix or f"Use e.g. `{name} {'0-4' if minimum == 0 else '1-8'}`."
+    shown = short_repr(str(text))
+    values: set[int] = set()  # a set: `1-4096,1-4096,…` repeated cannot grow it past MAX_STEPS + 1
+    for part in str(text).split(","):
+        try:
+            ends = part.split("-", 1) if "-" in part.strip()[1:] else [part, part]
+            lo, hi = (_step_value(end, L, name, str(text)) for end in ends)
+        except ConfigError:
+            raise
+        except ValueError:
+            symbols = ", or with L (the QCFS levels): L, 2L, L/2" if L is not None else ""
+            raise ConfigError(f"{name} must be whole numbers, ranges like 1-8 or lists like 1,2,4{symbols}; got "
+                              f"{shown}. {fix}") from None
+        _need(lo <= hi, f"{name}: the range {short_repr(part.strip(), 40)} is empty (it ends before it starts); got "
+              f"{shown}. {fix}")
+        check_steps(name, hi, minimum, fix, shown)
+        values.update(range(lo, hi + 1))
+    check_steps(name, min(values, default=minimum - 1), minimum, fix, shown)
+    return sorted(values)
+
+
 # Keys a `train --resume` may change: they say where things are, how fast they run, or what a
 # later evaluation does, but not what the resumed epochs compute.  Every other key defines the run
 # (optimiser and schedule: lr, wd, epochs, warmup_epochs, bs, seed, label_smoothing, mixup,
@@ -428,20 +500,14 @@ def read_config_file(path: str | os.PathLike) -> dict[Any, Any]:
     p = Path(path)
     name = str(p)
     try:
-        with open(p, "rb") as f:
+        with open(p, "rb") as f:  # not files.read_bytes: at most MAX_CONFIG_BYTES + 1 of a stream
             data = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"Config file {name!r} does not exist. Pass an existing file with -c, "
-                          "e.g. `-c configs/digits.yml`.") from None
-    except IsADirectoryError:
-        raise ConfigError(f"Config file {name!r} is a directory, not a file. Pass a YAML file with -c, "
-                          "e.g. `-c configs/digits.yml`.") from None
-    except PermissionError:
-        raise ConfigError(f"Config file {name!r} cannot be read: permission denied. Make it readable "
-                          f"(`chmod a+r {name}`) or pass another file with -c.") from None
     except OSError as err:
-        raise ConfigError(f"Config file {name!r} cannot be read: {err.strerror or err}. "
-                          "Pass a readable YAML file with -c.") from None
+        raise ConfigError(read_failure(err, f"Config file {name!r}", {
+            "missing": "Pass an existing file with -c, e.g. `-c configs/digits.yml`.",
+            "folder": "Pass a YAML file with -c, e.g. `-c configs/digits.yml`.",
+            "denied": f"Make it readable (`chmod a+r {name}`) or pass another file with -c.",
+            "other": "Pass a readable YAML file with -c."})) from None
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"Config file {name!r} is larger than {MAX_CONFIG_BYTES // 1024} KiB, the most read of a "
                           "config (a config is a few hundred bytes of `key: value` lines). Pass the YAML config "
@@ -530,18 +596,29 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
                               f"got a {type(raw).__name__}.")
         values.update(raw)
     values.update(overrides or {})
-    kwargs = {}
+    kwargs, symbolic = {}, {}
     for key, value in values.items():
         if not isinstance(key, str):
             raise ConfigError(f"Config keys must be strings, got {short_repr(key)}.")
+        if key in STEP_KEYS and _uses_l(value):
+            symbolic[key] = value  # `--t 2L`: resolved below, once l is known
+            continue
         kwargs[key] = coerce(key, value)
+    for key, value in symbolic.items():
+        steps = parse_steps(value, key, STEP_KEYS[key], kwargs.get("l", Config.l))
+        _need(len(steps) == 1, f"{key} is one number of steps, got {short_repr(value)}. Give one, e.g. `--{key} 8` "
+              f"or `--{key} 2L`; ranges and lists are for the rows of `table` and `frontier`.")
+        kwargs[key] = steps[0]
     return Config(**kwargs).validate()
+
+
+def _uses_l(value: Any) -> bool:
+    """True for a string step count written with the symbol L (``2L``, ``L/2``), not ``null``."""
+    return isinstance(value, str) and "l" in value.lower() and value.strip().lower() not in ("null", "none")
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML to ``path`` atomically (never through a link planted there)."""
-    from ann2snn.app.files import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -555,10 +632,12 @@ def resume_changes(stored: Config, new: Config, direct: bool = False, extend: bo
     if extend and new.epochs > stored.epochs:
         safe.add("epochs")
 
+    from ann2snn.app.data import dataset_key  # late import: loading a config needs no torch
+
     def same(key: str) -> bool:
         a, b = getattr(stored, key), getattr(new, key)
-        if key == "data":  # spelled as ann2snn.app.data looks it up: "Fashion-MNIST" is "fashion_mnist"
-            return str(a).strip().lower().replace("-", "_") == str(b).strip().lower().replace("-", "_")
+        if key == "data":  # "Fashion-MNIST" is "fashion_mnist"
+            return dataset_key(a) == dataset_key(b)
         return a == b
 
     return [f"{k}: {short_repr(getattr(stored, k))} -> {short_repr(getattr(new, k))}" for k in FIELD_NAMES
@@ -579,4 +658,5 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 __all__ = ["Config", "ConfigError", "short_repr", "load_config", "read_config_file", "parse_config_text", "save_config",
            "config_from_dict", "coerce", "resume_changes", "resumed_config", "FIELD_NAMES", "MODEL_KEYS",
            "MAX_WIDTH", "MAX_STEPS", "MAX_CONFIG_BYTES", "MAX_EPOCHS", "MAX_BATCH", "MAX_DEPTH", "MAX_WORKERS",
-           "MAX_COUNT", "RESUME_SAFE_KEYS", "RESUME_KEEP_STORED", "ATTN_CHOICES", "field"]
+           "MAX_COUNT", "RESUME_SAFE_KEYS", "RESUME_KEEP_STORED", "ATTN_CHOICES", "STEP_KEYS", "check_steps",
+           "parse_steps", "field"]

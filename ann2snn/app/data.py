@@ -71,8 +71,14 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
+def dataset_key(name: str) -> str:
+    """A dataset name as the registry spells it: "Fashion-MNIST" and "fashion_mnist" are one (the
+    one normalisation: the lookup, checkpoint/config comparisons and resume checks use it)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
 def get_builder(name: str) -> Builder:
-    key = str(name).strip().lower().replace("-", "_")
+    key = dataset_key(name)
     if key not in DATASETS:
         raise DataError(f"Unknown dataset {name!r}. Registered datasets: {', '.join(list_datasets())}. "
                         "Set `data:` in the config or pass `--data NAME` with one of these.")
@@ -166,35 +172,65 @@ def build_datasets(cfg, download: bool | None = None) -> tuple[Dataset, Dataset,
     return train, test, info
 
 
-def available_memory() -> int | None:
-    """Bytes this process can still allocate, or None when unknown: the kernel's ``MemAvailable``
-    (else free pages from ``os.sysconf``), capped by what ``RLIMIT_AS`` leaves above the current
-    address space.  Files that announce their size (idx headers, checkpoints' zip entries) are
-    checked against it before anything is inflated (issue 17, D6)."""
-    avail = None
+# --------------------------------------------------------------------------------------------
+# memory: what a file announcing its size (idx headers, checkpoints' zip entries) or a model may take
+def _meminfo_available() -> int | None:
     try:
-        with open("/proc/meminfo", "rb") as f:
+        with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            pass
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY:
-        used = 0
-        try:
-            with open("/proc/self/status", "rb") as f:
-                used = next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith(b"VmSize:")), 0)
-        except (OSError, ValueError, IndexError):
-            pass
-        avail = max(limit - used, 0) if avail is None else min(avail, max(limit - used, 0))
-    return avail
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read(64).strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def host_memory() -> tuple[int, str] | None:
+    """(bytes this process can still allocate, where the bound comes from), the smallest of: the
+    free memory (MemAvailable, else free pages), the cgroup's limit less its use, the
+    address-space limit less this process's size (``ulimit -v``).  None when none can be read."""
+    found = []
+    avail = _meminfo_available()
+    if avail is not None:
+        found.append((avail, "available memory (MemAvailable)"))
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        found.append((max(limit - used, 0), "left under the container's memory limit"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        found.append((max(soft - _vm_size(), 0), "left under this process's address-space limit (ulimit -v)"))
+    return min(found) if found else None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate (:func:`host_memory`), or None when unknown.  Files
+    that announce their size (idx headers, checkpoints' zip entries) are checked against it before
+    anything is inflated (issue 17, D6)."""
+    found = host_memory()
+    return None if found is None else found[0]
 
 
 def _root(cfg) -> Path:
@@ -530,4 +566,4 @@ def build_cifar100(cfg, download: bool | None = None):
 
 
 __all__ = ["DataError", "DataInfo", "DATASETS", "register_dataset", "list_datasets", "build_datasets",
-           "Cutout", "InMemoryDataset", "FASHION_MNIST_SYSTEM_DIR"]
+           "Cutout", "InMemoryDataset", "FASHION_MNIST_SYSTEM_DIR", "available_memory", "dataset_key", "host_memory"]

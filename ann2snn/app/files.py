@@ -1,5 +1,8 @@
-"""Atomic writes of every result and run file (checkpoints, LATEST, log.csv rewrites, config.yaml,
-reports and plots): one helper, so every file is written the same way.
+"""Every file the application writes, and the messages for files it cannot read: one module, so
+each file is written the same way and every unreadable file is reported the same way.
+
+Atomic writes of every result and run file (checkpoints, LATEST, log.csv rewrites, config.yaml,
+reports and plots); training's per-epoch log rows are the one append (:func:`append_text`).
 
 The data goes to a temporary file of its own in the target's folder (a unique name from
 ``tempfile.mkstemp``, mode 0644), is fsync'ed, then ``os.replace``d over the target:
@@ -14,7 +17,7 @@ A target that exists and is neither a regular file nor a folder once links are f
 device, a pipe (``--json /dev/stdout``, ``/dev/null``, a FIFO) -- is written in place instead:
 renaming a file over ``/dev/stdout`` would replace the device link, not print anything.
 
-An OSError always names the target file (``filename``: what ``ann2snn.app.cli.os_error_message``
+An OSError always names the target file (``filename``: what ``ann2snn.app.outputs.os_error_message``
 prints), not the temporary file.  ``torch.save`` reports a failed write of its zip writer as a
 RuntimeError chained on the OSError (``unexpected pos …``); that is turned back into the OSError.
 """
@@ -26,7 +29,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, BinaryIO, Iterator, Mapping
 
 MODE = 0o644  # mkstemp's 0600 would hide results from the other users of a shared folder
 # torch's zip writer (PytorchStreamWriter) when a write fails: "unexpected pos 114816 vs 114708",
@@ -133,4 +136,62 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-__all__ = ["MODE", "atomic_open", "atomic_write_bytes", "atomic_write_text", "write_error"]
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` (UTF-8, one write) to ``path``, created 0644 if missing, never through a
+    symbolic link planted there (O_NOFOLLOW: an OSError instead).  Training's log rows only: a
+    partial row left by a failure is dropped by ``--resume`` (``rundir.truncate_log``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, MODE)
+    with open(fd, "ab") as f:
+        f.write(text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# reading: one message for a file that cannot be read
+def read_failure(err: OSError, what: str, fix: str | Mapping[str, str]) -> str:
+    """One line for a file that could not be read: ``what`` names it (``"Config file 'c.yml'"``),
+    then what went wrong (does not exist / is a directory / permission denied / the OS's words),
+    then ``fix``: one text, or one per kind of failure (keys ``missing``, ``folder``, ``denied``,
+    ``other``; ``other`` for a kind not given)."""
+    if isinstance(err, FileNotFoundError):
+        kind, problem = "missing", "does not exist"
+    elif isinstance(err, IsADirectoryError):
+        kind, problem = "folder", "is a directory, not a file"
+    elif isinstance(err, PermissionError):
+        kind, problem = "denied", "cannot be read: permission denied"
+    else:
+        kind, problem = "other", f"cannot be read: {err.strerror or err}"
+    if not isinstance(fix, str):
+        fix = fix.get(kind, fix.get("other", ""))
+    return f"{what} {problem}. {fix}".rstrip()
+
+
+def read_bytes(path: str | os.PathLike, what: str, fix: str | Mapping[str, str], error: type[Exception],
+               missing_ok: bool = False) -> bytes | None:
+    """The bytes of ``path``; None when it does not exist and ``missing_ok``; any other OSError is
+    ``error`` with :func:`read_failure`'s message."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError as err:
+        if missing_ok:
+            return None
+        raise error(read_failure(err, what, fix)) from None
+    except OSError as err:
+        raise error(read_failure(err, what, fix)) from None
+
+
+@contextlib.contextmanager
+def opened(path: str | os.PathLike, what: str, fix: str | Mapping[str, str],
+           error: type[Exception]) -> Iterator[BinaryIO]:
+    """``path`` opened for binary reading (e.g. for ``torch.load``); a failure to open it is
+    ``error`` with :func:`read_failure`'s message.  What the reader then raises is its own."""
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise error(read_failure(err, what, fix)) from None
+    with f:
+        yield f
+
+
+__all__ = ["MODE", "append_text", "atomic_open", "atomic_write_bytes", "atomic_write_text", "opened", "read_bytes",
+           "read_failure", "write_error"]

@@ -1,14 +1,15 @@
-"""PNG plots of conversion results, drawn from the same dicts that are written as JSON.
+"""PNG plots of conversion results, drawn from the same results that are written as JSON.
 
 - :func:`plot_accuracy`: SNN top-1 of the k-step runs and within the t-step run, the ANN as a
-  horizontal line, the effective latency marked (``convert``'s result dict).
+  horizontal line, the effective latency marked (``convert``'s result document,
+  :func:`ann2snn.app.report.convert_result`).
 - :func:`plot_table_heatmap`: the t × (t + extra_t) accuracy table as an annotated heatmap
-  (``evaluate_table``'s dict).
+  (``evaluate_table``'s :class:`~ann2snn.results.Table`).
 - :func:`plot_firing_rates`: output firing rate of every spiking layer (``measure_energy``'s
   :class:`~ann2snn.energy.EnergyResult`).
 - :func:`plot_energy`: energy per layer, SNN against ANN (the same result).
 - :func:`plot_frontier`: accuracy against energy per image across spike levels, steps marked, the
-  Pareto front drawn (``ann2snn.frontier.frontier``'s dict).
+  Pareto front drawn (``ann2snn.frontier.frontier``'s :class:`~ann2snn.results.Frontier`).
 
 Figures are rendered with matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), so
 nothing here touches pyplot's global state or the user's backend.  Sizes are fixed by
@@ -25,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ann2snn.app.files import atomic_open
+from ann2snn.app.report import table_grid
+from ann2snn.results import Accuracy, Frontier, Table
 
 if TYPE_CHECKING:  # only for annotations: the plots need matplotlib, not torch
     from ann2snn.energy.result import EnergyResult
@@ -67,17 +70,18 @@ def plot_accuracy(result: dict, path: str | Path, effective_latency: dict | None
     the steps within the one t-step run; the ANN as a horizontal line, the effective latency of the
     t-step run marked when it settled."""
     snn, ann = result["snn"], result["ann"]
-    t, e = snn["t"], snn["extra_t"]
+    t, extra_t = snn["t"], snn["extra_t"]
     within = snn["within_run"]
     fig, ax = _figure("accuracy")
-    if e:
-        ax.axvspan(t + 0.5, t + e + 0.5, color="0.92", label=f"{e} extra steps of the t = {t} run (zero input)")
+    if extra_t:
+        ax.axvspan(t + 0.5, t + extra_t + 0.5, color="0.92",
+                   label=f"{extra_t} extra steps of the t = {t} run (zero input)")
     ks = snn.get("k_step")
     preset = snn.get("preset", "?")
     if ks is not None:
-        label = f"k-step runs, k = 1..{t}" + (f" (+{e} zero steps)" if e else "") + f" ({preset} preset)"
+        label = f"k-step runs, k = 1..{t}" + (f" (+{extra_t} zero steps)" if extra_t else "") + f" ({preset} preset)"
         ax.plot(ks["total_steps"], ks["top1"], "s-", color="C1", label=label)
-    if ks is None or not (snn.get("k_step_is_prefix") and e == 0):
+    if ks is None or not (snn.get("k_step_is_prefix") and extra_t == 0):
         ax.plot(within["steps"], within["top1"], "o-", color="C0", ms=4,
                 label=f"within the one t = {t} run (cumulative output after each step)")
     ax.axhline(ann["top1"], color="C3", ls="--", label=f"ANN {ann['top1']:.2f}%")
@@ -97,11 +101,10 @@ def plot_accuracy(result: dict, path: str | Path, effective_latency: dict | None
     return _save(fig, path)
 
 
-def plot_table_heatmap(ann: dict, table: dict, extras: list[int], path: str | Path, title: str = "") -> Path:
-    """Annotated heatmap of top-1 (%): rows t (input steps), columns t + extra_t (total steps)."""
-    from ann2snn.app.report import table_grid
-
-    rows, cols, cells = table_grid(table, extras)
+def plot_table_heatmap(ann: Accuracy, table: Table, extra_t: list[int], path: str | Path, title: str = "") -> Path:
+    """Annotated heatmap of top-1 (%): rows t (input steps), columns t + extra_t (total steps) for
+    the extra steps ``extra_t``."""
+    rows, cols, cells = table_grid(table, extra_t)
     grid = np.full((len(rows), len(cols)), np.nan)
     for (r, c), acc in cells.items():
         grid[rows.index(r), cols.index(c)] = acc
@@ -120,7 +123,7 @@ def plot_table_heatmap(ann: dict, table: dict, extras: list[int], path: str | Pa
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set_xlabel("total time steps t + extra_t")
     ax.set_ylabel("input time steps t")
-    ax.set_title(title or f"SNN top-1 (%) per t and t + extra_t  (ANN {ann['top1']:.2f}%)")
+    ax.set_title(title or f"SNN top-1 (%) per t and t + extra_t  (ANN {ann.top1:.2f}%)")
     return _save(fig, path)
 
 
@@ -192,32 +195,30 @@ def write_convert_plots(result: dict, energy: EnergyResult | None, out: str | Pa
     return paths + (write_energy_plots(energy, out) if energy else [])
 
 
-def plot_frontier(res: dict, path: str | Path) -> Path:
+def plot_frontier(res: Frontier, path: str | Path) -> Path:
     """Top-1 (%) against energy per image (mJ, log scale) of the frontier's points, one marker per
     spike_levels m, each point labelled with its total steps T; the Pareto front as a step line and
     the ANN as a horizontal line."""
     fig, ax = _figure("frontier")
     markers = "osD^v<>p*h"
-    for i, m in enumerate(res["levels"]):
-        pts = [p for p in res["points"] if p["spike_levels"] == m]
+    for i, m in enumerate(res.spike_levels):
+        pts = [p for p in res.points if p.spike_levels == m]
         if not pts:
             continue
-        bits = pts[0]["bits_per_step"]
-        ax.scatter([p["e_snn_mj"] for p in pts], [p["top1"] for p in pts], marker=markers[i % len(markers)],
-                   s=36, label=f"m = {m} ({bits:.2f} bits/step)", alpha=0.85)
+        ax.scatter([p.e_snn_mj for p in pts], [p.top1 for p in pts], marker=markers[i % len(markers)],
+                   s=36, label=f"m = {m} ({pts[0].bits_per_step:.2f} bits/step)", alpha=0.85)
         for p in pts:
-            ax.annotate(f"T={p['steps']}", (p["e_snn_mj"], p["top1"]), textcoords="offset points", xytext=(4, 3),
-                        fontsize=7)
-    front = sorted((p for p in res["points"] if p["pareto"]), key=lambda p: p["e_snn_mj"])
+            ax.annotate(f"T={p.steps}", (p.e_snn_mj, p.top1), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = sorted((p for p in res.points if p.pareto), key=lambda p: p.e_snn_mj)
     if front:
-        ax.step([p["e_snn_mj"] for p in front], [p["top1"] for p in front], where="post", color="0.3", lw=1,
+        ax.step([p.e_snn_mj for p in front], [p.top1 for p in front], where="post", color="0.3", lw=1,
                 label="Pareto front")
-    ax.axhline(res["ann"]["top1"], color="k", ls="--", lw=1, label=f"ANN {res['ann']['top1']:.2f}%")
-    if all(p["e_snn_mj"] > 0 for p in res["points"]) and res["points"]:
+    ax.axhline(res.ann.top1, color="k", ls="--", lw=1, label=f"ANN {res.ann.top1:.2f}%")
+    if all(p.e_snn_mj > 0 for p in res.points) and res.points:
         ax.set_xscale("log")
     ax.set_xlabel("energy per image (mJ)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"accuracy against energy, steps marked (L = {res['L']})")
+    ax.set_title(f"accuracy against energy, steps marked (L = {res.L})")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -8,8 +8,9 @@ the CLI) instead of an allocator traceback or a failure in the first forward pas
   **4 × the parameter bytes** (+ the buffers); conversion holds the ANN, its converted copy and
   ``verify``'s float64 copies of both, as much or more, so one rule serves both.  Activations
   are not counted (they depend on the batch size): the estimate is a lower bound, and a model
-  over it cannot run.  It is compared with the memory available: ``MemAvailable`` of
-  /proc/meminfo, or less under a cgroup limit or an address-space limit (``ulimit -v``); on CUDA
+  over it cannot run.  It is compared with the memory available
+  (:func:`ann2snn.app.data.host_memory`: ``MemAvailable`` of /proc/meminfo, or less under a
+  cgroup limit or an address-space limit, ``ulimit -v``); on CUDA
   also the free memory of the GPU (``torch.cuda.mem_get_info``), while the CPU must hold the
   weights once (the model is built there before it moves).
 - **Input size.**  One dry forward pass of a 1-sample zero input on the meta model (instant);
@@ -26,9 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import random
-import resource
 from typing import Callable
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from ann2snn.app.config import ConfigError
+from ann2snn.app.data import host_memory
 
 log = logging.getLogger("ann2snn")
 
@@ -78,57 +78,6 @@ def _count(n: float) -> str:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n:.0f}"
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read(64).strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
-        return None
-
-
-def _vm_size() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def host_memory() -> tuple[int, str] | None:
-    """(bytes this process can still allocate, where the bound comes from), the smallest of: the
-    free memory (MemAvailable), the cgroup's limit less its use, the address-space limit less
-    this process's size (``ulimit -v``).  None when none of them can be read."""
-    found = []
-    avail = _meminfo_available()
-    if avail is not None:
-        found.append((avail, "available memory (MemAvailable)"))
-    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
-    if limit is not None and used is not None:
-        found.append((max(limit - used, 0), "left under the container's memory limit"))
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        found.append((max(soft - _vm_size(), 0), "left under this process's address-space limit (ulimit -v)"))
-    return min(found) if found else None
 
 
 def check_memory(meta: nn.Module, name: str, device: torch.device) -> None:

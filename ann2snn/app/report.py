@@ -1,9 +1,12 @@
-"""Presentation of results: per-step listings, t × (t + extra_t) tables and energy tables, as
-text, Markdown, CSV and JSON.
+"""Presentation of results: per-step listings, t × (t + extra_t) tables, energy tables and the
+frontier, as text, Markdown, CSV and JSON.
 
-All accuracies are percentages.  Plots (:mod:`ann2snn.app.plots`) are drawn from the same dicts.
-What each per-step figure means is defined in :mod:`ann2snn.metrics`; every listing here says
-which one it shows.
+The edge where typed results (:mod:`ann2snn.results`) become files: each is read by attribute
+here and written through its ``to_dict()``, so the files keep their keys.  ``convert``'s result
+is one document (:func:`convert_result`) that its listing and plot read.  All accuracies are
+percentages.  Plots (:mod:`ann2snn.app.plots`) are drawn from the same results.  What each
+per-step figure means is defined in :mod:`ann2snn.metrics`; every listing here says which one it
+shows.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from ann2snn.app.files import atomic_write_text
 from ann2snn.energy.result import EnergyResult, EnergyRow, EnergyTotals
 from ann2snn.metrics import latency_text
 from ann2snn.neurons import bits_per_step
+from ann2snn.results import Accuracy, Evaluation, Frontier, FrontierPoint, Table, VerifyResult
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -39,27 +43,51 @@ def budget_text(spike_levels: int) -> str:
             "spike-step budget T × bits)")
 
 
+def convert_result(res: Evaluation, t: int, extra_t: int, preset: str, checkpoint: str | Path,
+                   verify: VerifyResult | None = None) -> dict[str, Any]:
+    """``convert``'s result document (its JSON, and what its listing and plot read): the
+    evaluation ``res`` of a ``t`` + ``extra_t`` step run under ``preset``, and the self-check."""
+    d = res.to_dict()
+    out = {"ann": d["ann"],
+           "snn": {"t": t, "extra_t": extra_t, "preset": preset, "spike_levels": d["spike_levels"],
+                   "bits_per_step": d["bits_per_step"], "k_step": d["k_step"],
+                   "k_step_is_prefix": d["k_step_is_prefix"], "within_run": d["within_run"]},
+           "effective_latency": d["effective_latency"], "checkpoint": str(checkpoint), "n": d["n"]}
+    if verify is not None:
+        out["verify"] = verify.to_dict()
+    return out
+
+
+def verify_line(res: VerifyResult) -> str:
+    """One line for ``convert --verify``: the self-check's difference, tolerance and settle steps."""
+    state = "quiescent" if res.quiescent else f"NOT quiescent after {res.steps_run} steps"
+    return (f"verify (exact, first test batch, t = {res.t}, {res.dtype}): max |SNN - quantized ANN| = "
+            f"{res.max_abs_diff:.3g} (logit scale {res.scale:.3g}, tolerance {res.tolerance:g} x max(1, "
+            f"scale)): {'OK' if res.ok else 'FAILED'}; {state}, settled after {res.settle_steps} steps")
+
+
 def format_steps(result: dict[str, Any]) -> str:
-    """``convert``'s listing: the k-step curve, then the steps within the t-step run (one listing
-    when the two coincide)."""
+    """``convert``'s listing (of :func:`convert_result`'s document): the k-step curve, then the
+    steps within the t-step run (one listing when the two coincide)."""
     ann, snn = result["ann"], result["snn"]
-    t, e = snn["t"], snn["extra_t"]
+    t, extra_t = snn["t"], snn["extra_t"]
     bits = snn.get("bits_per_step", math.log2(3))
     lines = [f"ANN   top-1 {ann['top1']:6.2f}%   top-5 {ann['top5']:6.2f}%   ({result.get('n', '?')} test samples)",
-             f"SNN   preset {snn.get('preset', '?')}, t = {t}, extra_t = {e}; {budget_text(snn.get('spike_levels', 1))}"]
+             f"SNN   preset {snn.get('preset', '?')}, t = {t}, extra_t = {extra_t}; "
+             f"{budget_text(snn.get('spike_levels', 1))}"]
     ks, within = snn.get("k_step"), snn["within_run"]
-    same = ks is not None and snn.get("k_step_is_prefix") and e == 0
+    same = ks is not None and snn.get("k_step_is_prefix") and extra_t == 0
     if ks is not None:
-        extra = f", then {e} zero steps" if e else ""
-        lines.append(f"k-step runs (each a run of its own: input for k steps{extra}, thresholds set for k; "
+        then = f", then {extra_t} zero steps" if extra_t else ""
+        lines.append(f"k-step runs (each a run of its own: input for k steps{then}, thresholds set for k; "
                      "output sum / k) = the table's cells (k, k + extra_t)")
         head = "     k  steps  T×bits   top-1    top-5   Δtop-1 vs ANN"
-        lines.append(head + ("   top-1 at k (no extra)" if e else ""))
+        lines.append(head + ("   top-1 at k (no extra)" if extra_t else ""))
         for i, k in enumerate(ks["k"]):
             a1, a5 = ks["top1"][i], ks["top5"][i]
             row = (f"  {k:4d}  {ks['total_steps'][i]:5d}  {ks['total_steps'][i] * bits:6.1f}  {a1:6.2f}%  {a5:6.2f}%   "
                    f"{a1 - ann['top1']:+6.2f}")
-            if e:
+            if extra_t:
                 row += f"         {ks['top1_no_extra'][i]:6.2f}%"
             lines.append(row)
     if same:
@@ -78,21 +106,20 @@ def format_steps(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def table_grid(table: dict[int, dict], extras: list[int]) -> tuple[list[int], list[int], dict]:
-    """(rows, columns, {(t, col): top1}) keeping only the requested extra steps."""
+def table_grid(table: Table, extra_t: list[int]) -> tuple[list[int], list[int], dict]:
+    """(rows, columns, {(t, col): top1}) keeping only the requested extra steps ``extra_t``."""
     cells = {}
     for t, row in table.items():
-        for col, acc in zip(row["cols"], row["top1"]):
-            if col - t in extras:
+        for col, acc in zip(row.cols, row.top1):
+            if col - t in extra_t:
                 cells[(t, col)] = acc
     rows = sorted(table)
     cols = sorted({c for (_, c) in cells})
     return rows, cols, cells
 
 
-def table_markdown(ann: dict, table: dict[int, dict], extras: list[int], title: str = "",
-                   spike_levels: int = 1) -> str:
-    rows, cols, cells = table_grid(table, extras)
+def table_markdown(ann: Accuracy, table: Table, extra_t: list[int], title: str = "", spike_levels: int = 1) -> str:
+    rows, cols, cells = table_grid(table, extra_t)
     bits = bits_per_step(spike_levels)
     head = "| t \\ t+extra_t | " + " | ".join(str(c) for c in cols) + " |"
     sep = "|---" * (len(cols) + 1) + "|"
@@ -101,18 +128,19 @@ def table_markdown(ann: dict, table: dict[int, dict], extras: list[int], title: 
         body.append(f"| {t} | " + " | ".join(f"{cells[(t, c)]:.2f}" if (t, c) in cells else "" for c in cols) + " |")
     top = f"{title}\n\n" if title else ""
     budget = "| T × bits | " + " | ".join(f"{c * bits:.1f}" for c in cols) + " |"
-    return (f"{top}ANN top-1: {ann['top1']:.2f}% (top-5 {ann['top5']:.2f}%). SNN top-1 (%), rows t (input "
+    return (f"{top}ANN top-1: {ann.top1:.2f}% (top-5 {ann.top5:.2f}%). SNN top-1 (%), rows t (input "
             f"steps), columns t + extra_t (total steps T); {budget_text(spike_levels)}:\n\n"
             + "\n".join([head, sep, *body, budget]) + "\n")
 
 
-def write_table(out: Path, ann: dict, table: dict[int, dict], extras: list[int], meta: dict | None = None,
+def write_table(out: Path, ann: Accuracy, table: Table, extra_t: list[int], meta: dict | None = None,
                 echo: bool = True) -> dict[str, Path]:
-    """Write table.md / table.csv / table.json into ``out``, each atomically; returns their paths."""
+    """Write table.md / table.csv / table.json into ``out``, each atomically, showing the columns
+    of the extra steps ``extra_t`` (the JSON's ``extras``); returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     m = (meta or {}).get("spike_levels", 1)
-    md = table_markdown(ann, table, extras, title=f"# Accuracy table ({(meta or {}).get('preset', '')})",
+    md = table_markdown(ann, table, extra_t, title=f"# Accuracy table ({(meta or {}).get('preset', '')})",
                         spike_levels=m)
     paths = {"md": out / "table.md", "csv": out / "table.csv", "json": out / "table.json"}
     atomic_write_text(paths["md"], md)
@@ -121,14 +149,14 @@ def write_table(out: Path, ann: dict, table: dict[int, dict], extras: list[int],
         w = csv.writer(f)
         w.writerow(["t", "extra_t", "steps", "spike_levels", "bit_steps", "top1", "top5", "loss"])
         for t, row in sorted(table.items()):
-            for col, a1, a5, loss in zip(row["cols"], row["top1"], row["top5"], row["loss"]):
-                if col - t in extras:
+            for col, a1, a5, loss in zip(row.cols, row.top1, row.top5, row.loss):
+                if col - t in extra_t:
                     w.writerow([t, col - t, col, m, f"{col * bits_per_step(m):.3f}", f"{a1:.2f}", f"{a5:.2f}",
                                 f"{loss:.4f}"])
 
     atomic_write_text(paths["csv"], _csv_text(rows))
-    payload = {"ann": ann, "rows": {str(t): row for t, row in sorted(table.items())}, "extras": extras,
-               "spike_levels": m, "bits_per_step": bits_per_step(m), **(meta or {})}
+    payload = {"ann": ann.to_dict(), "rows": {str(t): row.to_dict() for t, row in sorted(table.items())},
+               "extras": extra_t, "spike_levels": m, "bits_per_step": bits_per_step(m), **(meta or {})}
     write_json(paths["json"], payload)
     if echo:
         print(md)
@@ -239,44 +267,45 @@ def summary_line(result: EnergyResult) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# the frontier (the dict of ann2snn.frontier.frontier)
+# the frontier (ann2snn.frontier.frontier's Frontier)
 FRONTIER_FIELDS = ("spike_levels", "bits_per_step", "t", "extra_t", "steps", "bit_steps", "top1", "top5",
                    "delta_top1", "e_snn_mj", "e_ann_mj", "ann_snn_ratio", "non_spike_share", "mean_rate", "pareto")
 
 
-def fewest_steps(res: dict, m: int, within: float) -> dict | None:
+def fewest_steps(res: Frontier, m: int, within: float) -> FrontierPoint | None:
     """The point of spike_levels ``m`` with the fewest total steps (then the least energy) whose top-1
     is within ``within`` points of the ANN, or None."""
-    ok = [p for p in res["points"] if p["spike_levels"] == m and p["delta_top1"] >= -within]
-    return min(ok, key=lambda p: (p["steps"], p["e_snn_mj"])) if ok else None
+    ok = [p for p in res.points if p.spike_levels == m and p.delta_top1 >= -within]
+    return min(ok, key=lambda p: (p.steps, p.e_snn_mj)) if ok else None
 
 
-def frontier_markdown(res: dict) -> str:
-    ann = res["ann"]
-    lines = [f"# Accuracy, latency and energy (L = {res['L']})", "",
-             f"ANN top-1 {ann['top1']:.2f}% ({ann['n']} test images). Energy per image on the first "
-             f"{res['energy_images']} test images ({res['constants']}). Bits per step log2(2m+1); the spike-step "
+def frontier_markdown(res: Frontier) -> str:
+    ann = res.ann
+    lines = [f"# Accuracy, latency and energy (L = {res.L})", "",
+             f"ANN top-1 {ann.top1:.2f}% ({ann.n} test images). Energy per image on the first "
+             f"{res.energy_images} test images ({res.constants}). Bits per step log2(2m+1); the spike-step "
              "budget is T × bits. * marks the Pareto front of accuracy against energy.", "",
              "| m | bits/step | t | extra | T | T × bits | top-1 | Δ vs ANN | E_SNN (mJ) | ANN/SNN | not spike-driven |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for p in res["points"]:
-        lines.append(f"| {p['spike_levels']} | {p['bits_per_step']:.2f} | {p['t']} | {p['extra_t']} | {p['steps']} | "
-                     f"{p['bit_steps']:.1f} | {p['top1']:.2f}{' *' if p['pareto'] else ''} | {p['delta_top1']:+.2f} | "
-                     f"{p['e_snn_mj']:.4g} | {p['ann_snn_ratio']:.2f}× | {100 * p['non_spike_share']:.0f}% |")
+    for p in res.points:
+        lines.append(f"| {p.spike_levels} | {p.bits_per_step:.2f} | {p.t} | {p.extra_t} | {p.steps} | "
+                     f"{p.bit_steps:.1f} | {p.top1:.2f}{' *' if p.pareto else ''} | {p.delta_top1:+.2f} | "
+                     f"{p.e_snn_mj:.4g} | {p.ann_snn_ratio:.2f}× | {100 * p.non_spike_share:.0f}% |")
     lines += ["", "Fewest total steps within 0.5 / 0.1 points of the ANN:", ""]
-    for m in res["levels"]:
+    for m in res.spike_levels:
         cells = []
         for within in (0.5, 0.1):
             p = fewest_steps(res, m, within)
             cells.append(f"within {within}: " + ("not reached" if p is None else
-                         f"T = {p['steps']} (t = {p['t']} + {p['extra_t']}; {p['bit_steps']:.1f} bit-steps, "
-                         f"{p['e_snn_mj']:.4g} mJ)"))
+                         f"T = {p.steps} (t = {p.t} + {p.extra_t}; {p.bit_steps:.1f} bit-steps, "
+                         f"{p.e_snn_mj:.4g} mJ)"))
         lines.append(f"- m = {m}: " + "; ".join(cells))
     return "\n".join(lines) + "\n"
 
 
-def write_frontier(out: str | Path, res: dict, echo: bool = True) -> dict[str, Path]:
-    """frontier.md / frontier.csv / frontier.json in ``out``, each atomically; returns their paths."""
+def write_frontier(out: str | Path, res: Frontier, meta: dict | None = None, echo: bool = True) -> dict[str, Path]:
+    """frontier.md / frontier.csv / frontier.json in ``out``, each atomically (``meta``: more keys
+    for the JSON, e.g. the checkpoint); returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "frontier.md", "csv": out / "frontier.csv", "json": out / "frontier.json"}
@@ -286,11 +315,11 @@ def write_frontier(out: str | Path, res: dict, echo: bool = True) -> dict[str, P
     def rows(f) -> None:
         w = csv.DictWriter(f, fieldnames=FRONTIER_FIELDS, extrasaction="ignore")
         w.writeheader()
-        for p in res["points"]:
-            w.writerow(p)
+        for p in res.points:
+            w.writerow(p.to_dict())
 
     atomic_write_text(paths["csv"], _csv_text(rows))
-    write_json(paths["json"], res)
+    write_json(paths["json"], {**res.to_dict(), **(meta or {})})
     if echo:
         print(md)
         print(f"written: {paths['md']}, {paths['csv']}, {paths['json']}")

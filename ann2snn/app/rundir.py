@@ -48,7 +48,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ann2snn.app.files import atomic_write_text
+from ann2snn.app.files import atomic_write_text, read_bytes
 from ann2snn.app.config import FIELD_NAMES, ConfigError
 
 log = logging.getLogger("ann2snn")
@@ -97,16 +97,11 @@ def read_latest(out_root: str | os.PathLike) -> Path | None:
     cannot be read or does not hold one path (bytes that are not UTF-8, NUL bytes, nothing, several
     lines) is a ConfigError saying so; whether the run still exists is the caller's question."""
     marker = Path(out_root) / LATEST
-    try:
-        data = marker.read_bytes()
-    except FileNotFoundError:
+    data = read_bytes(marker, f"{str(marker)!r} (the marker naming the latest run)", {
+        "folder": "Move it away, then pass -c CONFIG or --checkpoint PATH, or train again.",
+        "other": "Fix its permissions, or pass -c CONFIG or --checkpoint PATH."}, ConfigError, missing_ok=True)
+    if data is None:
         return None
-    except IsADirectoryError:
-        raise ConfigError(f"{str(marker)!r} is a directory, not the marker file naming the latest run. "
-                          f"Move it away, then pass -c CONFIG or --checkpoint PATH, or train again.") from None
-    except OSError as err:
-        raise ConfigError(f"{str(marker)!r} cannot be read ({err.strerror or err}). Fix its permissions, or "
-                          "pass -c CONFIG or --checkpoint PATH.") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -197,11 +192,8 @@ def check_own_files(run_dir: str | os.PathLike, log_fields: list[str]) -> None:
     log_path = run_dir / "log.csv"
     if log_path.exists():
         header = ",".join(log_fields)
-        try:
-            first = log_path.read_bytes().split(b"\n", 1)
-        except OSError as err:
-            raise ConfigError(f"{str(log_path)!r} cannot be read ({err.strerror or err}). Fix its permissions, "
-                              "or pass another --out (or --id).") from None
+        first = read_bytes(log_path, repr(str(log_path)), "Fix its permissions, or pass another --out (or --id).",
+                           ConfigError).split(b"\n", 1)
         line = first[0].rstrip(b"\r")
         complete = len(first) > 1
         ok = line == header.encode() or (not complete and header.encode().startswith(line))
@@ -218,13 +210,10 @@ def check_log(log_path: str | os.PathLike, log_fields: list[str]) -> None:
     is what a kill in the middle of a write leaves, and which :func:`truncate_log` drops.  The
     error names the file and the first bad line."""
     log_path = Path(log_path)
-    try:
-        data = log_path.read_bytes()
-    except FileNotFoundError:
+    data = read_bytes(log_path, repr(str(log_path)), "Fix its permissions, then `--resume` again.", ConfigError,
+                      missing_ok=True)
+    if data is None:
         return
-    except OSError as err:
-        raise ConfigError(f"{str(log_path)!r} cannot be read ({err.strerror or err}). Fix its permissions, "
-                          "then `--resume` again.") from None
     fix = ("Move it away (a new log.csv is started; the checkpoints do not need it) or repair that line, "
            "then `--resume` again.")
     lines = data.split(b"\n")[:-1]  # the part after the last newline is a partial line: dropped
@@ -385,7 +374,7 @@ def truncate_log(log_path: Path, epoch: int) -> None:
     log_path = Path(log_path)
     if not log_path.is_file():
         return
-    data = log_path.read_bytes()
+    data = read_bytes(log_path, repr(str(log_path)), "Fix its permissions, then `--resume` again.", ConfigError)
     lines = data.split(b"\n")
     complete = [ln.decode("utf-8").rstrip("\r") for ln in lines[:-1]]  # lines[-1]: b"" or a partial line
     if not complete:

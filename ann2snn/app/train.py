@@ -19,7 +19,6 @@ import errno
 import io
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from ann2snn.app import distributed, rundir
-from ann2snn.app.files import atomic_write_text
+from ann2snn.app.files import append_text, atomic_write_text
 from ann2snn.app.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save, check_compatible,
                                 checkpoint_config, load_checkpoint, load_state, rng_state)
 from ann2snn.app.config import Config, ConfigError, resume_changes, resumed_config, save_config
@@ -40,6 +39,7 @@ from ann2snn.metrics import evaluate_ann
 from ann2snn.models import model_kind
 from ann2snn.progress import progress
 from ann2snn.quant import calibrate_lambdas
+from ann2snn.results import Accuracy
 
 log = logging.getLogger("ann2snn")
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "epoch_s"]
@@ -138,14 +138,14 @@ def _unique_run_dir(path: Path) -> Path:
     return new
 
 
-def _non_finite(tr_loss: float, ev: dict, model: nn.Module, epoch: int) -> str | None:
+def _non_finite(tr_loss: float, ev: Accuracy, model: nn.Module, epoch: int) -> str | None:
     """What became non-finite in ``epoch`` (the epoch's mean training loss, the test loss, a
     weight or buffer), or None.  The same on every rank: the losses are reduced over ranks and
     the weights are kept equal (DDP, :func:`ann2snn.app.distributed.sync_buffers`)."""
     if not math.isfinite(tr_loss):
         return f"The training loss became {tr_loss} in epoch {epoch}."
-    if not math.isfinite(ev["loss"]):
-        return f"The test loss became {ev['loss']} after epoch {epoch} (the model's outputs are not finite)."
+    if not math.isfinite(ev.loss):
+        return f"The test loss became {ev.loss} after epoch {epoch} (the model's outputs are not finite)."
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return f"The model's {name} became non-finite in epoch {epoch}."
@@ -192,14 +192,6 @@ def _write_failed(err: OSError, step: str, run_dir: Path, epoch: int, best_befor
                          "command again.")
 
 
-def _append_row(log_path: Path, row: list) -> None:
-    """Append one row to ``log.csv``, never through a symbolic link planted there (O_NOFOLLOW: an
-    OSError instead); a partial row left by a failure is dropped by ``--resume``."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    with open(fd, "a", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerow(row)
-
-
 def _csv_line(row: list) -> str:
     buf = io.StringIO(newline="")
     csv.writer(buf).writerow(row)
@@ -211,7 +203,7 @@ BEST_KEYS = ("format", "config", "model", "epoch", "metrics", "world_size", "ext
 
 
 def _write_epoch(cfg: Config, run_dir: Path, epoch: int, row: list, meta: dict, best_before: int, best: float,
-                 rng: dict, model: nn.Module, ev: dict, optimizer, scheduler, scaler, world_size: int) -> None:
+                 rng: dict, model: nn.Module, ev: Accuracy, optimizer, scheduler, scaler, world_size: int) -> None:
     """Append ``epoch``'s log row, then write its checkpoints in this order: last.pt, then, if the
     epoch improved (``meta["best_epoch"] == epoch``), best_model.pt and LATEST.  Every write is atomic, so
     a failure (a full disk) or a kill at any point leaves whole files, and never a best_model.pt or
@@ -222,13 +214,13 @@ def _write_epoch(cfg: Config, run_dir: Path, epoch: int, row: list, meta: dict, 
     log_path = run_dir / "log.csv"
     if cfg.save_acc:
         try:
-            _append_row(log_path, row)
+            append_text(log_path, _csv_line(row))  # never through a link; a partial row is dropped by --resume
         except OSError as err:
             raise _write_failed(err, "log.csv", run_dir, epoch, best_before) from None
     if not cfg.save:
         return
     state = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(), "epoch": epoch,
-             "metrics": {k: float(v) for k, v in ev.items()}, "world_size": world_size,
+             "metrics": {k: float(v) for k, v in ev.to_dict().items()}, "world_size": world_size,
              **({"extended": meta["extended"]} if meta["extended"] else {})}
     best_epoch = meta["best_epoch"]
     last = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -389,6 +381,27 @@ def _restore(ckpt: dict, cfg: Config, run_dir: Path, model, optimizer, scheduler
     return cfg, start, best, meta
 
 
+def _fresh_start(cfg: Config, model: nn.Module, train_loader) -> None:
+    """The weights a run that resumes nothing starts from: ``model_path``'s (``inherit``), else a
+    ReLU model's (``pretrained``); then, for a fresh QCFS run, λ calibrated from activation
+    percentiles (``calibrate_batches``)."""
+    if cfg.inherit:
+        if not cfg.model_path:
+            raise CheckpointError("inherit: true needs model_path: the checkpoint to start from.")
+        ckpt = load_checkpoint(cfg.model_path)
+        # a start from another dataset's weights is fine-tuning: no dataset warning
+        check_compatible(checkpoint_config(ckpt, cfg.model_path), cfg, cfg.model_path, warn_data=False)
+        load_state(model, ckpt["model"], cfg.model_path)
+        if hasattr(model, "time_steps"):  # a direct SNN's T comes with its weights; train at cfg.t
+            model.time_steps.fill_(cfg.t)
+        return
+    if cfg.pretrained:  # a fresh start from a ReLU model's weights
+        load_pretrained(model, cfg.pretrained)
+    if cfg.calibrate_batches > 0 and model_kind(cfg.model) == "convertible" and cfg.quantize:
+        # a fresh QCFS run (typically from `pretrained` weights): λ from activation percentiles
+        calibrate_lambdas(model, train_loader, cfg.calibrate_percentile, cfg.calibrate_batches)
+
+
 def _train(cfg: Config, out: str | None, resume: bool, held: contextlib.ExitStack, extend: bool = False) -> dict:
     ctx = distributed.setup(cfg)  # joins the torchrun process group, if any
     device = ctx.device
@@ -414,20 +427,8 @@ def _train(cfg: Config, out: str | None, resume: bool, held: contextlib.ExitStac
     kept = resume and distributed.on_rank0(lambda: rundir.has_run_checkpoint(run_dir))
     if ckpt is not None:  # None: --resume of a run killed before its first checkpoint
         cfg, start, best, meta = _restore(ckpt, cfg, run_dir, model, optimizer, scheduler, scaler, ctx, extend)
-    elif cfg.inherit:
-        if not cfg.model_path:
-            raise CheckpointError("inherit: true needs model_path: the checkpoint to start from.")
-        ckpt = load_checkpoint(cfg.model_path)
-        # a start from another dataset's weights is fine-tuning: no dataset warning
-        check_compatible(checkpoint_config(ckpt, cfg.model_path), cfg, cfg.model_path, warn_data=False)
-        load_state(model, ckpt["model"], cfg.model_path)
-        if hasattr(model, "time_steps"):  # a direct SNN's T comes with its weights; train at cfg.t
-            model.time_steps.fill_(cfg.t)
-    if ckpt is None and cfg.pretrained and not cfg.inherit:  # a fresh start from a ReLU model's weights
-        load_pretrained(model, cfg.pretrained)
-    if ckpt is None and cfg.calibrate_batches > 0 and model_kind(cfg.model) == "convertible" and cfg.quantize:
-        # a fresh QCFS run (typically from `pretrained` weights): λ from activation percentiles
-        calibrate_lambdas(model, train_loader, cfg.calibrate_percentile, cfg.calibrate_batches)
+    else:
+        _fresh_start(cfg, model, train_loader)
 
     log_path = run_dir / "log.csv"
     if start:  # a resume appends to the log: refuse one that is not clean (a partial last line is)
@@ -458,13 +459,13 @@ def _train(cfg: Config, out: str | None, resume: bool, held: contextlib.ExitStac
         except DivergedError as err:
             raise DivergedError(f"{err} {_after_divergence(run_dir, kept, epoch)}") from None
         dt = time.perf_counter() - t0
-        row = [epoch, f"{lr:.6g}", f"{tr_loss:.4f}", f"{tr_top1:.2f}", f"{ev['loss']:.4f}",
-               f"{ev['top1']:.2f}", f"{ev['top5']:.2f}", f"{dt:.1f}"]
+        row = [epoch, f"{lr:.6g}", f"{tr_loss:.4f}", f"{tr_top1:.2f}", f"{ev.loss:.4f}",
+               f"{ev.top1:.2f}", f"{ev.top5:.2f}", f"{dt:.1f}"]
         log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%% (top-5 %.2f%%)  %.1f s", epoch,
-                 cfg.epochs, tr_loss, tr_top1, ev["top1"], ev["top5"], dt)
+                 cfg.epochs, tr_loss, tr_top1, ev.top1, ev.top5, dt)
         best_before = meta["best_epoch"]
-        meta["best_epoch"] = epoch if ev["top1"] > best else best_before
-        best = max(best, ev["top1"])
+        meta["best_epoch"] = epoch if ev.top1 > best else best_before
+        best = max(best, ev.top1)
         rng = distributed.rng_payload(rng_state()) if cfg.save else {}  # every rank's RNG (a collective)
         # rank 0 writes; a failed write (a full disk) is raised on every rank, so none waits forever
         distributed.on_rank0(lambda: _write_epoch(cfg, run_dir, epoch, row, meta, best_before, best, rng, model, ev,

@@ -155,9 +155,9 @@ def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extr
     with EnergyMeter.for_simulator(sim) as meter:
         run = evaluate(sim, loader, t, extra_t, k_step=False, ann=ann, meter=meter,
                        latency_extra=latency_extra, max_batches=max_batches, desc="energy")
-    accuracy = EnergyAccuracy(run["within_run"]["top1"], run["ann"]["top1"] if run["ann"] is not None else None)
+    accuracy = EnergyAccuracy(run.within_run.top1, run.ann.top1 if run.ann is not None else None)
     return energy_of(meter, sim, next(iter(loader))[0], t, extra_t, constants, first_layer, accuracy=accuracy,
-                     effective_latency=run["effective_latency"])
+                     effective_latency=run.effective_latency)
 
 
 __all__ = ["CONSTANTS", "EnergyAccuracy", "EnergyBreakdown", "EnergyConstants", "EnergyMeter", "EnergyResult",
