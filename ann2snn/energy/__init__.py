@@ -62,6 +62,11 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
     spikes, MACs when it is analog (softmax increments).  Rescaling by 1/n costs one MAC per
     output element per step.  Hence q·kᵀ is AC + MAC (the rescaling) and softmax·v is
     AC (v's spikes) + MAC (the softmax increments and the rescaling).
+  * Elementwise products (:class:`~ann2snn.neurons.SpikeMul`: a squeeze-excitation gate, a GLU)
+    follow the same running-sum rule with a fan-out of one per broadcast output entry; the ANN
+    pays one MAC per output entry, once per image (torch's FLOP counter leaves elementwise
+    products out, so this is added to the ANN's total).  :class:`~ann2snn.neurons.SpikeAttention`
+    is counted through its parts: its two products and its softmax.
   * A product's output is real-valued (running means divided by n, or integer counts), so
     whatever it feeds (attention's output projection) pays MACs, until a spiking layer
     re-encodes it.
