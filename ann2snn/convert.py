@@ -29,10 +29,11 @@ class SpikingNetwork(nn.Module):
     conversion step changed; ``spike_levels`` is the simulator's default m."""
 
     def __init__(self, net: nn.Module, clock: Clock, preset: Preset | str, report: dict[str, list[str]],
-                 spike_levels: int = 1):
+                 spike_levels: int = 1, allow_float_ops: bool | set[str] = False):
         super().__init__()
         self.net, self.clock, self.preset, self.report = net, clock, get_preset(preset), report
         self.spike_levels = check_spike_levels(spike_levels)
+        self.allow_float_ops = allow_float_ops  # what convert() was allowed to keep as float ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -53,7 +54,9 @@ def convert(ann: nn.Module, preset: Preset | str = "exact", *, allow_float_ops: 
     ``per_step`` reproduces the original toolkit on its own transformer by module replacement,
     defects included.
 
-    ``spike_levels`` (m) is the default of the network's :class:`~ann2snn.simulate.Simulator`:
+    Conversion runs in the ANN's dtype (a float64 ANN gives a float64 SNN: :func:`ann2snn.verify`
+    converts a float64 copy to compare like with like).  ``spike_levels`` (m) is the default of
+    the network's :class:`~ann2snn.simulate.Simulator`:
     each neuron may send up to m spikes per step and sign (1: binary spikes).
     """
     check_module("convert", "ann", ann, "the trained QCFS ANN")
@@ -70,7 +73,7 @@ def convert(ann: nn.Module, preset: Preset | str = "exact", *, allow_float_ops: 
     for step, names in report.items():
         if names:
             log.info("convert: %s: %d", step, len(names))
-    return SpikingNetwork(net, clock, preset, report, spike_levels).eval()
+    return SpikingNetwork(net, clock, preset, report, spike_levels, allow_float_ops).eval()
 
 
 __all__ = ["SpikingNetwork", "convert"]

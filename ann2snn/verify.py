@@ -7,7 +7,9 @@ CLI runs this check on the first test batch of every ``exact`` conversion.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 
 import torch
 from spikingjelly.activation_based import base
@@ -15,10 +17,22 @@ from torch import nn
 
 from ann2snn._checks import check_int, check_module, check_optional_int, check_positive
 from ann2snn._checks import describe as describe_value
+from ann2snn.convert import SpikingNetwork, convert
 from ann2snn.results import VerifyResult
 from ann2snn.simulate import Simulator, named_leaves
 
 VERIFY_TOLERANCE = 1e-4
+log = logging.getLogger("ann2snn")
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger):
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @torch.no_grad()
@@ -36,11 +50,16 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     the output is final.
 
     The check runs on copies of both networks in ``dtype`` (float64 by default).  In float32 the
-    SNN's sums of spike trains and the ANN's products round differently in the last bit, and a
-    pre-activation that lies on a QCFS rounding boundary to within that last bit can fall on the
-    other side, which moves every later value: on a trained VGG with a batch of 64 a few such
-    activations are common, and they say nothing about the conversion.  In float64 they are about
-    10⁹ times rarer.  ``dtype=None`` checks the networks as they are.
+    SNN's sums of spike trains and the ANN's products round differently in the last bit, and so
+    does a BatchNorm folded in float32: a pre-activation that lies on a QCFS rounding boundary to
+    within that last bit can fall on the other side, which moves every later value (on a trained
+    VGG with a batch of 64 a few such activations are common; timm's inception_v4 had one 7.6e-8
+    levels from a boundary).  Such a flip says nothing about the conversion, so the comparison is
+    made like with like: when the copy of ``snn`` misses, the ANN is converted again in ``dtype``
+    under ``snn``'s preset, and when ``snn`` equals that conversion up to its own rounding (same
+    modules, parameters within 1e-5 relative, same neurons) the result of the ``dtype`` conversion
+    is returned.  A network that differs more (a wrong λ, another model) keeps its failure.
+    ``dtype=None`` checks the networks as they are.
 
     Returns a :class:`~ann2snn.results.VerifyResult` (``max_abs_diff``, ``scale``, ``tolerance``,
     ``ok``, ``t``, ``settle_steps``, ``quiescent``, ``steps_run``, ``spike_levels``, ``dtype``,
@@ -58,9 +77,47 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     net = snn.snn if isinstance(snn, Simulator) else snn
     if spike_levels is None:
         spike_levels = snn.spike_levels if isinstance(snn, Simulator) else getattr(net, "spike_levels", 1)
-    if dtype is not None:
-        net, ann = copy.deepcopy(net).to(dtype), copy.deepcopy(ann).to(dtype)
-        x = x.to(dtype)
+    if dtype is None:
+        return _check(ann, net, x, t, tolerance, max_steps, spike_levels)
+    ann, x = copy.deepcopy(ann).to(dtype), x.to(dtype)
+    res = _check(ann, copy.deepcopy(net).to(dtype), x, t, tolerance, max_steps, spike_levels)
+    if res.ok or not isinstance(net, SpikingNetwork):
+        return res
+    with _quiet(logging.getLogger("ann2snn.convert")):  # the user saw this conversion's log already
+        again = convert(ann, net.preset, allow_float_ops=net.allow_float_ops, spike_levels=net.spike_levels)
+    if not _same_up_to_rounding(net, again):
+        return res  # not the conversion of this ANN (or not up to float32 rounding): the failure stands
+    redone = _check(ann, again, x, t, tolerance, max_steps, spike_levels)
+    if redone.ok:
+        log.info("verify: the %s network misses the quantized ANN only by its own rounding (a pre-activation "
+                 "on a QCFS boundary to within float32 precision); its conversion in %s settles on the ANN",
+                 str(next(iter(net.parameters()), torch.empty(0)).dtype).replace("torch.", ""), res.dtype)
+    return redone if redone.ok else res
+
+
+def _same_up_to_rounding(net: nn.Module, again: nn.Module, rtol: float = 1e-5) -> bool:
+    """Whether ``net`` is ``again`` (the same conversion redone in a wider dtype) up to the rounding
+    of its own dtype: the same modules, buffers and parameters equal within ``rtol``, and the
+    same neurons (λ, L, rule, sign)."""
+    mine, theirs = net.state_dict(), again.state_dict()
+    kinds = [[type(m).__name__ for m in n.modules()] for n in (net, again)]  # GraphModule classes are per instance
+    if mine.keys() != theirs.keys() or kinds[0] != kinds[1]:
+        return False
+    for key, value in mine.items():
+        other = theirs[key]
+        if value.shape != other.shape:
+            return False
+        if value.is_floating_point() and not torch.allclose(value.to(other.dtype), other, rtol=rtol,
+                                                            atol=rtol * float(other.abs().max()) if other.numel() else 0):
+            return False
+    pairs = zip(net.neurons(), again.neurons())
+    return all(a.levels == b.levels and a.neg_rule == b.neg_rule and a.signed == b.signed
+               and abs(a.lam - b.lam) <= rtol * abs(b.lam) for a, b in pairs)
+
+
+def _check(ann: nn.Module, net: nn.Module, x: torch.Tensor, t: int | None, tolerance: float, max_steps: int,
+           spike_levels: int) -> VerifyResult:
+    """Run ``net`` on ``x`` until quiescent and compare its output mean with ``ann``'s (both as given)."""
     sim = Simulator(net, spike_levels=spike_levels)
     p = next(sim.snn.parameters(), None)
     x = x.to(p.device if p is not None else torch.device("cpu"))
@@ -70,14 +127,23 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     ann.eval()
     ref = ann(x)
     ann.train(was)
+    settle, quiescent, steps, cum = _run_to_quiescence(sim, x, t, max_steps)
+    diff, scale, ok, leaf = _compare_outputs(cum, ref, t, tolerance)
+    return VerifyResult(max_abs_diff=diff, scale=scale, tolerance=tolerance, ok=bool(ok and quiescent), t=t,
+                        settle_steps=settle, quiescent=quiescent, steps_run=steps, spike_levels=sim.spike_levels,
+                        dtype=str(x.dtype).replace("torch.", ""), leaf=leaf)
+
+
+def _run_to_quiescence(sim: Simulator, x: torch.Tensor, t: int, max_steps: int) -> tuple:
+    """(settle steps, quiescent, steps run, cumulative output): ``t`` input steps, then zero steps
+    until one changes no operator's state (or ``max_steps``)."""
     moved = [False]
-    stateful = [m for m in sim.snn.modules() if isinstance(m, base.MemoryModule)]
 
     def watch(module, args, out):
         if isinstance(out, torch.Tensor) and bool((out != 0).any()):
             moved[0] = True
 
-    handles = [m.register_forward_hook(watch) for m in stateful]
+    handles = [m.register_forward_hook(watch) for m in sim.snn.modules() if isinstance(m, base.MemoryModule)]
     settle, quiescent, steps, cum = t, False, 0, None
     try:
         for steps, cum in enumerate(sim.iter_run(x, t, max_steps), 1):
@@ -90,10 +156,7 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
     finally:
         for h in handles:
             h.remove()
-    diff, scale, ok, leaf = _compare_outputs(cum, ref, t, tolerance)
-    return VerifyResult(max_abs_diff=diff, scale=scale, tolerance=tolerance, ok=bool(ok and quiescent), t=t,
-                        settle_steps=settle, quiescent=quiescent, steps_run=steps, spike_levels=sim.spike_levels,
-                        dtype=str(dtype or x.dtype).replace("torch.", ""), leaf=leaf)
+    return settle, quiescent, steps, cum
 
 
 def _verify_args(ann, snn, batch, t, tolerance, max_steps) -> tuple:

@@ -3,6 +3,8 @@ against the quantized ANN in float64 (``verify``'s tolerance, 1e-4 × max(1, |lo
 refused naming the node."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -290,3 +292,28 @@ def test_a_refusal_after_quantize_cites_the_models_line_not_generated_code():
         ann2snn.convert(q)
     assert "eval_with_key" not in str(err.value) and "test_zoo_rules.py" in str(err.value)
     assert "the refused line" in str(err.value)
+
+
+def test_verify_compares_like_with_like_on_a_rounding_boundary():
+    """A pre-activation 8.9e-9 above a QCFS boundary in float64 (0.375 at λ = 1, L = 4) is, once
+    its BatchNorm is folded in float32 (torch's fuse_linear_bn_eval), 3e-8 below it: the float32
+    network's site sends one level less.  verify folds and converts a float64 copy, so it does not
+    report that float32 rounding as a wrong conversion (the check before issue 19 did)."""
+    lin, bn, head = nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1), nn.Linear(1, 1)
+    with torch.no_grad():
+        lin.weight.fill_(1.0057376623153687)
+        bn.running_mean.fill_(-0.3232004642486572)
+        bn.running_var.fill_(0.8552667498588562)
+        bn.weight.fill_(1.1219052076339722)
+        bn.bias.fill_(0.28184840083122253)
+        head.weight.fill_(1.0)
+        head.bias.fill_(0.0)
+    q = ann2snn.quantize(nn.Sequential(lin, bn, nn.ReLU(), head), 4, lambda_init=1.0).eval()
+    x = torch.tensor([[-0.24500772356987]])
+    snn = ann2snn.convert(q)
+    assert ann2snn.verify(q, snn, x, t=1)["ok"]
+    # the float32 network (t = 1: one input step, then the settling steps): one level (0.25) lower
+    float32 = float(ann2snn.Simulator(snn).run(x, 1, 4)[-1])
+    with torch.no_grad():
+        assert float(copy.deepcopy(q).double()(x.double())) == 0.5 and float32 == 0.25
+    assert not ann2snn.verify(q, snn, x, t=1, dtype=None)["ok"]  # float32 as it is: the level is off
