@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,10 +156,23 @@ def _quantize_args(model, levels, lambda_init) -> tuple[int, float]:
 
 
 def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=None,
-             percentile: float = 99.9, calibration_batches: int = 4) -> nn.Module:
+             percentile: float = 99.9, calibration_batches: int = 4, placement: str = "activations") -> nn.Module:
     """Give every call site of a ReLU-family activation of ``model`` its own :class:`QCFS` site
     with ``levels`` levels (done before training or fine-tuning: QCFS's "replace the activation by
-    the quantization-clip-floor-shift function", Bu et al., ICLR 2022).
+    the quantization-clip-floor-shift function", Bu et al., ICLR 2022), and, under the default
+    ``placement="activations"``, follow every other activation with a site of its own.
+
+    Placements (:data:`PLACEMENTS`):
+
+    - ``"activations"`` (default): ReLU-family activations become sites; any other activation
+      (GELU, SiLU, Hardswish, Mish, ELU, LeakyReLU, PReLU, tanh, sigmoid, ...; module, function or
+      method) is kept -- the converter carries it by the running-sum rule -- and a site follows it,
+      *signed* where its output can be negative (all of these but sigmoid, softplus and
+      hardsigmoid), so the layer after it reads spikes, as after a ReLU.  An activation whose
+      only reader is already a site (timm's and ann2snn's ViT put a ReLU after GELU) gets no
+      second one.  Any network gets a QANN this way.
+    - ``"relu"``: ReLU-family activations only (other activations stay float operations, which the
+      next layer reads as real values); a model without one is refused.
 
     The model is traced with torch.fx (:func:`ann2snn.graph.trace`), so every *call* is found:
     ``nn.ReLU`` / ``nn.ReLU6`` / ``nn.Hardtanh(0, c)`` modules (a module called at two sites gets
@@ -176,8 +190,10 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     model (naming the line) or one with no ReLU activation.
     """
     levels, lambda_init = _quantize_args(model, levels, lambda_init)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"quantize: placement must be one of {PLACEMENTS}, got {str(placement)[:40]!r}")
     gm = trace(model, trace_leaves())
-    sites = _find_sites(gm, model)
+    sites = _find_sites(gm, model, placement)
     uses: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -185,7 +201,9 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     if all(s.node.op == "call_module" and uses[str(s.node.target)] == 1 for s in sites):
         # the module tree already has one module per site: keep the model's own class
         for site in sites:
-            replace_module(model, str(site.node.target), QCFS(levels, lambda_init, site.clip, signed=site.signed))
+            q = QCFS(levels, lambda_init, site.clip, signed=site.signed)
+            act = model.get_submodule(str(site.node.target))
+            replace_module(model, str(site.node.target), nn.Sequential(act, q) if site.follows else q)
         log.info("quantize: %d activation site(s) -> QCFS(L=%d), in place", len(sites), levels)
         out = model
     else:
@@ -199,15 +217,44 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     return out
 
 
+PLACEMENTS = ("activations", "relu")
+# Activations other than the ReLU family that a site follows under placement="activations": the
+# module types, functions and tensor methods, each with whether its output can be negative.
+OTHER_ACTIVATIONS: dict[Any, bool] = {
+    nn.GELU: True, nn.SiLU: True, nn.Mish: True, nn.Hardswish: True, nn.ELU: True, nn.CELU: True, nn.SELU: True,
+    nn.LeakyReLU: True, nn.PReLU: True, nn.Tanh: True, nn.Softsign: True,
+    nn.Sigmoid: False, nn.Softplus: False, nn.Hardsigmoid: False,
+    F.gelu: True, F.silu: True, F.mish: True, F.hardswish: True, F.elu: True, F.celu: True, F.selu: True,
+    F.leaky_relu: True, torch.tanh: True, F.tanh: True, F.softsign: True,
+    torch.sigmoid: False, F.sigmoid: False, F.softplus: False, F.hardsigmoid: False,
+    "tanh": True, "sigmoid": False,
+}
+
+
 @dataclass(frozen=True)
 class _Site:
     node: torch.fx.Node
     clip: float | None  # a clipped ReLU's clip (λ ≤ clip)
     inplace: bool
     signed: bool
+    follows: bool = False  # a site after the node (another activation, kept), not in its place
 
 
-def _find_sites(gm: torch.fx.GraphModule, model: nn.Module) -> list[_Site]:
+def _other_activation(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool | None:
+    """Whether ``node`` is an activation of :data:`OTHER_ACTIVATIONS` with a signed output (True),
+    a non-negative one (False), or not such an activation (None)."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        return next((v for k, v in OTHER_ACTIVATIONS.items() if isinstance(k, type) and type(mod) is k), None)
+    if node.op in ("call_function", "call_method"):
+        try:
+            return OTHER_ACTIVATIONS.get(node.target)
+        except TypeError:  # an unhashable callable
+            return None
+    return None
+
+
+def _find_sites(gm: torch.fx.GraphModule, model: nn.Module, placement: str = "activations") -> list[_Site]:
     """Every activation call site of the traced model; a ConversionError when there is none."""
     sites = []
     for node in gm.graph.nodes:
@@ -218,10 +265,16 @@ def _find_sites(gm: torch.fx.GraphModule, model: nn.Module) -> list[_Site]:
         is_act, clip, inplace = _activation_clip(node, gm)
         if is_act:
             sites.append(_Site(node, clip, inplace, False))
+    if placement == "activations":
+        taken = {s.node for s in sites}
+        for node in gm.graph.nodes:
+            signed = _other_activation(node, gm)
+            if signed is not None and node.users and not all(u in taken for u in node.users):
+                sites.append(_Site(node, None, False, signed, follows=True))
     if not sites:
-        raise ConversionError(f"quantize: {type(model).__name__} has no ReLU-family activation (ReLU, ReLU6, "
-                              "Hardtanh(0, c), F.relu, Tensor.relu) to replace by QCFS. Other activations (GELU, "
-                              "SiLU, sigmoid) cannot become QCFS sites: build the model with ReLU.")
+        raise ConversionError(f"quantize: {type(model).__name__} has no activation to quantize (a ReLU-family "
+                              "activation, or with placement='activations' GELU, SiLU, sigmoid, tanh ...). Build "
+                              "the model with activations between its layers.")
     return sites
 
 
@@ -232,6 +285,9 @@ def _rewrite_sites(gm: torch.fx.GraphModule, sites: list[_Site], levels: int, la
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for site in sites:
         node, q = site.node, QCFS(levels, lambda_init, site.clip, signed=site.signed)
+        if site.follows:
+            _site_after(gm, node, q)
+            continue
         if node.op == "call_module" and str(node.target) not in seen:
             seen.add(str(node.target))
             replace_module(gm, str(node.target), q)  # its first call site keeps the module's name
@@ -255,6 +311,20 @@ def _rewrite_sites(gm: torch.fx.GraphModule, sites: list[_Site], levels: int, la
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _site_after(gm: torch.fx.GraphModule, node: torch.fx.Node, q: QCFS) -> None:
+    """Insert the site ``q`` after ``node``: every reader of ``node`` reads the site instead."""
+    if node.op == "call_module":
+        base = f"{node.target}_site"  # beside the activation module
+    else:
+        path = module_path(node)
+        base = f"{path}.{node.name}_site" if path else f"{node.name}_site"
+    name = add_module(gm, base, q)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, (node,))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
 
 
 @torch.no_grad()
@@ -321,4 +391,4 @@ def calibrate_lambdas(model: nn.Module, loader, percentile: float = 99.9, batche
     return out
 
 
-__all__ = ["QCFS", "calibrate_lambdas", "qcfs", "quantize"]
+__all__ = ["OTHER_ACTIVATIONS", "PLACEMENTS", "QCFS", "calibrate_lambdas", "qcfs", "quantize"]

@@ -85,7 +85,13 @@ class Walk:
     gate_bias: bool
     allow_float_ops: bool | set[str] = False
     report: dict[str, list[str]] = field(default_factory=dict)
-    _owned: set[str] = field(default_factory=set)
+    _owned: dict[str, nn.Module] = field(default_factory=dict)  # targets replaced at their first call: the module
+
+    def module_of(self, node: fx.Node) -> nn.Module:
+        """The ANN's module that the module-call ``node`` calls (a later call of a shared module
+        sees the module, not the operator its first call was given)."""
+        target = str(node.target)
+        return self._owned.get(target) or self.gm.get_submodule(target)
 
     def is_dynamic(self, arg: Any) -> bool:
         return isinstance(arg, fx.Node) and self.kinds.get(arg) == DYNAMIC
@@ -103,7 +109,7 @@ class Walk:
         gets two operators, each with its own state)."""
         target = str(node.target)
         if target not in self._owned:
-            self._owned.add(target)
+            self._owned[target] = self.gm.get_submodule(target)
             replace_module(self.gm, target, module)
             return
         node.target = add_module(self.gm, target, module)
@@ -112,7 +118,7 @@ class Walk:
         """Make ``node`` a call of the new stateful ``module`` with ``args`` (a function or method
         node becomes a module call named ``<module path>.<base>``); returns the module's name."""
         if node.op == "call_module" and str(node.target) not in self._owned:
-            self._owned.add(str(node.target))
+            self._owned[str(node.target)] = self.gm.get_submodule(str(node.target))
             replace_module(self.gm, str(node.target), module)
             node.args, node.kwargs = args, {}
             return str(node.target)
@@ -222,10 +228,11 @@ class RuleTable:
         """The role of a module type that no rule makes (e.g. a directly trained network's neurons)."""
         self.roles[module_type] = role
 
-    def lookup(self, node: fx.Node, gm: fx.GraphModule) -> tuple[Rule | None, Any]:
-        """(the rule of ``node``, the operator it applies to), or (None, operator) when there is none."""
+    def lookup(self, node: fx.Node, gm: fx.GraphModule, module: nn.Module | None = None) -> tuple[Rule | None, Any]:
+        """(the rule of ``node``, the operator it applies to), or (None, operator) when there is none;
+        ``module``: the module a module-call calls, when not the one now at its target."""
         if node.op == "call_module":
-            mod = gm.get_submodule(str(node.target))
+            mod = module if module is not None else gm.get_submodule(str(node.target))
             return next((self.by_module[t] for t in type(mod).__mro__ if t in self.by_module), None), mod
         if node.op == "call_function":
             try:
@@ -370,7 +377,7 @@ def _softmax(walk: Walk, node: fx.Node, op) -> None:
 
 RUNNING_MODULES = (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None), nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                    nn.Softplus, nn.ELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Softsign, nn.LeakyReLU, nn.CELU,
-                   nn.SELU)
+                   nn.SELU, nn.PReLU)
 RUNNING_FUNCTIONS = (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm, F.normalize, F.gelu, F.silu, torch.sigmoid,
                      F.sigmoid, torch.tanh, F.tanh, F.softplus, F.elu, F.mish, F.hardswish, F.hardsigmoid, F.softsign,
                      F.leaky_relu, F.celu, F.selu, torch.exp, torch.erf)
@@ -598,7 +605,7 @@ _NO_RULE_FIX = ("Replace it by a ReLU (quantized to QCFS) or a supported operato
 
 def apply_rule(walk: Walk, node: fx.Node) -> None:
     """Apply the rule of the dynamic ``node``, or refuse it when it has none."""
-    rule, op = RULES.lookup(node, walk.gm)
+    rule, op = RULES.lookup(node, walk.gm, walk.module_of(node) if node.op == "call_module" else None)
     if rule is not None:
         rule.apply(walk, node, op)
     elif node.op == "call_module":

@@ -209,12 +209,12 @@ def test_an_unsupported_module_names_its_module_path():
     class M(nn.Module):
         def __init__(self):
             super().__init__()
-            self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.PReLU(), nn.Linear(4, 2))
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Hardshrink(), nn.Linear(4, 2))
 
         def forward(self, x):
             return self.block(x)
 
-    with pytest.raises(ConversionError, match=r"node 'block_2' \(PReLU module\) in module 'block\.2'"):
+    with pytest.raises(ConversionError, match=r"node 'block_2' \(Hardshrink module\) in module 'block\.2'"):
         ann2snn.convert(ann2snn.quantize(M(), 4), "exact")
 
 
@@ -246,9 +246,13 @@ def test_untraceable_model_names_the_failing_line():
         ann2snn.quantize(Branchy(), 4)
 
 
-def test_a_model_without_relu_is_refused():
-    with pytest.raises(ConversionError, match="no ReLU-family activation"):
-        ann2snn.quantize(nn.Sequential(nn.Linear(3, 3), nn.GELU()), 4)
+def test_a_model_without_an_activation_is_refused():
+    """Since issue 19 a GELU model gets a site after its GELU; a model with no activation at all,
+    or one without a ReLU under placement="relu", has nothing to quantize."""
+    with pytest.raises(ConversionError, match="no activation to quantize"):
+        ann2snn.quantize(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), 4)
+    with pytest.raises(ConversionError, match="no activation to quantize"):
+        ann2snn.quantize(nn.Sequential(nn.Linear(3, 3), nn.GELU()), 4, placement="relu")
 
 
 # ------------------------------------------------------------------------------ calibration

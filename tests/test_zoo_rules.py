@@ -317,3 +317,59 @@ def test_verify_compares_like_with_like_on_a_rounding_boundary():
     with torch.no_grad():
         assert float(copy.deepcopy(q).double()(x.double())) == 0.5 and float32 == 0.25
     assert not ann2snn.verify(q, snn, x, t=1, dtype=None)["ok"]  # float32 as it is: the level is off
+
+
+# ---------------------------------------------------------------- sites for any activation (issue 19)
+class ConvAct(nn.Module):
+    """conv-BN-act twice, mean, head: the EfficientNet / ConvNeXt shape with a non-ReLU activation."""
+
+    def __init__(self, act: nn.Module, functional=None):
+        super().__init__()
+        self.c1, self.b1, self.c2, self.b2 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
+        self.act, self.functional, self.head = act, functional, nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.act(self.b1(self.c1(x)))
+        x = self.b2(self.c2(x))
+        x = self.functional(x) if self.functional is not None else self.act(x)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("act,signed", [(nn.GELU(), True), (nn.SiLU(), True), (nn.Hardswish(), True),
+                                        (nn.Tanh(), True), (nn.PReLU(), True), (nn.Sigmoid(), False)])
+def test_a_site_follows_any_activation_signed_where_it_can_be_negative(act, signed):
+    torch.manual_seed(9)
+    model = ConvAct(act)
+    q = _qann(model)
+    sites = [m for m in q.modules() if isinstance(m, ann2snn.QCFS)]
+    assert len(sites) == 2 and all(s.signed == signed for s in sites)  # one per call of the shared activation
+    for t in (1, 4):
+        report = _exact(q, torch.randn(4, 3, 8, 8), t=t)
+    assert len(report["replace_functions"]) == 2 and len(report["replace_activations"]) == 2
+
+
+def test_functional_activations_get_their_site_too():
+    torch.manual_seed(10)
+    q = _qann(ConvAct(nn.GELU(), functional=F.silu))
+    assert isinstance(q, torch.fx.GraphModule) and sum(isinstance(m, ann2snn.QCFS) for m in q.modules()) == 2
+    _exact(q, torch.randn(4, 3, 8, 8))
+
+
+def test_a_model_with_a_site_after_its_activation_keeps_one_site_and_the_relu_placement_keeps_the_old_rule():
+    """ann2snn's ViT puts a ReLU after GELU: no second site there, so its checkpoints still load."""
+    vit = ann2snn.create_model("vit", dim=16, num_heads=2, depth=2, in_channels=1, img_size=8, num_classes=10,
+                               patch_size=4)
+    relu_only = sum(isinstance(m, nn.ReLU) for m in vit.modules())
+    q = ann2snn.quantize(vit, 4)
+    assert sum(isinstance(m, ann2snn.QCFS) for m in q.modules()) == relu_only == 2 * 2
+    with pytest.raises(ConversionError, match="no activation to quantize"):
+        ann2snn.quantize(ConvAct(nn.GELU()), 4, placement="relu")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        ann2snn.quantize(ConvAct(nn.GELU()), 4, placement="everywhere")
+
+
+def test_calibration_covers_signed_sites():
+    torch.manual_seed(11)
+    q = ann2snn.quantize(ConvAct(nn.GELU()).eval(), 4, lambda_init=8.0)
+    lams = ann2snn.quant.calibrate_lambdas(q, [torch.randn(8, 3, 8, 8)], percentile=100.0, batches=1)
+    assert all(0 < v < 8.0 for v in lams.values())
