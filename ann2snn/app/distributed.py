@@ -40,6 +40,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ann2snn.app.checkpoint import set_rng_state
+from ann2snn.app.config import ConfigError
+from ann2snn.app.data import build_datasets
+from ann2snn.progress import set_enabled
 from ann2snn.shards import BatchShardSampler, gather_objects
 
 log = logging.getLogger("ann2snn")
@@ -75,7 +79,6 @@ def select_device(cfg) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        from ann2snn.app.config import ConfigError
 
         raise ConfigError(f"device {cfg.device!r} was asked for but CUDA is not available here. "
                           "Use `--device cpu` or `--device auto`.")
@@ -102,8 +105,7 @@ def setup(cfg) -> Context:
         local = int(os.environ.get("LOCAL_RANK", rank))
         if device.type == "cuda":
             if local >= torch.cuda.device_count():
-                from ann2snn.app.config import ConfigError
-
+        
                 raise ConfigError(f"Process LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} are "
                                   "visible. Launch at most that many processes per node (--nproc_per_node), "
                                   "or pass --device cpu.")
@@ -118,13 +120,11 @@ def setup(cfg) -> Context:
             atexit.register(shutdown)
         _GROUP = Context(rank, world, local, device, backend)
         if rank != 0:  # only rank 0 reports: warnings and errors still come through
-            from ann2snn.progress import set_enabled
 
             set_enabled(False)
             log.setLevel(logging.WARNING)
         log.info("distributed: %d processes, backend %s", world, backend)
     elif _GROUP.device.type != device.type:
-        from ann2snn.app.config import ConfigError
 
         raise ConfigError(f"This process group runs on {_GROUP.device.type}; a {device.type} device "
                           "cannot join it. Use the same --device for every command of one launch.")
@@ -247,7 +247,6 @@ def shard_eval_loader(loader: DataLoader, ctx: Context | None = None) -> DataLoa
 
 def local_batch(cfg, ctx: Context) -> int:
     if cfg.bs % ctx.world_size:
-        from ann2snn.app.config import ConfigError
 
         good = cfg.bs - cfg.bs % ctx.world_size or ctx.world_size
         raise ConfigError(f"bs is the global batch size and must be divisible by the number of processes "
@@ -265,7 +264,6 @@ def build_loaders(cfg, ctx: Context | None = None):
     worker seeds come from the global torch RNG, which checkpoints save and ``--resume``
     restores.  Test: the batches of a plain in-order loader, dealt out round robin.
     """
-    from ann2snn.app.data import build_datasets
 
     ctx = ctx or context()
     bs = local_batch(cfg, ctx)
@@ -421,7 +419,6 @@ def restore_rng(ckpt: dict[str, Any], seed: int, ctx: Context | None = None) -> 
     """Restore this rank's RNG state from a checkpoint: its own state when the checkpoint was
     written by as many processes as now run; otherwise rank 0 takes the saved ``rng`` and the other
     ranks reseed from (seed, epoch), which is reproducible but not the uninterrupted stream."""
-    from ann2snn.app.checkpoint import set_rng_state
 
     ctx = ctx or context()
     ranks = ckpt.get("rng_ranks")
