@@ -307,6 +307,58 @@ class SpikeAttention(nn.Module):
         return f"scale={self.scale}, is_causal={self.is_causal}"
 
 
+class SpikeMultiheadAttention(nn.Module):
+    """Spike-equivalent ``nn.MultiheadAttention`` (torchvision's ViT): its input projections and
+    its output projection as Linear layers whose biases are injected on drive steps only
+    (:class:`DriveGate`), and the attention between them a :class:`SpikeAttention`.  Returns
+    ``(output, None)``: the attention weights of a spiking run are not what the ANN averages, so
+    a model that reads them is refused at conversion.  Masks and ``is_causal`` pass to the
+    attention (a constant mask, on drive steps)."""
+
+    def __init__(self, mha: nn.MultiheadAttention, clock: Clock):
+        super().__init__()
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("MultiheadAttention with add_bias_kv or add_zero_attn has no spiking form here")
+        e = mha.embed_dim
+        weights = ((mha.in_proj_weight[:e], mha.in_proj_weight[e:2 * e], mha.in_proj_weight[2 * e:])
+                   if mha._qkv_same_embed_dim else (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight))
+        biases = (mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None, None, None))
+        self.q, self.k, self.v = (self._linear(w, b, clock) for w, b in zip(weights, biases))
+        self.out = self._linear(mha.out_proj.weight, mha.out_proj.bias, clock)
+        self.heads, self.batch_first, self.clock = mha.num_heads, mha.batch_first, clock
+        self.attention = SpikeAttention(clock)
+
+    @staticmethod
+    def _linear(weight: torch.Tensor, bias: torch.Tensor | None, clock: Clock) -> nn.Module:
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(weight)
+            if bias is not None:
+                lin.bias.copy_(bias)
+        return DriveGate(lin, clock) if bias is not None else lin
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, E] -> [B, heads, L, E / heads]
+        return x.reshape(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if not self.batch_first:  # [L, B, E] -> [B, L, E]
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        q, k, v = self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value))
+        mask = None  # additive, as scaled_dot_product_attention takes a float mask
+        for m, shape in ((attn_mask, None), (key_padding_mask, (-1, 1, 1, k.shape[2]))):
+            if m is None:
+                continue
+            if m.dtype == torch.bool:  # nn.MultiheadAttention's True: not allowed
+                m = torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill(m, float("-inf"))
+            m = m.reshape(shape) if shape else m
+            mask = m if mask is None else mask + m
+        self.attention.is_causal = bool(is_causal)
+        o = self.attention(q, k, v, mask)
+        o = self.out(o.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1))
+        return (o if self.batch_first else o.transpose(0, 1)), None
+
+
 class DriveGate(nn.Module):
     """Wraps a Linear/Conv so that its bias is injected only on drive steps of the clock.
 

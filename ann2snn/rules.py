@@ -55,7 +55,8 @@ from torch import fx, nn
 from ann2snn.graph import DYNAMIC, ConversionError, add_module, describe, module_path, replace_module
 from ann2snn.layers import MatMul
 from ann2snn.neurons import (Clock, DriveConst, DriveFill, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
-                             ScaledNeuron, SpikeAttention, SpikeEinsum, SpikeMatMul, SpikeMul)
+                             ScaledNeuron, SpikeAttention, SpikeEinsum, SpikeMatMul, SpikeMul,
+                             SpikeMultiheadAttention)
 from ann2snn.quant import QCFS
 
 
@@ -350,6 +351,41 @@ def _attention(walk: Walk, node: fx.Node, fn) -> None:
     walk.call(node, SpikeAttention(walk.clock, None if scale is None else float(scale), bool(args.get("is_causal"))),
               f"attention_{node.name}", (q, k, v) + ((mask,) if mask is not None else ()))
     walk.record("replace_attention", node.name)
+
+
+@RULES.modules(nn.MultiheadAttention, role=Role.LINEAR, makes=(SpikeMultiheadAttention,))
+def _multihead_attention(walk: Walk, node: fx.Node, mod: nn.MultiheadAttention) -> None:
+    """``nn.MultiheadAttention`` (torchvision's ViT) becomes its spike-equivalent: projections with
+    drive-gated biases around a spike-equivalent attention.  Its attention weights are not
+    produced: a model that reads them (``out[1]``) is refused."""
+    reads_weights = any(u.op == "call_function" and u.target is operator.getitem and u.args[1] != 0
+                        for u in node.users)
+    if reads_weights or mod.bias_k is not None or mod.add_zero_attn or mod.dropout and mod.training:
+        walk.refuse(node, "MultiheadAttention whose attention weights are read, or with add_bias_kv / "
+                    "add_zero_attn, has no spike-equivalent form here",
+                    "Call it with need_weights=False and read only its output.")
+        return
+    if any(walk.is_dynamic(a) for a in list(node.args[3:]) + [node.kwargs.get("attn_mask"),
+                                                              node.kwargs.get("key_padding_mask")]):
+        walk.refuse(node, "an input-dependent attention mask is not linear", "Pass a constant mask.")
+        return
+    walk.own(node, SpikeMultiheadAttention(mod, walk.clock))
+    walk.record("replace_attention", str(node.target))
+
+
+def _is_stochastic_depth(fn) -> bool:  # torchvision.ops.stochastic_depth (fx-wrapped: one call node)
+    return getattr(fn, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(fn, "__module__", "")
+
+
+@RULES.calls_where(_is_stochastic_depth, role=Role.LINEAR)
+def _stochastic_depth(walk: Walk, node: fx.Node, fn) -> None:
+    """Stochastic depth (DropPath; torchvision's ConvNeXt, Swin, MaxViT) is the identity at
+    inference: removed; in training mode it is random and refused."""
+    if _arg(node, 3, "training", True):
+        walk.refuse(node, "stochastic depth in training mode is random", "Convert the model in eval mode.")
+        return
+    walk.remove(node)
+    walk.record("remove_dropout", node.name)
 
 
 # -- float functions -------------------------------------------------------------------------------

@@ -373,3 +373,59 @@ def test_calibration_covers_signed_sites():
     q = ann2snn.quantize(ConvAct(nn.GELU()).eval(), 4, lambda_init=8.0)
     lams = ann2snn.quant.calibrate_lambdas(q, [torch.randn(8, 3, 8, 8)], percentile=100.0, batches=1)
     assert all(0 < v < 8.0 for v in lams.values())
+
+
+class MHA(nn.Module):
+    """ReLU sites around torch's nn.MultiheadAttention, as torchvision's ViT calls it."""
+
+    def __init__(self, batch_first: bool, **call):
+        super().__init__()
+        self.inp, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.mha, self.batch_first, self.call = nn.MultiheadAttention(8, 2, batch_first=batch_first), batch_first, call
+
+    def forward(self, x):  # x: [B, L, 6]
+        h = F.relu(self.inp(x))
+        h = h if self.batch_first else h.transpose(0, 1)
+        out = self.mha(h, h, h, need_weights=False, **self.call)[0]
+        out = out if self.batch_first else out.transpose(0, 1)
+        return self.head(F.relu(out).mean(1))
+
+
+@pytest.mark.parametrize("batch_first,call", [(True, {}), (False, {}),
+                                              (True, {"attn_mask": torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)}),
+                                              (True, {"is_causal": True,
+                                                      "attn_mask": torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)})])
+def test_torch_multihead_attention_converts_exactly(batch_first, call):
+    torch.manual_seed(12)
+    q = _qann(MHA(batch_first, **call))
+    for t in (1, 3):
+        report = _exact(q, torch.randn(4, 5, 6), t=t)
+    assert report["replace_attention"] == ["mha"]
+
+
+def test_reading_multihead_attention_weights_is_refused():
+    class Weights(MHA):
+        def forward(self, x):
+            h = F.relu(self.inp(x))
+            out, w = self.mha(h, h, h)
+            return self.head(out.mean(1)) + w.sum()
+
+    with pytest.raises(ConversionError, match="attention weights are read"):
+        ann2snn.convert(_qann(Weights(True)))
+
+
+def test_torchvisions_stochastic_depth_is_removed_in_eval_mode():
+    tv = import_torchvision()
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.sd, self.head = nn.Conv2d(3, 4, 3), tv.ops.StochasticDepth(0.5, "row"), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = F.relu(self.c(x))
+            return self.head((h + self.sd(h)).mean((2, 3)))
+
+    torch.manual_seed(13)
+    report = _exact(_qann(Block()), torch.randn(4, 3, 6, 6))
+    assert len(report["remove_dropout"]) == 1
