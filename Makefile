@@ -1,11 +1,12 @@
 # Quick start:  `make quickstart` (train + convert + table on the embedded digits set)
 #               `make test`       (the test suite)
-# Both create ./.venv on first use and install the package with the pins in constraints.txt.
+#               `make test-fast`  (the tests not marked slow: about a minute, before a commit)
+# All three create ./.venv on first use and install the package with the pins in constraints.txt.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart test test-fast bench clean
 
 install: $(STAMP)
 
@@ -23,6 +24,9 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -17,7 +17,6 @@ import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,10 +27,9 @@ import ann2snn
 from ann2snn.app.config import ConfigError, load_config
 from ann2snn.app.data import DataInfo
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_bad_input import assert_user_error, offline, run_cli  # noqa: E402,F401  (offline: autouse fixture)
+from helpers import ROOT, assert_user_error, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("offline")
 DIGITS = ["train", "-c", str(ROOT / "configs" / "digits.yml"), "--epochs", "1", "--train_subset", "32",
           "--test_subset", "16", "--device", "cpu"]
 
@@ -178,6 +176,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [["--dim", "65536"], ["--dim", "1048576", "--mlp_ratio", "1"]])
 def test_a_model_too_large_for_memory_is_refused_before_it_is_built(size, tmp_path):
     """Under an 8 GB address-space limit (the suite can never exhaust the machine); before the fix
@@ -226,6 +225,7 @@ def test_memory_on_cuda_is_the_gpus_free_memory(monkeypatch):
         preflight.check_memory(model, "m", torch.device("cuda"))
 
 
+@pytest.mark.slow
 def test_host_memory_sees_the_address_space_limit():
     code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)); "
             "from ann2snn.app import preflight; print(*preflight.host_memory(), sep='|')")
@@ -255,6 +255,7 @@ def test_building_moves_no_random_stream():
 
 # --------------------------------------------------------------------------------------------
 # D5: a model that does not run on the data's input size
+@pytest.mark.slow
 @pytest.mark.parametrize("name, least", [("googlenet", None), ("inception_v3", 75)])
 def test_a_model_too_deep_for_small_images_is_refused_before_training(name, least, capsys, tmp_path):
     rc, err = run_cli(capsys, [*DIGITS, "--model", f"torchvision:{name}", "--out_root", tmp_path / "runs"])

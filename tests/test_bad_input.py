@@ -19,88 +19,32 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ann2snn.app import cli, commands, data
+from ann2snn.app import commands
 from ann2snn.app.config import FIELD_NAMES, WIDTH_MODELS, Config
 from ann2snn.presets import PRESETS
-from ann2snn.app.data import DataError
 from ann2snn.models import list_models
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TINY, assert_no_partial_run, assert_user_error, run_cli, write_yaml
+
 DIGITS = str(ROOT / "configs" / "digits.yml")
-TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
-        "train_subset": 32, "test_subset": 16, "t": 2, "l": 2, "device": "cpu", "use_amp": False}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path_factory):
-    """No downloads, and no Fashion-MNIST from the system folder: missing data stays missing."""
-    def no_download(fn, root, not_found):
-        raise DataError(f"{not_found} Downloading it into {str(root)!r} failed (offline test).")
-
-    monkeypatch.setattr(data, "_download", no_download)
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path_factory.getbasetemp() / "no-fmnist"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own usage errors
-        rc = e.code
-    _, err = capsys.readouterr()
-    return rc, err
-
-
-def assert_user_error(rc: int, err: str, command: str, *words: str) -> str:
-    """Exit 2, no traceback, exactly one error paragraph (one line) naming the problem."""
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"ann2snn {command}: error:")]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
-
-
-def assert_no_partial_run(out_root: Path) -> None:
-    """Nothing a later `convert` could pick up: every run folder left holds a checkpoint, and
-    LATEST (if any) names a run with a best_model.pt."""
-    if not out_root.exists():
-        return
-    for cfg_file in out_root.rglob("config.yaml"):
-        assert list(cfg_file.parent.glob("*.pt")), f"partial run left behind: {cfg_file.parent}"
-    latest = out_root / "LATEST"
-    if latest.exists():
-        assert (Path(latest.read_text().strip()) / "best_model.pt").is_file()
-
-
-def write_yaml(path: Path, values: dict) -> str:
-    path.write_text(yaml.safe_dump(values))
-    return str(path)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A valid tiny checkpoint and broken relatives of it."""
+def checkpoints(tiny_run, tmp_path_factory) -> dict[str, Path]:
+    """The shared tiny run's checkpoint and broken relatives of it."""
     base = tmp_path_factory.mktemp("ckpts")
-    cfg = write_yaml(base / "tiny.yml", TINY)
-    torch.set_num_threads(1)
-    assert cli.main(["train", "-c", cfg, "--out", str(base / "run"), "--out_root", str(base)]) == 0
-    good = base / "run" / "best_model.pt"
+    good = tiny_run["best"]
     blob = good.read_bytes()
     (base / "truncated.pt").write_bytes(blob[: len(blob) // 2])
     torch.save({"weights": torch.zeros(3)}, base / "foreign.pt")
     torch.save(torch.nn.Linear(2, 2), base / "pickled_module.pt")  # needs unpickling: refused
     (base / "garbage.pt").write_bytes(os.urandom(256))
     paths = {"good": good, "truncated": base / "truncated.pt", "foreign": base / "foreign.pt",
-             "module": base / "pickled_module.pt", "garbage": base / "garbage.pt", "tiny_cfg": Path(cfg)}
+             "module": base / "pickled_module.pt", "garbage": base / "garbage.pt", "tiny_cfg": tiny_run["cfg"]}
     ckpt = torch.load(good, map_location="cpu", weights_only=True)
     for kind, change in FOREIGN_CHANGES.items():  # an ann2snn checkpoint with one field replaced
         torch.save({**ckpt, **change}, base / f"{kind}.pt")
@@ -420,6 +364,7 @@ def test_a_diverged_run_in_a_users_folder_loses_only_what_it_wrote(tmp_path):
     assert not (tmp_path / "new").exists() and not latest.exists()
 
 
+@pytest.mark.slow
 def test_console_script_exit_status_and_no_traceback(checkpoints, tmp_path):
     """The same through a real process: status 2, one error paragraph, no traceback."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANN2SNN_NO_TQDM": "1"}
@@ -526,6 +471,7 @@ def fast_plots(monkeypatch):
 FUZZ_EXAMPLES = 500
 
 
+@pytest.mark.slow
 def test_fuzzed_configs_and_arguments_run_or_fail_cleanly(capsys, checkpoints, tmp_path_factory, fast_plots):
     """FUZZ_EXAMPLES generated cases, each run through the CLI; and they really all ran: hypothesis
     stops early when it exhausts the search space or gives up on too many invalid or oversized

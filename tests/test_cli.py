@@ -41,6 +41,7 @@ def run_main(capsys, argv):
 
 
 # ------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_train_writes_run_and_latest(trained):
     run = trained / "run"
     for name in ("best_model.pt", "last.pt", "config.yaml", "log.csv"):
@@ -54,6 +55,7 @@ def test_train_writes_run_and_latest(trained):
     assert saved["epochs"] == 3 and saved["data"] == "digits" and saved["out_root"] == str(trained)
 
 
+@pytest.mark.slow
 def test_convert_json_schema(trained, capsys):
     out_json = trained / "x.json"
     rc, out, err = run_main(capsys, ["convert", "--t", 4, "--json", out_json, "--out_root", trained])
@@ -88,6 +90,7 @@ def test_convert_json_schema(trained, capsys):
     assert "k-step runs" in out and "within the one 4-step run" in out
 
 
+@pytest.mark.slow
 def test_convert_extra_steps_lengthen_lists(trained, capsys):
     out_json = trained / "y.json"
     rc, out, err = run_main(capsys, ["convert", "--t", 2, "--extra_t", 2, "--preset", "seed",
@@ -102,6 +105,7 @@ def test_convert_extra_steps_lengthen_lists(trained, capsys):
     assert snn["k_step"]["top1_no_extra"][0] == w["top1"][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["exact", "rate"])
 def test_convert_k_step_curve_is_the_table(trained, capsys, preset):
     """`convert --t 3 --extra-t 1`'s k-step runs are the table's cells (k, k) and (k, k + 1), and
@@ -123,6 +127,7 @@ def test_convert_k_step_curve_is_the_table(trained, capsys, preset):
         assert snn["k_step_is_prefix"] and ks["top1_no_extra"] == snn["within_run"]["top1"][:3]
 
 
+@pytest.mark.slow
 def test_table_outputs(trained, capsys):
     out = trained / "tab"
     rc, stdout, err = run_main(capsys, ["table", "--t", "1-3", "--extra-t", "0-2", "--out", out,
@@ -195,6 +200,7 @@ def write_yaml(path: Path, **changes) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_unknown_yaml_key_subprocess(tmp_path):
     bad = write_yaml(tmp_path / "bad.yml", epoch=3)  # typo of `epochs`
     p = subprocess.run([sys.executable, "-m", "ann2snn", "train", "-c", str(bad), "--out_root",
@@ -235,12 +241,14 @@ def test_missing_data_no_network(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run" / "best_model.pt").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_config(trained, tmp_path, capsys):
     other = write_yaml(tmp_path / "dim32.yml", dim=32)
     rc, _, err = run_main(capsys, ["convert", "-c", other, "--checkpoint", trained / "run" / "best_model.pt"])
     assert_user_error(rc, err, "different model config", "dim: checkpoint 64 vs config 32")
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint(trained, tmp_path, capsys):
     data = (trained / "run" / "best_model.pt").read_bytes()
     half = tmp_path / "half.pt"
@@ -317,6 +325,7 @@ def test_seed_003_config_loads(tmp_path):
     assert cfg.model_path == "./mymodel1/best_model.pt"
 
 
+@pytest.mark.slow
 def test_run_action_test_evaluates_the_checkpoint_flag_over_model_path(trained, capsys, tmp_path):
     """`ann2snn run` with an original-style config: action test, mode ann/snn; --checkpoint wins."""
     ckpt = trained / "run" / "best_model.pt"

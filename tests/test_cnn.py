@@ -12,7 +12,7 @@ from ann2snn.app.cli import main
 from ann2snn.app.config import load_config
 from ann2snn.models import create_model, list_models
 from ann2snn.quant import QCFS
-from conftest import randomize_bn, randomize_lambdas
+from helpers import randomize_bn, randomize_lambdas
 
 CNNS = ("vgg16", "resnet18", "resnet20")
 
@@ -63,6 +63,7 @@ def test_qcfs_recipe_configs(config):
     assert cfg.autoaugment and cfg.cutout > 0 and cfg.augment
 
 
+@pytest.mark.slow
 def test_sgd_recipe_trains_a_cnn_through_the_cli(tmp_path, capsys):
     rc = main(["train", "-c", "configs/digits.yml", "--model", "resnet20", "--width", "0.5", "--optimizer", "sgd",
                "--lr", "0.05", "--wd", "5e-4", "--epochs", "2", "--train_subset", "256", "--test_subset", "96",

@@ -20,7 +20,7 @@ from ann2snn.layers import MatMul
 from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
 from ann2snn.quant import QCFS
 from ann2snn.simulate import Simulator
-from conftest import randomize_bn, randomize_lambdas, small_transformer
+from helpers import randomize_bn, randomize_lambdas, small_transformer
 
 
 # ------------------------------------------------------------------------ BN folding

@@ -2,9 +2,7 @@
 helpful errors and Cutout (the samplers are tested in test_distributed.py)."""
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -14,6 +12,8 @@ from ann2snn.app import data
 from ann2snn.app.config import Config
 from ann2snn.app.data import DataError, build_datasets
 from ann2snn.app.distributed import build_loaders
+
+from helpers import write_cifar, write_fmnist, write_idx
 
 
 def make_cfg(**kw) -> Config:
@@ -66,21 +66,6 @@ def test_loaders_digits():
 
 
 # ------------------------------------------------------------------------------------ CIFAR
-def write_cifar(root, name: str, per_file: int = 20, rng=np.random.default_rng(0)):
-    if name == "cifar10":
-        folder, files, key, classes = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + [
-            "test_batch"], b"labels", 10
-    else:
-        folder, files, key, classes = "cifar-100-python", ["train", "test"], b"fine_labels", 100
-    d = root / folder
-    d.mkdir(parents=True)
-    for f in files:
-        payload = {b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
-                   key: rng.integers(0, classes, per_file).tolist()}
-        (d / f).write_bytes(pickle.dumps(payload))
-    return d
-
-
 @pytest.mark.parametrize("name,classes,n_train", [("cifar10", 10, 100), ("cifar100", 100, 20)])
 def test_cifar_synthetic(tmp_path, name, classes, n_train):
     folder = write_cifar(tmp_path, name)
@@ -148,20 +133,6 @@ def test_cifar_missing_and_corrupt(tmp_path):
 
 
 # ---------------------------------------------------------------------------- Fashion-MNIST
-def write_idx(path, arr: np.ndarray, magic: int | None = None):
-    magic = (0x0800 | arr.ndim) if magic is None else magic
-    head = struct.pack(">" + "i" * (1 + arr.ndim), magic, *arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(head + arr.astype(np.uint8).tobytes())
-
-
-def write_fmnist(d, n_train=30, n_test=12, rng=np.random.default_rng(1)):
-    d.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
-
-
 @pytest.fixture
 def no_system_fmnist(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-such-system-dir"))

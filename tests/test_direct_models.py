@@ -237,6 +237,7 @@ def test_simulator_steps_the_model_as_trained(name, kw):
         torch.testing.assert_close(model(x), cum[1] / 2, rtol=1e-5, atol=1e-5)  # prediction at trained T
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name", ["spikformer_digits.yml", "sdt_digits.yml"])
 def test_cli_trains_and_convert_prints_accuracy_per_step(tmp_path, capsys, config_name):
     from ann2snn.app.cli import main

@@ -156,6 +156,7 @@ def one_process_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @needs_torchrun
 def test_two_process_training_matches_one_process(one_process_run, tmp_path):
     run = tmp_path / "run"
@@ -177,6 +178,7 @@ def test_two_process_training_matches_one_process(one_process_run, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["model"])
 
 
+@pytest.mark.slow
 @needs_torchrun
 def test_two_process_table_and_convert_equal_one_process_exactly(one_process_run, tmp_path):
     """``table`` and ``convert`` under torchrun (one launch, tests/_torchrun_cli.py) against the

@@ -65,6 +65,7 @@ def test_the_option_check_would_catch_a_missing_option():
     assert mentions("[--t 8]", "--t") and mentions("`--extra_t`", "--extra-t")
 
 
+@pytest.mark.slow
 def test_python_api_example_runs(monkeypatch, capsys):
     """The README's "Python API" example, executed as written, from the repository root."""
     block = README.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from ann2snn.layers import MatMul
 from ann2snn.neurons import Clock, RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul
 from ann2snn.simulate import Simulator
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import copy_run
 
 
 def spiking(net: nn.Module, clock: Clock | None = None) -> Simulator:
@@ -469,38 +468,37 @@ def test_constants_presets_and_custom():
 
 # ------------------------------------------------------------------------------ command line
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from ann2snn.app.cli import main
-
+def energy_root(tiny_run, tmp_path_factory):
+    """An out_root whose latest run ("tiny") is a copy of the shared tiny run: the commands here
+    write their results into the run's folder."""
     root = tmp_path_factory.mktemp("energy")
-    rc = main(["train", "-c", str(REPO / "configs" / "digits.yml"), "--out_root", str(root), "--id", "tiny",
-               "--dim", "16", "--num_heads", "2", "--epochs", "1", "--train_subset", "256",
-               "--test_subset", "64"])
-    assert rc == 0
+    copy_run(tiny_run["run"], root, "tiny", latest=True)
     return root
 
 
-def test_energy_command_prints_table_and_writes_files(tiny_run, capsys):
+@pytest.mark.slow
+def test_energy_command_prints_table_and_writes_files(energy_root, capsys):
     from ann2snn.app.cli import main
 
-    rc = main(["energy", "--out_root", str(tiny_run), "--t", "4", "--json", str(tiny_run / "e.json"),
-               "--csv", str(tiny_run / "e.csv"), "--constants", "int8"])
+    rc = main(["energy", "--out_root", str(energy_root), "--t", "4", "--json", str(energy_root / "e.json"),
+               "--csv", str(energy_root / "e.csv"), "--constants", "int8"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "E_SNN" in out and "effective latency" in out and "int8" in out
-    res = json.loads((tiny_run / "e.json").read_text())
+    res = json.loads((energy_root / "e.json").read_text())
     assert res["totals"]["constants"]["e_ac_pj"] == 0.03 and res["totals"]["t"] == 4
-    assert (tiny_run / "e.csv").stat().st_size > 0
+    assert (energy_root / "e.csv").stat().st_size > 0
 
 
-def test_convert_and_table_leave_the_four_plots(tiny_run, capsys):
+@pytest.mark.slow
+def test_convert_and_table_leave_the_four_plots(energy_root, capsys):
     from ann2snn.app.cli import main
 
-    assert main(["convert", "--out_root", str(tiny_run), "--t", "4", "--energy"]) == 0
-    assert main(["table", "--out_root", str(tiny_run), "--t", "1-2", "--extra-t", "0-1"]) == 0
+    assert main(["convert", "--out_root", str(energy_root), "--t", "4", "--energy"]) == 0
+    assert main(["table", "--out_root", str(energy_root), "--t", "1-2", "--extra-t", "0-1"]) == 0
     out = capsys.readouterr().out
     assert "effective latency" in out and "E_ANN / E_SNN" in out
-    run = tiny_run / "tiny"
+    run = energy_root / "tiny"
     ev = run / "eval-best_model-exact"
     conv = json.loads((ev / "convert_t4_e0.json").read_text())
     assert "energy" in conv and conv["effective_latency"]["observed_steps"] == 4

@@ -1,6 +1,6 @@
 """Fault tolerance: atomic, weights-only checkpoints; --resume continues the same run bit for bit;
-a training process killed with SIGKILL at random points, several times, always resumes; and
-same-seed CPU runs are deterministic.
+a training process killed with SIGKILL at each kind of point of an epoch, once per epoch, always
+resumes; and same-seed CPU runs are deterministic.
 
 All runs are tiny digits runs on one CPU thread (the reference runs in this process, the killed
 ones in subprocesses; both with one intra-op thread, so their arithmetic is the same).
@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +73,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 def test_checkpoint_contents_are_weights_only_safe(reference):
     ckpt = torch.load(reference / "last.pt", map_location="cpu", weights_only=True)
     assert TRAINING_KEYS <= set(ckpt)
@@ -108,6 +108,7 @@ def test_truncate_log_drops_rows_after_the_checkpoint_and_partial_lines(tmp_path
 
 
 # ----------------------------------------------------------------------------- determinism
+@pytest.mark.slow
 def test_same_seed_cpu_runs_have_identical_per_epoch_metrics(reference, tmp_path):
     again = tmp_path / "run"
     assert cli.main(train_args(again)) == 0
@@ -119,6 +120,7 @@ class _Crash(BaseException):
     """Stands in for a kill in the middle of an epoch (not a user error: nothing catches it)."""
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_bit_identical(reference, tmp_path, monkeypatch):
     import ann2snn.app.train as train_mod
 
@@ -142,6 +144,7 @@ def test_resume_after_a_crash_is_bit_identical(reference, tmp_path, monkeypatch)
     assert_same_weights(run / "best_model.pt", reference / "best_model.pt")
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
     import shutil
 
@@ -153,33 +156,94 @@ def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
 
 
 # ----------------------------------------------------------------------------- SIGKILL
-# A helper process imports ann2snn once, then forks one training process per attempt and kills it
-# with SIGKILL after a random delay (the helper is the only one that reaps its children, so it
-# never signals a reused pid).  Forking saves the ~5 s import per attempt on a loaded 2-core box.
+# A helper process imports ann2snn and traces a model once, then forks one training process per
+# job (forking saves those ~5 s per job on a loaded 2-core box).  A job may name a kill point of
+# the training loop: the child patches the function that reaches it, and there writes the point's
+# name into a pipe and waits; the helper then kills it with SIGKILL (the helper is the only one
+# that reaps its children, so it never signals a reused pid).  So each kill lands at its point on
+# any machine, however fast or loaded: no delay is measured or waited for.  (Before, the kills
+# came after random delays measured in epochs, and a fast machine could finish first.)
 HELPER = r"""
-import json, os, signal, sys, time
+import inspect, io, json, os, signal, sys
+from pathlib import Path
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+import ann2snn.app.train as train
 from ann2snn.app import cli, data
 from ann2snn.app.config import load_config
+from ann2snn.app.pipeline import build_model
 
 
-
-def logged(path):  # the last epoch in log.csv with a complete row; -1 before the log exists
-    try:
-        with open(path) as f:
-            rows = [r.split(",") for r in f.read().splitlines()[1:]]
-    except FileNotFoundError:
-        return -1
-    return max([0] + [int(r[0]) for r in rows if len(r) == 8 and r[0].isdigit()])
+def stop(where, reached, hold):
+    # tell the helper where we are, then wait for its SIGKILL (EOF on `hold`: the helper is gone)
+    os.write(reached, where.encode())
+    os.read(hold, 1)
+    os._exit(3)
 
 
-data.build_datasets(load_config(sys.argv[1]))  # warm up sklearn and the digits set
+def plant(kill, reached, hold):
+    # Make this (child) process stop at kill = {"epoch": E, "at": AT, "n": N} of its training:
+    # AT "step": before optimizer step N of epoch E; "eval": at the start of its evaluation; "log":
+    # its log.csv row written, no checkpoint yet; "last.pt" / "best_model.pt": half of that file
+    # written (in its temporary file); "after last.pt": last.pt in place, best_model.pt not yet.
+    epoch, at = kill["epoch"], kill["at"]
+    where = f"{at} in epoch {epoch}" + (f", step {kill['n']}" if at == "step" else "")
+    now = {"epoch": 0, "steps": 0}
+    real_epoch, real_eval, real_save, real_torch_save = (train._train_one_epoch, train.evaluate_ann,
+                                                         train.atomic_save, torch.save)
+
+    def one_epoch(*a, **k):
+        now["epoch"], now["steps"] = inspect.signature(real_epoch).bind(*a, **k).arguments["epoch"], 0
+        return real_epoch(*a, **k)
+
+    def before_step(optimizer, args, kwargs):
+        now["steps"] += 1
+        if at == "step" and now["epoch"] == epoch and now["steps"] == kill["n"]:
+            stop(where, reached, hold)
+
+    def evaluate(*a, **k):
+        if at == "eval" and now["epoch"] == epoch:
+            stop(where, reached, hold)
+        return real_eval(*a, **k)
+
+    def half_save(obj, f, *a, **k):
+        buf = io.BytesIO()
+        real_torch_save(obj, buf, *a, **k)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        stop(where, reached, hold)
+
+    def save(obj, path):
+        name, mine = Path(path).name, obj.get("epoch") == epoch
+        if mine and at == "log" and name == "last.pt":
+            stop(where, reached, hold)
+        if mine and at == name:
+            torch.save = half_save
+        real_save(obj, path)
+        if mine and at == "after " + name:
+            stop(where, reached, hold)
+
+    train._train_one_epoch, train.evaluate_ann, train.atomic_save = one_epoch, evaluate, save
+    register_optimizer_step_pre_hook(before_step)
+
+
+cfg = load_config(sys.argv[1])
+build_model(cfg, data.build_datasets(cfg)[2])  # warm up sklearn, the digits set and fx tracing (its lazy imports)
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     job = json.loads(line)
+    reached_r, reached_w = os.pipe()  # child -> helper: the kill point is reached
+    hold_r, hold_w = os.pipe()  # never written: the child waits on it for the kill
     pid = os.fork()
     if pid == 0:
+        os.close(reached_r)
+        os.close(hold_w)
         os.dup2(2, 1)  # the child's prints must not mix with this protocol on stdout
         try:
+            if job["kill"] is not None:
+                plant(job["kill"], reached_w, hold_r)
             rc = cli.main(job["args"])
         except BaseException:
             import traceback
@@ -188,29 +252,20 @@ for line in sys.stdin:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(rc)
-    killed, status = False, None
-    if job.get("kill_after") is not None:
-        while logged(job["log"]) < job["wait_rows"]:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
-                break
-            time.sleep(0.01)
-        deadline = time.monotonic() + job["kill_after"]
-        while status is None and time.monotonic() < deadline:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
-                break
-            time.sleep(0.005)
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            killed = True
-    if status is None:
-        _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    print(json.dumps({"killed": killed, "code": code}), flush=True)
+    os.close(reached_w)
+    os.close(hold_r)
+    at = os.read(reached_r, 200).decode()  # "" (end of file): the child ended without reaching a kill point
+    if at:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(reached_r)
+    os.close(hold_w)
+    print(json.dumps({"killed": bool(at), "at": at, "code": os.waitstatus_to_exitcode(status)}), flush=True)
 """
+# What a kill at each point leaves: (the epoch of last.pt, the last epoch in log.csv), for a kill in
+# epoch E: (E - 1, E - 1) before the log row, (E - 1, E) after it until last.pt is in place, then (E, E).
+KILL_POINTS = {"step": (-1, -1), "eval": (-1, -1), "log": (-1, 0), "last.pt": (-1, 0), "after last.pt": (0, 0),
+               "best_model.pt": (0, 0)}
 
 
 def _checkpoint_epoch(run: Path) -> int:
@@ -234,66 +289,56 @@ def _logged_epoch(run: Path) -> int:
     return max((int(r[0]) for r in rows if len(r) == 8 and r[0].isdigit()), default=0)
 
 
-def _epoch_seconds(run: Path) -> float:
-    """The median wall time of one epoch (training steps + evaluation) of a run; log.csv keeps 0.1 s,
-    so at least 0.05 s."""
-    with open(run / "log.csv", newline="") as f:
-        times = sorted(float(r["epoch_s"]) for r in csv.DictReader(f))
-    return max(0.05, times[len(times) // 2])
+def _kill_plan(reference: Path, rng: random.Random) -> list[dict]:
+    """One kill per epoch, each at a different kind of point (:data:`KILL_POINTS`), in a seeded
+    random order.  best_model.pt is written only in an epoch that improved: its kill goes to the
+    epoch of the reference run's best_model.pt (the resumed run is the same run, bit for bit)."""
+    best = int(load_checkpoint(reference / "best_model.pt")["epoch"])
+    others = [k for k in KILL_POINTS if k != "best_model.pt"]
+    rng.shuffle(others)
+    points = iter(others)
+    # an epoch has 160 / 32 = 5 optimizer steps (TINY): step n <= 4 is always reached
+    return [{"epoch": e, "at": "best_model.pt" if e == best else next(points), "n": rng.randint(1, 4)}
+            for e in range(1, EPOCHS + 1)]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume(reference, tmp_path):
     import json
-    import shutil
 
-    rng = random.Random(6)  # seeded: the same kill points (in epochs) on every run of the test
+    rng = random.Random(6)  # seeded: the same kill points on every run of the test
+    plan = _kill_plan(reference, rng)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANN2SNN_NO_TQDM": "1"}
     helper = subprocess.Popen([sys.executable, "-c", HELPER, DIGITS], cwd=tmp_path, env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=open(tmp_path / "helper.log", "w"))
-    # Delays are drawn in units of one epoch as the reference run measured it on this machine, so
-    # that a fast machine does not finish the run before the kill (an absolute delay did on CI).
-    epoch_s = _epoch_seconds(reference)
 
-    def job(args, wait_rows=0, kill_after=None):
-        helper.stdin.write(json.dumps({"args": args, "wait_rows": wait_rows, "kill_after": kill_after,
-                                       "log": str(run / "log.csv")}) + "\n")
+    def job(args, kill=None):
+        helper.stdin.write(json.dumps({"args": args, "kill": kill}) + "\n")
         helper.stdin.flush()
         return json.loads(helper.stdout.readline())
 
     try:
         assert json.loads(helper.stdout.readline()) == {"ready": True}
-        T0 = time.monotonic()
-        kills, history = 0, []
-        for attempt in range(4):  # a run that still finished before its kill is started over
-            last_epoch, kills = 0, 0
-            # kill k: once log.csv shows epoch targets[k] (0: once the run exists), after a random
-            # delay of up to one epoch -- in training steps, evaluation, or a checkpoint write. At
-            # least two epochs remain after each target, so the kill lands before the run ends.
-            targets = sorted(rng.sample(range(EPOCHS - 2), 3))
-            while kills < 3:
-                res = job(train_args(run, EPOCHS, *(["--resume"] if kills else [])), targets[kills],
-                          rng.uniform(0.0, 1.0) * epoch_s)
-                epoch, logged = _checkpoint_epoch(run), _logged_epoch(run)
-                history.append((attempt, res, logged, epoch, round(time.monotonic() - T0, 1)))
-                if not res["killed"]:
-                    assert res["code"] == 0, (history, (tmp_path / "helper.log").read_text())
-                    break
-                kills += 1
-                assert epoch >= last_epoch, f"the checkpoint went backwards: {history}"
-                assert epoch >= logged - 1, f"lost more than one epoch: {history}"
-                last_epoch = epoch
-            if kills == 3:
-                break
-            shutil.rmtree(run)
+        kills, last_epoch, history = 0, 0, []
+        for kill in plan:  # each kill in a later epoch than the last: the run always gets there
+            res = job(train_args(run, EPOCHS, *(["--resume"] if kills else [])), kill)
+            epoch, logged = _checkpoint_epoch(run), _logged_epoch(run)
+            history.append((kill, res, logged, epoch))
+            assert res["killed"] and res["code"] == -9, (history, (tmp_path / "helper.log").read_text())
+            kills += 1
+            assert epoch >= last_epoch, f"the checkpoint went backwards: {history}"
+            assert epoch >= logged - 1, f"lost more than one epoch: {history}"
+            assert (epoch - kill["epoch"], logged - kill["epoch"]) == KILL_POINTS[kill["at"]], history
+            last_epoch = epoch
         res = job(train_args(run, EPOCHS, "--resume"))
-        assert res == {"killed": False, "code": 0}, (history, (tmp_path / "helper.log").read_text())
+        assert res == {"killed": False, "at": "", "code": 0}, (history, (tmp_path / "helper.log").read_text())
     finally:
         helper.stdin.close()
         helper.wait(timeout=60)
-    print(epoch_s, history)
-    assert kills == 3, (epoch_s, history)
+    print(history)
+    assert kills == len(plan) == EPOCHS and {k["at"] for k in plan} == set(KILL_POINTS), plan
     assert "Traceback" not in (tmp_path / "helper.log").read_text()
     assert metrics(run) == metrics(reference)
     assert_same_weights(run / "last.pt", reference / "last.pt")
@@ -317,6 +362,7 @@ def test_failed_run_is_removed_but_a_users_folder_is_not(tmp_path):
     assert (users / "notes.txt").read_text() == "keep me" and (users / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(reference, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -9,7 +9,6 @@ possible (not root, no mount).
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
@@ -26,70 +25,16 @@ import pytest
 import torch
 import yaml
 
-from ann2snn.app import checkpoint, cli, commands, config, rundir
+from ann2snn.app import checkpoint, commands, config, rundir
 from ann2snn.app.config import FIELD_NAMES, MAX_STEPS, RESUME_SAFE_KEYS, Config, ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-ANN2SNN = str(ROOT / ".venv" / "bin" / "ann2snn")
-TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
-        "train_subset": 32, "test_subset": 16, "t": 2, "l": 2, "device": "cpu", "use_amp": False}
-from test_bad_input import assert_user_error, offline, run_cli  # noqa: E402,F401  (offline: the autouse fixture)
+from helpers import (ROOT, TINY, assert_user_error, copy_run, fill, run_cli, snapshot,
+                     tmpfs, write_yaml)
 
+ANN2SNN = str(ROOT / ".venv" / "bin" / "ann2snn")
 LOG_HEADER = "epoch,lr,train_loss,train_top1,test_loss,test_top1,test_top5,epoch_s"
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ANN2SNN_NO_TQDM": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def write_yaml(path: Path, values: dict) -> Path:
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes (to show that nothing changed)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """A finished 1-epoch tiny run (and its config file), under its own out_root."""
-    base = tmp_path_factory.mktemp("faults")
-    cfg = write_yaml(base / "tiny.yml", TINY)
-    torch.set_num_threads(1)
-    assert cli.main(["train", "-c", str(cfg), "--out", str(base / "run"), "--out_root", str(base)]) == 0
-    return {"base": base, "cfg": cfg, "run": base / "run", "best": base / "run" / "best_model.pt"}
-
-
-def fresh_run(trained, tmp_path: Path) -> Path:
-    """A copy of the trained run to change."""
-    run = tmp_path / "run"
-    shutil.copytree(trained["run"], run)
-    return run
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str, *options: str):
-    """A small tmpfs at ``where`` (skips the test when it cannot be mounted: not root, no mount)."""
-    where.mkdir(parents=True, exist_ok=True)
-    opts = ",".join([f"size={size}", *options])
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-def fill(folder: Path) -> None:
-    """Write into ``folder`` until its file system is full."""
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as err:
-        assert err.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def run_without_dac_override(args: list, cwd: Path) -> subprocess.CompletedProcess:
@@ -107,49 +52,50 @@ def run_without_dac_override(args: list, cwd: Path) -> subprocess.CompletedProce
 
 
 # ============================================================================ 2.1 output paths
-def test_train_out_naming_an_existing_file(capsys, trained, tmp_path):
+def test_train_out_naming_an_existing_file(capsys, tiny_run, tmp_path):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", target, "--out_root", tmp_path])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", target, "--out_root", tmp_path])
     assert_user_error(rc, err, "train", "--out", str(target), "is an existing file, not a folder")
     assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", target / "run", "--out_root", tmp_path])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", target / "run", "--out_root", tmp_path])
     assert_user_error(rc, err, "train", "is a file, not a folder")
 
 
-def test_train_out_with_a_name_too_long_for_the_file_system(capsys, trained, tmp_path):
+def test_train_out_with_a_name_too_long_for_the_file_system(capsys, tiny_run, tmp_path):
     name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path / ("x" * (name_max + 1)),
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", tmp_path / ("x" * (name_max + 1)),
                                "--out_root", tmp_path])
     assert_user_error(rc, err, "train", "--out", f"{name_max + 1} bytes long", f"at most {name_max}",
                       "shorter name")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out_root", tmp_path / ("r" * 300)])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out_root", tmp_path / ("r" * 300)])
     assert_user_error(rc, err, "train", "300 bytes long")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unwritable_out_root_and_out_on_a_read_only_mount(capsys, trained, tmp_path):
+def test_unwritable_out_root_and_out_on_a_read_only_mount(capsys, tiny_run, tmp_path):
     """A read-only file system: even root cannot write there (EROFS)."""
     with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
-        rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path / "run", "--out_root", ro])
+        rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", tmp_path / "run", "--out_root", ro])
         assert_user_error(rc, err, "train", "out_root", str(ro), "cannot be written", "Read-only file system",
                           "--out_root DIR")
-        rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", ro / "run", "--out_root", tmp_path])
+        rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", ro / "run", "--out_root", tmp_path])
         assert_user_error(rc, err, "train", "--out", "Read-only file system")
         rc, err = run_cli(capsys, ["run", "-c", write_yaml(tmp_path / "test.yml", {**TINY, "action": "test",
                                                                                   "mode": "snn"}),
-                                   "--checkpoint", trained["best"], "--json", ro / "r.json"])
+                                   "--checkpoint", tiny_run["best"], "--json", ro / "r.json"])
         assert_user_error(rc, err, "run", "--json", "Read-only file system")
     assert not (tmp_path / "run").exists()
 
 
-def test_out_in_a_folder_the_user_cannot_write_to(trained, tmp_path):
+@pytest.mark.slow
+def test_out_in_a_folder_the_user_cannot_write_to(tiny_run, tmp_path):
     """Permission bits (which root ignores: the CLI runs without CAP_DAC_OVERRIDE)."""
     mine = tmp_path / "mine"
     mine.mkdir()
     mine.chmod(0o555)
     try:
-        res = run_without_dac_override(["train", "-c", trained["cfg"], "--out", mine / "run", "--out_root", tmp_path],
+        res = run_without_dac_override(["train", "-c", tiny_run["cfg"], "--out", mine / "run", "--out_root", tmp_path],
                                        tmp_path)
         assert_user_error(res.returncode, res.stderr, "train", "--out", str(mine), "cannot be written",
                           "Permission denied", "fix its permissions")
@@ -158,6 +104,7 @@ def test_out_in_a_folder_the_user_cannot_write_to(trained, tmp_path):
         mine.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_unreadable_config_file_for_real(tmp_path):
     cfg = write_yaml(tmp_path / "secret.yml", TINY)
     cfg.chmod(0o000)
@@ -166,9 +113,9 @@ def test_unreadable_config_file_for_real(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_run_json_naming_a_folder(capsys, trained, tmp_path):
+def test_run_json_naming_a_folder(capsys, tiny_run, tmp_path):
     cfg = write_yaml(tmp_path / "test.yml", {**TINY, "action": "test", "mode": "snn"})
-    rc, err = run_cli(capsys, ["run", "-c", cfg, "--checkpoint", trained["best"], "--json", tmp_path,
+    rc, err = run_cli(capsys, ["run", "-c", cfg, "--checkpoint", tiny_run["best"], "--json", tmp_path,
                                "--out", tmp_path / "o"])
     assert_user_error(rc, err, "run", "--json", "is a folder, not a file", "result.json")
     assert not (tmp_path / "o").exists()
@@ -177,39 +124,40 @@ def test_run_json_naming_a_folder(capsys, trained, tmp_path):
 # These need `preflight_outputs(args, out)` in cmd_convert / cmd_energy / cmd_table: the error comes
 # before any work, in preflight's words (without it, the OSError of the first write ends the command).
 @pytest.mark.parametrize("command,flag", [("convert", "--json"), ("energy", "--json"), ("energy", "--csv")])
-def test_json_or_csv_naming_a_folder(capsys, trained, tmp_path, command, flag):
-    rc, err = run_cli(capsys, [command, "--checkpoint", trained["best"], flag, tmp_path, "--out", tmp_path / "o"])
+def test_json_or_csv_naming_a_folder(capsys, tiny_run, tmp_path, command, flag):
+    rc, err = run_cli(capsys, [command, "--checkpoint", tiny_run["best"], flag, tmp_path, "--out", tmp_path / "o"])
     assert_user_error(rc, err, command, flag, str(tmp_path), "is a folder, not a file")
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
 @pytest.mark.parametrize("command", ["convert", "energy", "table"])
-def test_evaluation_out_naming_a_file_or_a_too_long_name(capsys, trained, tmp_path, command):
+def test_evaluation_out_naming_a_file_or_a_too_long_name(capsys, tiny_run, tmp_path, command):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
     extra = ["--t", "1-2", "--extra-t", "0"] if command == "table" else []
-    rc, err = run_cli(capsys, [command, "--checkpoint", trained["best"], "--out", target, *extra])
+    rc, err = run_cli(capsys, [command, "--checkpoint", tiny_run["best"], "--out", target, *extra])
     assert_user_error(rc, err, command, "--out", "is an existing file, not a folder")
-    rc, err = run_cli(capsys, [command, "--checkpoint", trained["best"], "--out", tmp_path / ("y" * 300), *extra])
+    rc, err = run_cli(capsys, [command, "--checkpoint", tiny_run["best"], "--out", tmp_path / ("y" * 300), *extra])
     assert_user_error(rc, err, command, "--out", "300 bytes long")
     assert target.read_text() == "keep me"
 
 
-def test_full_disk_before_training(capsys, trained, tmp_path):
+def test_full_disk_before_training(capsys, tiny_run, tmp_path):
     """A full file system is found before any work: the probe really writes (and removes) a byte."""
     with tmpfs(tmp_path / "full", "64k") as full:
         fill(full)
-        rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", full / "run", "--out_root", tmp_path])
+        rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", full / "run", "--out_root", tmp_path])
         assert_user_error(rc, err, "train", "--out", "no space left on the device", "Free space")
         assert sorted(p.name for p in full.iterdir()) == ["filler"]
 
 
-def test_full_disk_for_a_json_file_keeps_the_run_dir_results(capsys, trained, tmp_path):
+@pytest.mark.slow
+def test_full_disk_for_a_json_file_keeps_the_run_dir_results(capsys, tiny_run, tmp_path):
     """/dev/full takes the open and fails the write (ENOSPC): main's last line of defence turns the
     OSError into one line; the results already written into the run's folder are kept."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    rc, err = run_cli(capsys, ["convert", "--checkpoint", trained["best"], "--json", "/dev/full",
+    rc, err = run_cli(capsys, ["convert", "--checkpoint", tiny_run["best"], "--json", "/dev/full",
                                "--out", tmp_path / "o", "--t", "2"])
     assert_user_error(rc, err, "convert", "could not write", "No space left on device", "Free space")
     assert list((tmp_path / "o").glob("*.json"))
@@ -229,8 +177,8 @@ def _fail_epoch_saves(monkeypatch, epoch: int, name: str = "last.pt") -> None:
     monkeypatch.setattr(torch, "save", save)
 
 
-def test_full_disk_mid_training_keeps_the_last_good_checkpoints(capsys, trained, tmp_path, monkeypatch):
-    run, args = tmp_path / "run", ["train", "-c", trained["cfg"], "--epochs", "3", "--out", tmp_path / "run",
+def test_full_disk_mid_training_keeps_the_last_good_checkpoints(capsys, tiny_run, tmp_path, monkeypatch):
+    run, args = tmp_path / "run", ["train", "-c", tiny_run["cfg"], "--epochs", "3", "--out", tmp_path / "run",
                                    "--out_root", tmp_path]
     _fail_epoch_saves(monkeypatch, 2)
     rc, err = run_cli(capsys, args)
@@ -246,24 +194,24 @@ def test_full_disk_mid_training_keeps_the_last_good_checkpoints(capsys, trained,
     assert [ln.split(",")[0] for ln in (run / "log.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
 
 
-def test_full_disk_in_the_first_epoch_keeps_nothing_and_says_so(capsys, trained, tmp_path, monkeypatch):
+def test_full_disk_in_the_first_epoch_keeps_nothing_and_says_so(capsys, tiny_run, tmp_path, monkeypatch):
     # last.pt is an epoch's first write (a failed best_model.pt after it: tests/test_faults_disk.py)
     _fail_epoch_saves(monkeypatch, 1, "last.pt")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path / "run", "--out_root", tmp_path])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", tmp_path / "run", "--out_root", tmp_path])
     assert_user_error(rc, err, "train", "could not write", "last.pt", "No space left on device",
                       "nothing of it is kept")
     assert not (tmp_path / "run").exists()
 
 
-def test_full_disk_mid_training_for_real(capsys, trained, tmp_path):
+def test_full_disk_mid_training_for_real(capsys, tiny_run, tmp_path):
     """A tmpfs sized for one epoch's checkpoints but not for a second last.pt next to them."""
-    sizes = {p.name: p.stat().st_size for p in trained["run"].iterdir()}
+    sizes = {p.name: p.stat().st_size for p in tiny_run["run"].iterdir()}
     pages = {k: -(-v // 4096) for k, v in sizes.items()}
     room = pages["best_model.pt"] + pages["last.pt"] + pages["config.yaml"] + pages["log.csv"] + 1
     room += pages["last.pt"] // 2  # not enough for a second last.pt (nor a second best_model.pt)
     run = tmp_path / "disk" / "run"
     with tmpfs(tmp_path / "disk", f"{room * 4}k"):
-        rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--epochs", "3", "--out", run,
+        rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--epochs", "3", "--out", run,
                                    "--out_root", tmp_path])
         assert_user_error(rc, err, "train", "in epoch 2", "No space left on device", "checkpoints of epoch 1",
                           "are kept", "--resume")
@@ -272,7 +220,7 @@ def test_full_disk_mid_training_for_real(capsys, trained, tmp_path):
         assert not list(run.glob(".*.tmp"))
 
 
-def test_os_errors_no_check_caught_end_in_one_line(capsys, trained, tmp_path, monkeypatch):
+def test_os_errors_no_check_caught_end_in_one_line(capsys, tiny_run, tmp_path, monkeypatch):
     """The last line of defence in main: an OSError anywhere is one line naming the file."""
     def unreadable(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", "/some/data/file.bin")
@@ -281,7 +229,7 @@ def test_os_errors_no_check_caught_end_in_one_line(capsys, trained, tmp_path, mo
 
     monkeypatch.setattr(pipeline, "load_trained", unreadable)
     rc, err = run_cli(capsys, ["run", "-c", write_yaml(tmp_path / "t.yml", {**TINY, "action": "test"}),
-                               "--checkpoint", trained["best"]])
+                               "--checkpoint", tiny_run["best"]])
     assert_user_error(rc, err, "run", "could not read or write /some/data/file.bin: Permission denied",
                       "Check its permissions")
 
@@ -289,7 +237,7 @@ def test_os_errors_no_check_caught_end_in_one_line(capsys, trained, tmp_path, mo
 # ============================================================================ 2.2 config files
 @pytest.mark.parametrize("content,words", [
     (b"dim: 16\nid: caf\xe9\n", ["not UTF-8 text", "byte 0xe9 on line 2", "Save it as UTF-8"]),
-    (b"[" * 100000, ["nested too deeply", "flat mapping"]),
+    pytest.param(b"[" * 100000, ["nested too deeply", "flat mapping"], marks=pytest.mark.slow),
     (b"{a: " * 50000, ["nested too deeply"]),
 ])
 def test_config_files_that_cannot_be_a_config(capsys, tmp_path, content, words):
@@ -315,7 +263,7 @@ def test_unreadable_config_file(capsys, tmp_path, monkeypatch):
     assert_user_error(rc, err, "train", str(path), "cannot be read: permission denied")
 
 
-def test_config_is_read_once_per_invocation(capsys, trained, tmp_path, monkeypatch):
+def test_config_is_read_once_per_invocation(capsys, tiny_run, tmp_path, monkeypatch):
     """`run` hands over to `train` (and `convert`): the file is read once, as a pipe can be."""
     reads = []
     real = config.read_config_file
@@ -326,6 +274,7 @@ def test_config_is_read_once_per_invocation(capsys, trained, tmp_path, monkeypat
     assert reads == [str(cfg)]
 
 
+@pytest.mark.slow
 def test_config_from_stdin_and_from_process_substitution(tmp_path):
     """`-c /dev/stdin` (a pipe) for train, and `-c <(…)` for run (which loads it twice in-process)."""
     text = yaml.safe_dump(TINY)
@@ -343,8 +292,8 @@ def test_config_from_stdin_and_from_process_substitution(tmp_path):
 
 # ============================================================================ 2.3 edge values
 @pytest.mark.parametrize("value", ["0", "-3", "x"])
-def test_energy_max_batches_must_be_positive(capsys, trained, value):
-    rc, err = run_cli(capsys, ["energy", "--checkpoint", trained["best"], "--max-batches", value])
+def test_energy_max_batches_must_be_positive(capsys, tiny_run, value):
+    rc, err = run_cli(capsys, ["energy", "--checkpoint", tiny_run["best"], "--max-batches", value])
     assert_user_error(rc, err, "energy", "argument --max-batches", "(see `ann2snn energy --help`)")
     assert "usage:" not in err
 
@@ -358,22 +307,22 @@ def test_argparse_errors_are_one_line(capsys):
     assert rc == 2 and err.strip().startswith("ann2snn: error: argument command: invalid choice") and "usage" not in err
 
 
-def test_zero_epochs_is_refused(capsys, trained, tmp_path):
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--epochs", "0", "--out_root", tmp_path])
+def test_zero_epochs_is_refused(capsys, tiny_run, tmp_path):
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--epochs", "0", "--out_root", tmp_path])
     assert_user_error(rc, err, "train", "epochs must be >= 1, got 0")
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("key", ["--t", "--extra_t", "--extra-t"])
-def test_time_steps_beyond_the_bound(capsys, trained, key):
-    rc, err = run_cli(capsys, ["convert", "--checkpoint", trained["best"], key, str(MAX_STEPS + 1)])
+def test_time_steps_beyond_the_bound(capsys, tiny_run, key):
+    rc, err = run_cli(capsys, ["convert", "--checkpoint", tiny_run["best"], key, str(MAX_STEPS + 1)])
     assert_user_error(rc, err, "convert", f"at most {MAX_STEPS}", f"got {MAX_STEPS + 1}")
 
 
 @pytest.mark.parametrize("flag,value", [("--t", "1-1000000000"), ("--t", "2,99999"), ("--extra-t", "0-5000")])
-def test_table_ranges_beyond_the_bound_are_refused_before_expanding(capsys, trained, flag, value):
+def test_table_ranges_beyond_the_bound_are_refused_before_expanding(capsys, tiny_run, flag, value):
     t0 = time.perf_counter()
-    rc, err = run_cli(capsys, ["table", "--checkpoint", trained["best"], flag, value])
+    rc, err = run_cli(capsys, ["table", "--checkpoint", tiny_run["best"], flag, value])
     assert_user_error(rc, err, "table", flag, f"at most {MAX_STEPS}", repr(value))
     assert time.perf_counter() - t0 < 30
     with pytest.raises(ConfigError, match="at most 4096"):
@@ -392,9 +341,9 @@ def test_corrupt_latest(capsys, tmp_path, content, words):
     assert_user_error(rc, err, "convert", "LATEST", *words)
 
 
-def test_a_corrupt_latest_does_not_stop_training(capsys, trained, tmp_path):
+def test_a_corrupt_latest_does_not_stop_training(capsys, tiny_run, tmp_path):
     (tmp_path / "LATEST").write_bytes(b"\xff\xfe")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path / "run", "--out_root", tmp_path])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", tmp_path / "run", "--out_root", tmp_path])
     assert rc == 0, err
     assert rundir.read_latest(tmp_path) == (tmp_path / "run").resolve()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "run"]  # no temporary file left
@@ -429,20 +378,20 @@ def test_concurrent_latest_updates_never_collide(tmp_path):
     (LOG_HEADER.encode() + b"\r\n1,0.01,abc,10,2.3,10,50,0.1\r\n", ["line 2", "not a row of numbers"]),
     (b"step,loss\r\n1,2.3\r\n", ["not an ann2snn training log", "'step,loss'"]),
 ])
-def test_resume_refuses_a_garbled_log_and_touches_nothing(capsys, trained, tmp_path, log_bytes, words):
-    run = fresh_run(trained, tmp_path)
+def test_resume_refuses_a_garbled_log_and_touches_nothing(capsys, tiny_run, tmp_path, log_bytes, words):
+    run = copy_run(tiny_run["run"], tmp_path)
     (run / "log.csv").write_bytes(log_bytes)
     before = snapshot(run)
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
     assert_user_error(rc, err, "train", "log.csv", *words)
     assert snapshot(run) == before  # config.yaml and log.csv as they were
 
 
-def test_resume_drops_only_a_partial_last_log_line(capsys, trained, tmp_path):
-    run = fresh_run(trained, tmp_path)
+def test_resume_drops_only_a_partial_last_log_line(capsys, tiny_run, tmp_path):
+    run = copy_run(tiny_run["run"], tmp_path)
     good = (run / "log.csv").read_bytes()
     (run / "log.csv").write_bytes(good + b"2,0.0")  # a kill in the middle of epoch 2's row
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
     assert rc == 0, err
     assert (run / "log.csv").read_bytes() == good
 
@@ -477,8 +426,8 @@ def test_dataset_mismatch_is_named():
     assert why and "'cifar10'" in why and "'digits'" in why and "not comparable" in why and "\n" not in why
 
 
-def test_a_checkpoint_evaluated_on_another_dataset_warns(capsys, caplog, trained, tmp_path):
-    ckpt = torch.load(trained["best"], map_location="cpu", weights_only=True)
+def test_a_checkpoint_evaluated_on_another_dataset_warns(capsys, caplog, tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run["best"], map_location="cpu", weights_only=True)
     ckpt["config"]["data"] = "fashion_mnist"  # as if trained there (the shapes fit digits' model)
     other = tmp_path / "other.pt"
     torch.save(ckpt, other)
@@ -491,43 +440,43 @@ def test_a_checkpoint_evaluated_on_another_dataset_warns(capsys, caplog, trained
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_weights_are_refused(capsys, trained, tmp_path, value):
-    ckpt = torch.load(trained["best"], map_location="cpu", weights_only=True)
+def test_non_finite_weights_are_refused(capsys, tiny_run, tmp_path, value):
+    ckpt = torch.load(tiny_run["best"], map_location="cpu", weights_only=True)
     name = next(k for k, v in ckpt["model"].items() if v.is_floating_point() and v.numel() > 1)
     ckpt["model"][name].view(-1)[1] = value
     bad = tmp_path / "bad.pt"
     torch.save(ckpt, bad)
     rc, err = run_cli(capsys, ["convert", "--checkpoint", bad, "--out", tmp_path / "o"])
     assert_user_error(rc, err, "convert", "non-finite weights", name, "1 of")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--inherit", "true", "--model_path", bad,
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--inherit", "true", "--model_path", bad,
                                "--out", tmp_path / "r", "--out_root", tmp_path])
     assert_user_error(rc, err, "train", "non-finite weights", name)
     assert not (tmp_path / "r").exists()
 
 
 # ============================================================================ 3. data safety
-def test_a_second_training_of_a_locked_run_folder_refuses(capsys, trained, tmp_path):
+def test_a_second_training_of_a_locked_run_folder_refuses(capsys, tiny_run, tmp_path):
     """The lock another process would hold (flock conflicts between two opens of the folder, in
     one process too)."""
-    run = fresh_run(trained, tmp_path)
+    run = copy_run(tiny_run["run"], tmp_path)
     before = snapshot(run)
     fd = os.open(run, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
+        rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
         assert_user_error(rc, err, "train", str(run), "is being trained by another process", "--out/--id")
         new = tmp_path / "new"
         new.mkdir()
         fd2 = os.open(new, os.O_RDONLY)
         fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", new, "--out_root", tmp_path])
+        rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", new, "--out_root", tmp_path])
         assert_user_error(rc, err, "train", "is being trained by another process")
         assert new.is_dir() and list(new.iterdir()) == []  # the other training's folder: left alone
         os.close(fd2)
     finally:
         os.close(fd)
     assert snapshot(run) == before
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
     assert rc == 0, err  # the lock went with its holder
 
 
@@ -540,13 +489,14 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_two_real_trainings_of_one_folder(trained, tmp_path):
+@pytest.mark.slow
+def test_two_real_trainings_of_one_folder(tiny_run, tmp_path):
     """Two processes: a `--resume` of the folder while its first training runs refuses (it would
     interleave log.csv and overwrite the first one's checkpoints); the first one's run is whole.
     The second process has imported ann2snn before the first one starts, so it reaches the lock
     well within the first one's 60 epochs."""
     run, epochs = tmp_path / "run", 60
-    args = ["train", "-c", str(trained["cfg"]), "--epochs", str(epochs), "--out", str(run),
+    args = ["train", "-c", str(tiny_run["cfg"]), "--epochs", str(epochs), "--out", str(run),
             "--out_root", str(tmp_path)]
     second = subprocess.Popen([sys.executable, "-c", SECOND, *args, "--resume"], env=SUB_ENV, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -569,33 +519,33 @@ def test_two_real_trainings_of_one_folder(trained, tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(1, epochs + 1)]
 
 
-def test_failed_new_run_is_still_removed_and_a_users_folder_kept(capsys, trained, tmp_path):
+def test_failed_new_run_is_still_removed_and_a_users_folder_kept(capsys, tiny_run, tmp_path):
     """The lock neither leaves a folder behind nor hides a user's files from the cleanup."""
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--lr", "1e30", "--out", tmp_path / "a" / "b",
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--lr", "1e30", "--out", tmp_path / "a" / "b",
                                "--out_root", tmp_path])
     assert_user_error(rc, err, "train", "loss became nan")
     assert not (tmp_path / "a").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--lr", "1e30", "--out", mine, "--out_root", tmp_path])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--lr", "1e30", "--out", mine, "--out_root", tmp_path])
     assert rc == 2
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
-def test_resume_with_changed_run_keys_is_refused_and_names_them(capsys, trained, tmp_path):
-    run = fresh_run(trained, tmp_path)
+def test_resume_with_changed_run_keys_is_refused_and_names_them(capsys, tiny_run, tmp_path):
+    run = copy_run(tiny_run["run"], tmp_path)
     before = snapshot(run)
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", run, "--out_root", tmp_path, "--resume",
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume",
                                "--lr", "0.5", "--epochs", "3", "--mixup", "0.2"])
     assert_user_error(rc, err, "train", "changed settings", "lr: 0.01 -> 0.5", "epochs: 1 -> 3", "mixup: 0.0 -> 0.2",
                       "config.yaml")
     assert snapshot(run) == before  # config.yaml not rewritten
 
 
-def test_resume_with_safe_changes_records_what_ran(capsys, trained, tmp_path):
-    run = fresh_run(trained, tmp_path)
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", run, "--out_root", tmp_path, "--resume",
+def test_resume_with_safe_changes_records_what_ran(capsys, tiny_run, tmp_path):
+    run = copy_run(tiny_run["run"], tmp_path)
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume",
                                "--eval_bs", "8", "--workers", "0", "--extra_t", "3", "--model_path", "/x.pt"])
     assert rc == 0, err
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -620,27 +570,27 @@ def test_resume_safe_keys_are_documented_config_keys():
                                         ("- a\n- b\n", ["a list", "not a mapping"]),
                                         ("\xff\xfe", ["cannot be read as YAML"]),
                                         ("", ["holds nothing"])])
-def test_a_foreign_config_yaml_is_never_overwritten(capsys, trained, tmp_path, text, words):
+def test_a_foreign_config_yaml_is_never_overwritten(capsys, tiny_run, tmp_path, text, words):
     (tmp_path / "config.yaml").write_bytes(text.encode("latin-1"))
     before = snapshot(tmp_path)
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path, "--out_root", tmp_path / "root"])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", tmp_path, "--out_root", tmp_path / "root"])
     assert_user_error(rc, err, "train", "config.yaml", "is not an ann2snn run's config", *words, "another --out")
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
 
 
-def test_a_foreign_log_csv_is_never_overwritten(capsys, trained, tmp_path):
+def test_a_foreign_log_csv_is_never_overwritten(capsys, tiny_run, tmp_path):
     (tmp_path / "log.csv").write_text("date,amount\n2024-01-01,3\n")
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path, "--out_root", tmp_path / "root"])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", tmp_path, "--out_root", tmp_path / "root"])
     assert_user_error(rc, err, "train", "log.csv", "not an ann2snn training log", "'date,amount'")
     assert (tmp_path / "log.csv").read_text() == "date,amount\n2024-01-01,3\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
 
 
-def test_an_own_run_left_before_its_first_checkpoint_is_reused(capsys, trained, tmp_path):
+def test_an_own_run_left_before_its_first_checkpoint_is_reused(capsys, tiny_run, tmp_path):
     """What a run killed in epoch 1 leaves is ours: config.yaml of config keys, a header-only or
     half-written log."""
     (tmp_path / "config.yaml").write_text("id: run\n")
     (tmp_path / "log.csv").write_text(LOG_HEADER[:10])
-    rc, err = run_cli(capsys, ["train", "-c", trained["cfg"], "--out", tmp_path, "--out_root", tmp_path / "root"])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", tmp_path, "--out_root", tmp_path / "root"])
     assert rc == 0, err
     assert (tmp_path / "best_model.pt").is_file()

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,19 +25,13 @@ from ann2snn import graph
 from ann2snn.app import cli, config
 from ann2snn.app.config import ConfigError, load_config, parse_config_text, parse_steps, read_config_file
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
-        "train_subset": 32, "test_subset": 16, "t": 2, "l": 2, "device": "cpu", "use_amp": False}
-from test_bad_input import assert_no_partial_run, assert_user_error, offline, run_cli  # noqa: E402,F401
+from helpers import ROOT, TINY, assert_no_partial_run, assert_user_error, run_cli, small_transformer, write_yaml
 
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ANN2SNN_NO_TQDM": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": str(ROOT)}
 MEMORY_LIMIT = 2 * 2**30  # importing torch and ann2snn takes about 0.7 GB of address space
 
-
-def write_yaml(path: Path, values: dict) -> Path:
-    path.write_text(yaml.safe_dump(values))
-    return path
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:
@@ -76,6 +69,7 @@ def assert_one_line_error(res: subprocess.CompletedProcess, command: str, *words
 
 
 # ============================================================================ D3: bounded messages
+@pytest.mark.slow
 def test_alias_bomb_in_a_valid_key_ends_in_one_short_line(tmp_path):
     """`lr: <alias bomb>`: the error message once built the value's repr (3.6 GB, MemoryError)."""
     cfg = tmp_path / "bomb.yml"
@@ -87,6 +81,7 @@ def test_alias_bomb_in_a_valid_key_ends_in_one_short_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_alias_bomb_in_a_checkpoints_stored_config(tmp_path):
     """The same bomb inside a checkpoint's config (weights-only loading keeps shared lists shared)."""
     bomb = yaml.safe_load(alias_bomb())
@@ -117,6 +112,7 @@ def test_short_repr_is_bounded_and_never_builds_the_whole_repr():
     assert len(short_repr(list(range(100)), limit=20)) <= 20
 
 
+@pytest.mark.slow
 def test_checkpoint_short_uses_the_bounded_repr():
     """checkpoint._short (which names a foreign checkpoint's entries) cut the repr only after
     building it whole: run under the memory limit, since on a regression it builds gigabytes."""
@@ -146,6 +142,7 @@ def test_an_int_of_thousands_of_digits_is_a_config_error(capsys, tmp_path):
 
 
 # ============================================================================ D6: bounded reads
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
 def test_config_from_an_endless_device_is_refused(tmp_path, device):
     res, seconds = run_limited(["train", "-c", device, "--out_root", tmp_path])
@@ -262,6 +259,7 @@ for delay in map(float, sys.argv[3].split(",")):
 """
 
 
+@pytest.mark.slow
 def test_sigint_at_several_moments_of_train_is_always_an_interrupt(tmp_path):
     """A real SIGINT at several delays after main starts (tracing, which imports sympy lazily,
     takes seconds of them): always `interrupted`, exit 130, never a model error."""
@@ -449,7 +447,6 @@ def test_a_long_k_step_evaluation_logs_its_size_and_progress(caplog, monkeypatch
     k-step run.  Here the threshold is lowered so that t = 4, extra_t = 1 (5 + 2 + 3 + 4 = 14 steps) counts as long."""
     import ann2snn
     from ann2snn import metrics
-    from conftest import small_transformer
 
     monkeypatch.setenv("ANN2SNN_NO_TQDM", "1")
     model = small_transformer()
@@ -473,7 +470,6 @@ def test_grouped_k_step_runs_give_the_same_figures_when_rows_share_a_trunk(monke
     """Under `rate` the k-step runs share one trunk pass (one call, not one per row)."""
     import ann2snn
     from ann2snn import metrics
-    from conftest import small_transformer
 
     sim = ann2snn.Simulator(ann2snn.convert(small_transformer(), "rate"))
     assert metrics._k_step_groups(sim, 5) == [[1, 2, 3, 4]]

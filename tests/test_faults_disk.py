@@ -4,14 +4,13 @@ through a link, no partial file on a full disk, the OSError naming the file), a 
 run names, and ``train --resume --extend``.
 
 Where the fault needs the kernel (a full file system) the test mounts a small tmpfs with
-test_faults' helper, and is skipped where that is not possible (not root, no mount).
+helpers.tmpfs, and is skipped where that is not possible (not root, no mount).
 """
 from __future__ import annotations
 
 import csv
 import errno
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -24,29 +23,18 @@ from ann2snn.app import cli, rundir
 from ann2snn.app.checkpoint import atomic_save, load_checkpoint
 from ann2snn.results import Accuracy
 
-from test_bad_input import assert_user_error, offline, run_cli  # noqa: F401  (offline: the autouse fixture)
-from test_faults import TINY, fill, snapshot, tmpfs, write_yaml
+from helpers import ROOT, assert_user_error, copy_run, fill, run_cli, snapshot, tmpfs
 
-ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "digits.yml"
 # configs/digits.yml's model (dim 64: best_model.pt ~420 kB, last.pt ~1.3 MB) on a few samples, so
 # that the tmpfs sizes of the issue (200 kB, 1 MB) fill up inside torch.save, as they did there
 DIGITS_FAST = ["--epochs", "1", "--train_subset", "64", "--test_subset", "32", "--device", "cpu"]
 PAGE = 4096
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def pages(n_bytes: int) -> int:
     return -(-n_bytes // PAGE)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    """A finished 1-epoch tiny run (and its config file)."""
-    base = tmp_path_factory.mktemp("disk")
-    cfg = write_yaml(base / "tiny.yml", TINY)
-    torch.set_num_threads(1)
-    assert cli.main(["train", "-c", str(cfg), "--out", str(base / "run"), "--out_root", str(base)]) == 0
-    return {"base": base, "cfg": cfg, "run": base / "run", "best": base / "run" / "best_model.pt"}
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +45,6 @@ def digits(tmp_path_factory) -> dict[str, int]:
     assert cli.main(["train", "-c", str(DIGITS), *DIGITS_FAST, "--out", str(base / "run"),
                      "--out_root", str(base)]) == 0
     return {p.name: p.stat().st_size for p in (base / "run").iterdir()}
-
-
-def copy_run(tiny, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(tiny["run"], run)
-    return run
 
 
 def outside_file(tmp_path: Path) -> Path:
@@ -122,13 +104,13 @@ def test_torch_save_on_a_full_disk_is_an_os_error_naming_the_file(tmp_path):
 
 
 # ============================================================================ reports through links
-def test_links_planted_in_a_table_folder_are_replaced_not_followed(capsys, tiny, tmp_path):
+def test_links_planted_in_a_table_folder_are_replaced_not_followed(capsys, tiny_run, tmp_path):
     victim = outside_file(tmp_path)
     out = tmp_path / "o"
     out.mkdir()
     for name in ("table.md", "table.json", "table_heatmap.png"):
         (out / name).symlink_to(victim)
-    rc, err = run_cli(capsys, ["table", "--checkpoint", tiny["best"], "--t", "1-2", "--extra-t", "0", "--out", out])
+    rc, err = run_cli(capsys, ["table", "--checkpoint", tiny_run["best"], "--t", "1-2", "--extra-t", "0", "--out", out])
     assert rc == 0, err
     assert victim.read_text() == "do not overwrite me\n"
     for name in ("table.md", "table.json", "table_heatmap.png"):
@@ -136,20 +118,21 @@ def test_links_planted_in_a_table_folder_are_replaced_not_followed(capsys, tiny,
     assert (out / "table.md").read_text().startswith("# Accuracy table")
 
 
-def test_links_planted_in_a_convert_folder_are_replaced_not_followed(capsys, tiny, tmp_path):
+@pytest.mark.slow
+def test_links_planted_in_a_convert_folder_are_replaced_not_followed(capsys, tiny_run, tmp_path):
     victim = outside_file(tmp_path)
     out = tmp_path / "o"
     out.mkdir()
     for name in ("convert_t2_e0.json", "accuracy.png"):
         (out / name).symlink_to(victim)
-    rc, err = run_cli(capsys, ["convert", "--checkpoint", tiny["best"], "--t", "2", "--out", out])
+    rc, err = run_cli(capsys, ["convert", "--checkpoint", tiny_run["best"], "--t", "2", "--out", out])
     assert rc == 0, err
     assert victim.read_text() == "do not overwrite me\n"
     assert not (out / "convert_t2_e0.json").is_symlink() and '"snn"' in (out / "convert_t2_e0.json").read_text()
     assert not (out / "accuracy.png").is_symlink()
 
 
-def test_a_full_disk_while_writing_a_report_leaves_no_partial_file(capsys, tiny, tmp_path):
+def test_a_full_disk_while_writing_a_report_leaves_no_partial_file(capsys, tiny_run, tmp_path):
     """Room for table.md and table.csv (a page each) but not table.json: the two are complete,
     table.json is not there at all (never 0 bytes), and the message names it."""
     with tmpfs(tmp_path / "disk", "256k") as disk:
@@ -158,7 +141,7 @@ def test_a_full_disk_while_writing_a_report_leaves_no_partial_file(capsys, tiny,
         os.truncate(filler, filler.stat().st_size - 2 * PAGE)
         assert os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize == 2 * PAGE
         out = disk / "o"
-        rc, err = run_cli(capsys, ["table", "--checkpoint", tiny["best"], "--t", "1-2", "--extra-t", "0",
+        rc, err = run_cli(capsys, ["table", "--checkpoint", tiny_run["best"], "--t", "1-2", "--extra-t", "0",
                                    "--out", out])
         assert_user_error(rc, err, "table", f"could not write {out / 'table.json'}", "No space left on device",
                           "Free space")
@@ -205,7 +188,7 @@ def test_full_disk_after_last_pt_keeps_it_and_resume_writes_the_rest(capsys, dig
         assert Path((root / "LATEST").read_text().strip()) == run.resolve()
 
 
-def test_a_failed_latest_update_is_named_and_resume_completes_it(capsys, tiny, tmp_path, monkeypatch):
+def test_a_failed_latest_update_is_named_and_resume_completes_it(capsys, tiny_run, tmp_path, monkeypatch):
     real = rundir.atomic_write_text
 
     def full(path, text):
@@ -214,7 +197,7 @@ def test_a_failed_latest_update_is_named_and_resume_completes_it(capsys, tiny, t
         return real(path, text)
 
     run, root = tmp_path / "run", tmp_path / "root"
-    args = ["train", "-c", tiny["cfg"], "--out", run, "--out_root", root]
+    args = ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", root]
     monkeypatch.setattr(rundir, "atomic_write_text", full)
     rc, err = run_cli(capsys, args)
     assert_user_error(rc, err, "train", f"could not write {root / 'LATEST'} in epoch 1",
@@ -227,7 +210,7 @@ def test_a_failed_latest_update_is_named_and_resume_completes_it(capsys, tiny, t
     assert Path((root / "LATEST").read_text().strip()) == run.resolve()
 
 
-def test_a_kill_between_last_pt_and_best_model_pt_is_completed_by_resume(capsys, tiny, tmp_path, monkeypatch):
+def test_a_kill_between_last_pt_and_best_model_pt_is_completed_by_resume(capsys, tiny_run, tmp_path, monkeypatch):
     """A kill (here: Ctrl-C) after last.pt was written: best_model.pt of that epoch is written by --resume."""
     import ann2snn.app.train as train_mod
 
@@ -238,7 +221,7 @@ def test_a_kill_between_last_pt_and_best_model_pt_is_completed_by_resume(capsys,
             raise KeyboardInterrupt
         return real(obj, path)
 
-    run, args = tmp_path / "run", ["train", "-c", tiny["cfg"], "--out", tmp_path / "run", "--out_root", tmp_path,
+    run, args = tmp_path / "run", ["train", "-c", tiny_run["cfg"], "--out", tmp_path / "run", "--out_root", tmp_path,
                                    "--epochs", "2", "--lr", "1e-4"]
     acc = iter([10.0, 20.0])  # epoch 2 improves on epoch 1
     monkeypatch.setattr(train_mod, "atomic_save", interrupted)
@@ -254,23 +237,23 @@ def test_a_kill_between_last_pt_and_best_model_pt_is_completed_by_resume(capsys,
 
 # ============================================================================ D2: log.csv ending in non-UTF-8
 @pytest.mark.parametrize("tail", [b"\xff", b"2,0.01,2.3\xe2\x82"])  # a stray byte; a UTF-8 sequence cut by a kill
-def test_resume_with_a_log_ending_in_bytes_that_are_not_utf8(capsys, tiny, tmp_path, tail):
-    run = copy_run(tiny, tmp_path)
+def test_resume_with_a_log_ending_in_bytes_that_are_not_utf8(capsys, tiny_run, tmp_path, tail):
+    run = copy_run(tiny_run["run"], tmp_path)
     good = (run / "log.csv").read_bytes()
     (run / "log.csv").write_bytes(good + tail)
-    rc, err = run_cli(capsys, ["train", "-c", tiny["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume"])
     assert rc == 0, err
     assert (run / "log.csv").read_bytes() == good
 
 
-def test_resume_never_appends_through_a_linked_log(capsys, tiny, tmp_path):
-    run = copy_run(tiny, tmp_path)
+def test_resume_never_appends_through_a_linked_log(capsys, tiny_run, tmp_path):
+    run = copy_run(tiny_run["run"], tmp_path)
     victim = outside_file(tmp_path)
     victim.write_bytes((run / "log.csv").read_bytes())
     before = victim.read_bytes()
     (run / "log.csv").unlink()
     (run / "log.csv").symlink_to(victim)
-    rc, err = run_cli(capsys, ["train", "-c", tiny["cfg"], "--out", run, "--out_root", tmp_path, "--resume",
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path, "--resume",
                                "--extend", "--epochs", "2"])
     assert rc == 0, err
     assert victim.read_bytes() == before
@@ -285,18 +268,18 @@ def test_resume_never_appends_through_a_linked_log(capsys, tiny, tmp_path):
     ("--out", "run\tx", ["--out", "holds a control character (0x09)", "Pass a plain name"]),
     ("--out_root", "root\x7f", ["holds a control character (0x7f)", "--out_root DIR"]),
 ])
-def test_control_characters_in_run_names_are_refused(capsys, tiny, tmp_path, monkeypatch, flag, value, words):
+def test_control_characters_in_run_names_are_refused(capsys, tiny_run, tmp_path, monkeypatch, flag, value, words):
     monkeypatch.chdir(tmp_path)
     extra = [] if flag == "--out_root" else ["--out_root", tmp_path / "root"]
-    rc, err = run_cli(capsys, ["train", "-c", tiny["cfg"], flag, value, *extra])
+    rc, err = run_cli(capsys, ["train", "-c", tiny_run["cfg"], flag, value, *extra])
     assert_user_error(rc, err, "train", *words)
     assert list(tmp_path.iterdir()) == []
 
 
 # ============================================================================ --extend
-def test_extend_a_finished_run(capsys, tiny, tmp_path):
-    run = copy_run(tiny, tmp_path)
-    base = ["train", "-c", tiny["cfg"], "--out", run, "--out_root", tmp_path]
+def test_extend_a_finished_run(capsys, tiny_run, tmp_path):
+    run = copy_run(tiny_run["run"], tmp_path)
+    base = ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path]
     rc, err = run_cli(capsys, [*base, "--resume", "--extend", "--epochs", "2"])
     assert rc == 0, err
     rows = list(csv.DictReader((run / "log.csv").open(newline="")))
@@ -310,10 +293,10 @@ def test_extend_a_finished_run(capsys, tiny, tmp_path):
     assert last["extended"] == [{"after_epoch": 1, "from_epochs": 1, "to_epochs": 2}]
 
 
-def test_extend_refusals(capsys, tiny, tmp_path):
-    run = copy_run(tiny, tmp_path)
+def test_extend_refusals(capsys, tiny_run, tmp_path):
+    run = copy_run(tiny_run["run"], tmp_path)
     before = snapshot(run)
-    base = ["train", "-c", tiny["cfg"], "--out", run, "--out_root", tmp_path]
+    base = ["train", "-c", tiny_run["cfg"], "--out", run, "--out_root", tmp_path]
     rc, err = run_cli(capsys, [*base, "--resume", "--extend", "--epochs", "1"])
     assert_user_error(rc, err, "train", "--extend needs a larger --epochs than the run's 1 (got 1)", "--epochs 2")
     rc, err = run_cli(capsys, [*base, "--extend", "--epochs", "3"])

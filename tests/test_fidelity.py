@@ -133,6 +133,7 @@ def trained_digits(tmp_path_factory):
     return model.eval(), loader, res
 
 
+@pytest.mark.slow
 def test_trained_model_rows_rise_with_extra_steps(trained_digits):
     model, loader, res = trained_digits
     ann = evaluate_ann(model, loader)

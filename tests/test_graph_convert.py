@@ -23,7 +23,7 @@ from ann2snn.verify import verify
 from ann2snn.graph import ConversionError
 from ann2snn.neurons import GatedBatchNorm, SpikeMatMul
 from ann2snn.quant import QCFS, calibrate_lambdas
-from conftest import randomize_bn, randomize_lambdas
+from helpers import randomize_bn, randomize_lambdas
 
 TOL = 1e-4
 HERE = "test_graph_convert.py"
@@ -43,6 +43,7 @@ def prepared(model: nn.Module, levels: int = 4, seed: int = 0) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ torchvision
+@pytest.mark.slow
 @pytest.mark.parametrize("name,sites", [("resnet18", 17), ("vgg11_bn", 10), ("mobilenet_v2", 35),
                                         ("densenet121", 121)])
 def test_torchvision_models_settle_on_the_quantized_ann(name, sites):

@@ -187,3 +187,24 @@ def test_energy_is_a_measurement_package_apart_from_the_model_zoo():
     lower = [f"{m} -> {d}" for m, deps in g.items() for d in deps
              if d in energy and (_floor(m) is not None and _floor(m) < _floor("ann2snn.energy"))]
     assert lower == []
+
+
+def test_no_test_module_imports_another_or_conftest():
+    """Test modules share helpers through ``tests/helpers.py`` and fixtures through conftest.py, never
+    by importing each other: importing a test module runs its module-level code (hypothesis
+    strategies, constants) a second time under another name, ties one module's tests to another's
+    private helpers, and ``from conftest import …`` works only under pytest's default import mode."""
+    tests = Path(__file__).resolve().parent
+    own = {p.stem for p in tests.glob("*.py")} - {"helpers"}  # test modules, conftest, scripts
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in own]
+    assert found == []
+    assert "test_bad_input" in own and "conftest" in own  # the check sees the modules it guards

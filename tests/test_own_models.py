@@ -25,6 +25,7 @@ def run(capsys, argv):
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_relu_pretrained_torchvision_model_calibrate_finetune_convert(tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO, logger="ann2snn")
     relu = tmp_path / "relu"
@@ -65,7 +66,8 @@ def test_pretrained_file_errors(tmp_path, capsys):
     assert rc == 2 and "torchvision has no model 'resnet19'" in err and "torchvision:resnet18" in err
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "mobilenet_v2", "densenet121"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("vgg11_bn", marks=pytest.mark.slow), "mobilenet_v2",
+                                  "densenet121"])
 def test_torchvision_family_adapts_to_small_one_channel_images(name):
     from ann2snn.models import create_model
 
@@ -73,6 +75,7 @@ def test_torchvision_family_adapts_to_small_one_channel_images(name):
     assert m(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_the_example_runs_and_its_conversions_verify():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "examples/own_model.py", "--quick"], cwd=ROOT, env=env,

@@ -25,25 +25,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from ann2snn.app import checkpoint, data
 from ann2snn.app.config import Config, ConfigError
 from ann2snn.app.data import DataError, build_datasets
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {"data": "digits", "dim": 16, "num_heads": 2, "depth": 1, "mlp_ratio": 1.0, "bs": 16, "epochs": 1,
-        "train_subset": 32, "test_subset": 16, "t": 2, "l": 2, "device": "cpu", "use_amp": False}
-from test_bad_input import assert_user_error, offline, run_cli  # noqa: E402,F401  (offline: the autouse fixture)
-from test_data import write_cifar, write_fmnist  # noqa: E402
+from helpers import ROOT, TINY, assert_user_error, run_cli, write_cifar, write_fmnist, write_yaml
 
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
 MiB = 2**20
-
-
-def write_yaml(path: Path, values: dict) -> Path:
-    path.write_text(yaml.safe_dump(values))
-    return path
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 # ================================================================================ CIFAR pickles
@@ -234,6 +225,7 @@ def idx_head(*dims: int, ndim: int | None = None) -> bytes:
 
 
 # 343 MiB = 458752 images of 28x28 exactly: an honest header for a file too big for the limit
+@pytest.mark.slow
 @pytest.mark.parametrize("head,n_zeros,words", [
     (idx_head(10, 28, 28), 300 * MiB, ["header says [10, 28, 28] (7840 bytes) but more data follows",
                                        "it was not inflated"]),
@@ -326,6 +318,7 @@ def checkpoint_bomb(path: Path, n_mib: int = 1024) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["convert", "pretrained"])
 def test_a_checkpoint_zip_bomb_is_refused_before_it_is_inflated(tmp_path, how):
     bomb = checkpoint_bomb(tmp_path / "bomb.pt")
@@ -354,6 +347,7 @@ def test_a_checkpoint_declaring_more_than_the_memory_is_refused(tmp_path, monkey
     assert checkpoint.load_checkpoint(good)["config"]["dim"] == 16  # a real one fits
 
 
+@pytest.mark.slow
 def test_available_memory_follows_the_address_space_limit():
     code = ("import resource, sys; sys.path.insert(0, %r); from ann2snn.app import data; free = data.available_memory(); "
             "used = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:')); "

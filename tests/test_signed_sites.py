@@ -14,7 +14,7 @@ from ann2snn.energy import measure_energy
 from ann2snn.layers import SignedSite
 from ann2snn.models import create_model
 from ann2snn.quant import QCFS, qcfs
-from conftest import randomize_lambdas
+from helpers import randomize_lambdas
 
 
 def test_signed_qcfs_is_the_symmetric_staircase_and_trains():

@@ -12,7 +12,7 @@ import ann2snn
 from ann2snn.app.config import ConfigError, load_config
 from ann2snn.models import create_model
 from ann2snn.neurons import ScaledNeuron, bits_per_step, signed_if_step
-from conftest import randomize_lambdas, small_transformer
+from helpers import randomize_lambdas, small_transformer
 
 
 @pytest.mark.parametrize("neg_rule", ["exact", "lazy"])
@@ -113,6 +113,7 @@ def digits_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_convert_and_table_state_bits_per_step_and_the_budget(digits_run, capsys):
     import csv
     import json
@@ -139,6 +140,7 @@ def test_convert_and_table_state_bits_per_step_and_the_budget(digits_run, capsys
     assert json.loads((folder / "table.json").read_text())["bits_per_step"] == pytest.approx(math.log2(9))
 
 
+@pytest.mark.slow
 def test_the_frontier_command_writes_table_and_pareto_plot(digits_run, capsys):
     import csv
     import json
@@ -167,6 +169,7 @@ def test_the_frontier_command_writes_table_and_pareto_plot(digits_run, capsys):
     assert "Fewest total steps" in (out_dir / "frontier.md").read_text()
 
 
+@pytest.mark.slow
 def test_bad_frontier_levels_are_a_one_line_error(digits_run, capsys):
     from ann2snn.app.cli import main
 

@@ -12,7 +12,7 @@ import ann2snn
 from ann2snn.app.cli import main
 from ann2snn.models import create_model
 from ann2snn.quant import QCFS
-from conftest import randomize_lambdas
+from helpers import randomize_lambdas
 
 
 @pytest.mark.parametrize("patch_size,img", [(4, 8), (2, 8)])
@@ -36,6 +36,7 @@ def test_vit_settles_on_its_quantized_ann(patch_size, img):
         assert r.ok, (t, r)
 
 
+@pytest.mark.slow
 def test_vit_trains_on_digits_and_converts_through_the_cli(tmp_path, capsys):
     rc = main(["train", "-c", "configs/digits.yml", "--model", "vit", "--patch_size", "2", "--dim", "32",
                "--num_heads", "2", "--depth", "1", "--mlp_ratio", "2", "--epochs", "8", "--lr", "1e-2",
@@ -52,6 +53,7 @@ def test_vit_trains_on_digits_and_converts_through_the_cli(tmp_path, capsys):
     assert abs(res["snn"]["k_step"]["top1"][-1] - res["ann"]["top1"]) <= 2.0
 
 
+@pytest.mark.slow
 def test_a_tiny_timm_vit_settles_on_its_quantized_ann():
     """timm's VisionTransformer (random weights, 16×16 images): its fused attention is rewritten into
     explicit ops, QCFS sites go on q, k, v and after the MLP's GELU, and under ``exact`` it settles

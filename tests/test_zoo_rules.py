@@ -14,7 +14,7 @@ import ann2snn
 from ann2snn._compat import import_torchvision
 from ann2snn.graph import ConversionError
 from ann2snn.neurons import GatedBatchNorm, SpikeMul
-from conftest import randomize_bn, randomize_lambdas
+from helpers import randomize_bn, randomize_lambdas
 
 
 def _qann(model: nn.Module, levels: int = 4, seed: int = 0) -> nn.Module:
