@@ -184,6 +184,16 @@ def test_help_subprocess():
         assert cmd in p.stdout
 
 
+def test_help_loads_no_torch():
+    """The command line's own modules load no torch: ``--help`` answers at once, and Ctrl-C is
+    handled before the heavy imports (main installs its handler first)."""
+    code = ("import sys\nfrom ann2snn.app import cli\ncli.build_parser()\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'spikingjelly') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUB_ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------------ user errors
 def assert_user_error(rc, err, *needles):
     assert rc == 2, err

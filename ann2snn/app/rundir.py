@@ -49,7 +49,6 @@ from typing import Any, Iterator
 import yaml
 
 from ann2snn.app.files import atomic_write_text, read_bytes
-from ann2snn.app.checkpoint import CheckpointError, load_checkpoint
 from ann2snn.app.config import FIELD_NAMES, ConfigError
 
 log = logging.getLogger("ann2snn")
@@ -343,6 +342,8 @@ def resume_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The ``last.pt`` of ``run_dir`` (loaded weights-only), or None when the run was started but
     stopped before its first checkpoint (it then starts over).  CheckpointError when there is no
     such run, or its ``last.pt`` is unusable."""
+
+    from ann2snn.app.checkpoint import CheckpointError, load_checkpoint  # torch: not for `ann2snn --help`
 
     run_dir = Path(run_dir)
     last = run_dir / "last.pt"
