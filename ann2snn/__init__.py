@@ -58,6 +58,10 @@ _APPLICATION = {"Config": "ann2snn.app.config", "ConfigError": "ann2snn.app.conf
 
 __all__ = sorted(_API)
 
+from ann2snn._compat import install_torchvision_repair as _repair  # noqa: E402
+
+_repair()  # a user's own `import torchvision` / `import timm` works on a CPU-only torch (see _compat)
+
 
 def __getattr__(name: str) -> Any:
     if name in _API:

@@ -8,12 +8,17 @@
    ``torch.library`` and import again.  ``torchvision.ops.nms`` and ``torchvision.io`` stay
    unusable in that situation; nothing here needs them.  On a normal install the first import
    succeeds and nothing is touched.
+   :func:`install_torchvision_repair` (run by ``import ann2snn``) makes a user's own
+   ``import torchvision`` -- or ``import timm``, which imports it -- go through the same repair,
+   without importing torch until torchvision is imported.
 2. Noise: torch logs "Triton not available" style warnings on first use of some code paths;
    users should not see them.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import sys
 import warnings
@@ -46,6 +51,43 @@ def import_torchvision():
         for schema in _MISSING_OP_SCHEMAS.values():
             _LIBRARY.define(schema)
     return importlib.import_module("torchvision")
+
+
+class _TorchvisionRepair(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first import of ``torchvision`` it imports it through
+    :func:`import_torchvision` (repaired where needed) and hands the import system that module."""
+
+    busy = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torchvision" or self.busy:
+            return None
+        type(self).busy = True
+        try:
+            module = import_torchvision()
+        finally:
+            type(self).busy = False
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionRepair)]  # once is enough
+        return importlib.util.spec_from_loader(name, _Loaded(module), origin=getattr(module, "__file__", None))
+
+
+class _Loaded(importlib.abc.Loader):
+    """A loader of a module that is already loaded."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module):
+        pass
+
+
+def install_torchvision_repair() -> None:
+    """Route a later ``import torchvision`` through :func:`import_torchvision` (cheap: no import now)."""
+    if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionRepair) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionRepair())
 
 
 def silence_noise() -> None:

@@ -429,3 +429,16 @@ def test_torchvisions_stochastic_depth_is_removed_in_eval_mode():
     torch.manual_seed(13)
     report = _exact(_qann(Block()), torch.randn(4, 3, 6, 6))
     assert len(report["remove_dropout"]) == 1
+
+
+def test_a_users_own_import_of_torchvision_and_timm_works_after_import_ann2snn():
+    """On the pinned CPU install a bare ``import torchvision`` fails ("operator torchvision::nms does
+    not exist"); after ``import ann2snn`` it goes through the repair, and so does timm's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ann2snn\nassert 'torch' not in sys.modules\nimport torchvision, timm\n"
+            "print(type(torchvision.models.resnet18(num_classes=3)).__name__, timm.create_model('resnet10t').num_classes)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["ResNet", "1000"]
