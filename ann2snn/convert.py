@@ -43,7 +43,7 @@ class SpikingNetwork(nn.Module):
 
 
 def convert(ann: nn.Module, preset: Preset | str = "exact", *, allow_float_ops: bool | set[str] = False,
-            spike_levels: int = 1) -> SpikingNetwork:
+            spike_levels: int = 1, example_input: torch.Tensor | None = None) -> SpikingNetwork:
     """Copy a trained QCFS ANN and convert the copy with ``preset``; the ANN is left untouched.
 
     ``exact`` (default) and ``rate`` trace the model and convert it node by node: any model
@@ -54,7 +54,9 @@ def convert(ann: nn.Module, preset: Preset | str = "exact", *, allow_float_ops: 
     ``per_step`` reproduces the original toolkit on its own transformer by module replacement,
     defects included.
 
-    Conversion runs in the ANN's dtype (a float64 ANN gives a float64 SNN: :func:`ann2snn.verify`
+    ``example_input`` (an input of the size the network will see) lets a model whose code branches
+    on shapes trace (:class:`~ann2snn.graph.ShapeTracer`; the report's ``traced_with_shapes`` says
+    so): the network is then specialised to that input size, except the batch.  Conversion runs in the ANN's dtype (a float64 ANN gives a float64 SNN: :func:`ann2snn.verify`
     converts a float64 copy to compare like with like).  ``spike_levels`` (m) is the default of
     the network's :class:`~ann2snn.simulate.Simulator`:
     each neuron may send up to m spikes per step and sign (1: binary spikes).
@@ -69,7 +71,7 @@ def convert(ann: nn.Module, preset: Preset | str = "exact", *, allow_float_ops: 
     for p in net.parameters():
         p.requires_grad_(False)
     clock = Clock()
-    net, report = preset.build(net, clock, allow_float_ops)
+    net, report = preset.build(net, clock, allow_float_ops, example_input)
     for step, names in report.items():
         if names:
             log.info("convert: %s: %d", step, len(names))

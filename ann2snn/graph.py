@@ -82,32 +82,144 @@ def _after_interrupt(err: BaseException) -> bool:
     return False
 
 
-def trace(model: nn.Module, leaves: tuple[type, ...] = ()) -> fx.GraphModule:
+class ShapeTracer(Tracer):
+    """A tracer that runs an example input along (Zhang et al.'s concrete tracing idea, as Hugging
+    Face's ``HFTracer`` does for its models): every proxy carries its value for the example, and
+    a shape query answers with the example's sizes -- so code that branches on shapes (MobileViT's
+    ``if new_h != H``, timm's VGG head, "same" padding) traces, specialised to the example's
+    spatial size.  The example is run as a batch of :data:`BATCH` = 13 (a prime few layer sizes
+    are multiples of); a size that is a multiple of it -- the batch, or the batch folded with other
+    axes (MobileViT's ``B * patch_area``) -- stays symbolic (``x.size(d)``), so the graph runs at
+    any batch size.  A branch on a value, or on such a size, still fails as it should."""
+
+    BATCH = 13
+
+    def __init__(self, leaves: tuple[type, ...], example: torch.Tensor):
+        super().__init__(leaves)
+        self.example = example.detach()[:1].expand(self.BATCH, *example.shape[1:]).clone()
+        self.values: dict[fx.Node, object] = {}
+        self._fed = False  # the example went to the first placeholder
+        self._computing = False  # computing a value: module calls run, they are not traced
+
+    def call_module(self, m, forward, args, kwargs):
+        return forward(*args, **kwargs) if self._computing else super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self._computing else super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, lambda node: _ShapedProxy(node, self))
+        self.values[proxy.node] = self._value(kind, target, args, kwargs)
+        return proxy
+
+    def _value(self, kind, target, args, kwargs):
+        """The node's value for the example input (None where it cannot be computed)."""
+        def value(a):
+            return self.values.get(a.node) if isinstance(a, fx.Proxy) else a
+
+        args, kwargs = fx.node.map_aggregate(args, value), fx.node.map_aggregate(kwargs, value)
+        self._computing = True
+        try:
+            with torch.no_grad():
+                if kind == "placeholder":  # the model's first input gets the example
+                    fed, self._fed = self._fed, True
+                    return None if fed else self.example
+                if kind == "get_attr":
+                    obj = self.root
+                    for part in str(target).split("."):
+                        obj = getattr(obj, part)
+                    return obj
+                if kind == "call_module":
+                    return self.root.get_submodule(str(target))(*args, **kwargs)
+                if kind == "call_function":
+                    return target(*args, **kwargs)
+                if kind == "call_method":
+                    return getattr(args[0], target)(*args[1:], **kwargs)
+        except Exception:  # a value the example cannot give: shape queries on it fall back to symbols
+            return None
+        finally:
+            self._computing = False
+        return None
+
+
+class _ShapedProxy(fx.Proxy):
+    """A proxy whose shape queries answer from its value for the example (see :class:`ShapeTracer`)."""
+
+    def _sizes(self, value: torch.Tensor) -> tuple:
+        return tuple(self.tracer.create_proxy("call_method", "size", (self, d), {}) if n % ShapeTracer.BATCH == 0 else n
+                     for d, n in enumerate(value.shape))
+
+    def __getattr__(self, k: str):
+        value = self.tracer.values.get(self.node) if isinstance(self.tracer, ShapeTracer) else None
+        if isinstance(value, torch.Tensor):
+            if k == "shape":
+                return self._sizes(value)
+            if k == "size":
+                return lambda dim=None: self._sizes(value) if dim is None else self._sizes(value)[dim]
+            if k == "ndim":
+                return value.ndim
+            if k in ("dim", "ndimension", "is_floating_point"):
+                return getattr(value, k)
+            if k in ("dtype", "device", "is_cuda", "layout"):
+                return getattr(value, k)
+        return super().__getattr__(k)
+
+    def __len__(self) -> int:
+        value = self.tracer.values.get(self.node)
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] % ShapeTracer.BATCH:
+            return int(value.shape[0])
+        return super().__len__()
+
+
+def trace(model: nn.Module, leaves: tuple[type, ...] = (),
+          example_input: torch.Tensor | None = None) -> fx.GraphModule:
     """The model as a GraphModule (parameters shared with ``model``), or a ConversionError that
     says which line of the model could not be traced and why.
 
     A model that is already a GraphModule (what :func:`ann2snn.quantize` returns for shared or
     functional activations) is not traced again: its graph is copied with each node's record of
     the model's source line, so that a refusal cites the model's own code rather than the
-    generated ``forward`` of the GraphModule."""
+    generated ``forward`` of the GraphModule.  When symbolic tracing fails and ``example_input``
+    is given, the model is traced again with it (:class:`ShapeTracer`): the graph is then
+    specialised to that input's size except the batch, and ``gm.meta["traced_with_shapes"]``
+    records the size."""
     if isinstance(model, fx.GraphModule):
         graph = fx.Graph()
         graph.output(graph.graph_copy(model.graph, {}))
-        return fx.GraphModule(model, graph, class_name=type(model).__name__)
-    tracer = Tracer(leaves)
+        gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+        gm.meta.update(getattr(model, "meta", {}))
+        return gm
     try:
-        graph = tracer.trace(model)
+        return _trace_with(Tracer(leaves), model)
     except Exception as err:  # torch.fx raises TraceError, TypeError, RuntimeError, ... from user code
         if _after_interrupt(err):  # an error raised while a Ctrl-C unwound is the interrupt, not the model's
             raise KeyboardInterrupt from err
-        frames = [(f.filename, f.lineno, f.name, f.line or "") for f in traceback.extract_tb(err.__traceback__)]
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise ConversionError(
-            f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {first}, at "
-            f"{_user_frame(frames)}. Data-dependent Python control flow (an `if` on a tensor's value, a "
-            "loop over a tensor) cannot be traced: rewrite that line with tensor ops, or mark the "
-            "sub-module as a leaf only if it holds no activation, BatchNorm, pooling or product.") from None
+        first_error = err
+    if example_input is not None:
+        try:
+            gm = _trace_with(ShapeTracer(leaves, example_input), model)
+            gm.meta["traced_with_shapes"] = tuple(example_input.shape[1:])
+            return gm
+        except Exception as err:
+            if _after_interrupt(err):
+                raise KeyboardInterrupt from err
+    raise _untraceable(model, first_error, example_input is not None) from None
+
+
+def _trace_with(tracer: fx.Tracer, model: nn.Module) -> fx.GraphModule:
+    graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def _untraceable(model: nn.Module, err: BaseException, tried_shapes: bool) -> ConversionError:
+    frames = [(f.filename, f.lineno, f.name, f.line or "") for f in traceback.extract_tb(err.__traceback__)]
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    shapes = ("; tracing again with the example input's shapes failed too" if tried_shapes else
+              "; a branch on shapes only traces with an example input (pass example_input=, as the CLI does)")
+    return ConversionError(
+        f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {first}, at {_user_frame(frames)}"
+        f"{shapes}. Python control flow on a tensor's value (an `if` on a tensor, a loop over a tensor) cannot "
+        "be traced: rewrite that line with tensor ops (torch.where, masks).")
 
 
 def module_path(node: fx.Node) -> str:

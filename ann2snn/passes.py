@@ -186,13 +186,16 @@ REPORT_STEPS = ("replace_activations", "replace_maxpool", "replace_products", "r
 
 
 def convert_graph(net: nn.Module, clock: Clock, neg_rule: str, gate_bias: bool = True,
-                  allow_float_ops: bool | set[str] = False) -> tuple[fx.GraphModule, dict[str, list[str]]]:
+                  allow_float_ops: bool | set[str] = False,
+                  example_input: torch.Tensor | None = None) -> tuple[fx.GraphModule, dict[str, list[str]]]:
     """Convert a traced QCFS ANN node by node: every dynamic node follows its rule
     (:mod:`ann2snn.rules`) or is refused, so the run's mean stays exact.  Returns the converted
     GraphModule and the report."""
-    gm = trace(net, trace_leaves())
+    gm = trace(net, trace_leaves(), example_input)
     kinds = classify(gm)
     report: dict[str, list[str]] = {}
+    if "traced_with_shapes" in gm.meta:  # say so: the network is specialised to this input size
+        report["traced_with_shapes"] = [str(list(gm.meta["traced_with_shapes"]))]
     fold_batchnorms(gm, kinds, clock, gate_bias, report)
     walk = Walk(gm, kinds, clock, neg_rule, gate_bias, allow_float_ops, report)
     for node in list(gm.graph.nodes):

@@ -51,8 +51,8 @@ class Preset:
     def __post_init__(self) -> None:
         object.__setattr__(self, "neg_rule", check_neg_rule(self.neg_rule))
 
-    def build(self, net: nn.Module, clock: Clock,
-              allow_float_ops: bool | set[str] = False) -> tuple[nn.Module, dict[str, list[str]]]:
+    def build(self, net: nn.Module, clock: Clock, allow_float_ops: bool | set[str] = False,
+              example_input=None) -> tuple[nn.Module, dict[str, list[str]]]:
         """Convert ``net`` (a copy of the ANN, edited in place) → (stepped network, report)."""
         raise NotImplementedError
 
@@ -72,15 +72,16 @@ class GraphPreset(Preset):
     """Any traceable model, node by node (:func:`ann2snn.passes.convert_graph`): BatchNorm folded,
     biases and constants gated to the drive steps, spike-equivalent products, softmax and norms."""
 
-    def build(self, net, clock, allow_float_ops=False):
-        return convert_graph(net, clock, self.neg_rule, gate_bias=True, allow_float_ops=allow_float_ops)
+    def build(self, net, clock, allow_float_ops=False, example_input=None):
+        return convert_graph(net, clock, self.neg_rule, gate_bias=True, allow_float_ops=allow_float_ops,
+                             example_input=example_input)
 
 
 @dataclass(frozen=True)
 class PerStepPreset(Preset):
     """The original toolkit's module replacement (:func:`ann2snn.passes.replace_per_step`)."""
 
-    def build(self, net, clock, allow_float_ops=False):
+    def build(self, net, clock, allow_float_ops=False, example_input=None):
         if not isinstance(net, Transformer):
             raise ConversionError(
                 f"The {self.name} preset reproduces the original toolkit's module replacement, which is defined "

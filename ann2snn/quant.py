@@ -156,7 +156,8 @@ def _quantize_args(model, levels, lambda_init) -> tuple[int, float]:
 
 
 def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=None,
-             percentile: float = 99.9, calibration_batches: int = 4, placement: str = "activations") -> nn.Module:
+             percentile: float = 99.9, calibration_batches: int = 4, placement: str = "activations",
+             example_input: torch.Tensor | None = None) -> nn.Module:
     """Give every call site of a ReLU-family activation of ``model`` its own :class:`QCFS` site
     with ``levels`` levels (done before training or fine-tuning: QCFS's "replace the activation by
     the quantization-clip-floor-shift function", Bu et al., ICLR 2022), and, under the default
@@ -183,6 +184,11 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     otherwise the rewritten :class:`torch.fx.GraphModule` is returned (QCFS modules of shared or
     functional sites are added under new names; the original parameters are shared).
 
+    ``example_input``: an input of the size the model will see (any batch size); used only when
+    symbolic tracing fails on code that branches on shapes (:class:`~ann2snn.graph.ShapeTracer`):
+    the model is then returned as a GraphModule specialised to that input size (except the
+    batch), which :func:`ann2snn.convert` converts without tracing again.
+
     ``calibrate``: a loader (or iterable of ``(x, y)`` / ``x`` batches); each λ is then initialised
     to the ``percentile``-th percentile of its site's (clipped) ReLU activations over the first
     ``calibration_batches`` batches (:func:`calibrate`), the usual start for fine-tuning a
@@ -192,13 +198,14 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     levels, lambda_init = _quantize_args(model, levels, lambda_init)
     if placement not in PLACEMENTS:
         raise ValueError(f"quantize: placement must be one of {PLACEMENTS}, got {str(placement)[:40]!r}")
-    gm = trace(model, trace_leaves())
+    gm = trace(model, trace_leaves(), example_input)
     sites = _find_sites(gm, model, placement)
     uses: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             uses[str(node.target)] = uses.get(str(node.target), 0) + 1
-    if all(s.node.op == "call_module" and uses[str(s.node.target)] == 1 for s in sites):
+    specialised = "traced_with_shapes" in gm.meta  # only the graph holds what tracing made concrete
+    if not specialised and all(s.node.op == "call_module" and uses[str(s.node.target)] == 1 for s in sites):
         # the module tree already has one module per site: keep the model's own class
         for site in sites:
             q = QCFS(levels, lambda_init, site.clip, signed=site.signed)

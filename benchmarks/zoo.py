@@ -17,7 +17,7 @@ weights, ``--classes`` outputs), every BatchNorm given non-trivial running stati
 parameters, eval mode; the input is the smallest of ``--sizes`` (32, 64, 96, 128, 160, 224) at
 which the float model runs (timm models get ``img_size``, torchvision ViT / MaxViT
 ``image_size`` / ``input_size``, where the constructor takes it); a batch of 2 N(0, 1) images.
-Then ``q = ann2snn.quantize(model, 4)`` (default placement: a site at every ReLU and after every
+Then ``q = ann2snn.quantize(model, 4, example_input=x[:1])`` (default placement: a site at every ReLU and after every
 other activation); unless ``--no-calibrate``, λ is set by ``ann2snn.quant.calibrate_lambdas`` on
 a separate random batch of 4 (the 99.9th percentile, as ``quantize(calibrate=...)`` does), so
 that the sites fire and the check is not vacuous; ``snn = ann2snn.convert(q)``;
@@ -329,7 +329,7 @@ def ann2snn_check(model, x, calib, rec: dict, emit, calibrate: bool = True) -> N
         rec["stage"] = stage
         emit(rec)
         t0 = time.perf_counter()
-        q = ann2snn.quantize(model, LEVELS)
+        q = ann2snn.quantize(model, LEVELS, example_input=x[:1])  # shape branches trace with it
         times["quantize_s"] = time.perf_counter() - t0
         rec["sites"] = sum(isinstance(m, QCFS) for m in q.modules())
         if calibrate:

@@ -442,3 +442,49 @@ def test_a_users_own_import_of_torchvision_and_timm_works_after_import_ann2snn()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["ResNet", "1000"]
+
+
+# ---------------------------------------------------------------- tracing with shapes (issue 19)
+class ShapeBranch(nn.Module):
+    """Branches on shapes as timm's VGG head and MobileViT do, and reshapes by the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        B, C, H, W = h.shape
+        if H % 4 != 0 or W % 4 != 0:  # pad to a multiple of the patch size, as MobileViT
+            h = F.interpolate(h, size=(H + 4 - H % 4, W + 4 - W % 4), mode="bilinear", align_corners=False)
+        if h.shape[-1] > 4:
+            h = F.adaptive_avg_pool2d(h, 4)
+        return self.head(h.reshape(B, -1))
+
+
+def test_a_model_that_branches_on_shapes_traces_with_an_example_input():
+    torch.manual_seed(14)
+    with pytest.raises(ConversionError, match="pass example_input="):
+        ann2snn.quantize(ShapeBranch(), 4)
+    example = torch.zeros(1, 3, 6, 6)
+    q = ann2snn.quantize(ShapeBranch(), 4, example_input=example)
+    assert isinstance(q, torch.fx.GraphModule) and q.meta["traced_with_shapes"] == (3, 6, 6)
+    q = randomize_lambdas(q.eval(), gen=torch.Generator().manual_seed(1))
+    snn = ann2snn.convert(q)  # the quantized GraphModule is not traced again
+    assert snn.report["traced_with_shapes"] == ["[3, 6, 6]"]
+    for batch in (1, 3, 7):  # specialised to 6×6, not to the example's batch size
+        assert ann2snn.verify(q, snn, torch.randn(batch, 3, 6, 6)).ok
+
+
+def test_a_branch_on_values_still_fails_with_an_example_input():
+    class ValueBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = F.relu(self.lin(x))
+            return h if h.sum() > 0 else -h
+
+    with pytest.raises(ConversionError, match="tracing again with the example input's shapes failed too"):
+        ann2snn.quantize(ValueBranch(), 4, example_input=torch.zeros(1, 4))

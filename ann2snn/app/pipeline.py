@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ann2snn.app import distributed, preflight
@@ -54,7 +55,9 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         preflight.check_memory(meta, cfg.model, distributed.select_device(cfg))
     model = preflight.built(lambda: build_at(info.img_size), cfg.model)
     if model_kind(cfg.model) == "convertible" and cfg.quantize:
-        model = quantize(model, cfg.l, cfg.lambda_init)
+        # the data's input size, for a model whose code branches on shapes (traced with an example)
+        example = torch.zeros(1, info.in_channels, info.img_size, info.img_size)
+        model = quantize(model, cfg.l, cfg.lambda_init, example_input=example)
     preflight.check_input(model, meta, cfg.model, info, build_at)
     return model
 
