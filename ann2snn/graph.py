@@ -19,6 +19,9 @@ Each node gets a *kind* (:func:`classify`):
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+import operator
 import os
 import re
 import traceback
@@ -104,6 +107,14 @@ class ShapeTracer(Tracer):
     def call_module(self, m, forward, args, kwargs):
         return forward(*args, **kwargs) if self._computing else super().call_module(m, forward, args, kwargs)
 
+    def trace(self, root, concrete_args=None):
+        """Trace through the functions libraries hide from torch.fx with ``torch.fx.wrap``
+        (torchvision's ``shifted_window_attention``, ``_patch_merging_pad``): they are wrapped
+        because their code branches on shapes, which this tracer answers; left whole, the
+        converter would see one opaque call in place of the attention inside it."""
+        with _library_wraps_lifted():
+            return super().trace(root, concrete_args)
+
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         return attr_val if self._computing else super().getattr(attr, attr_val, parameter_proxy_cache)
 
@@ -142,6 +153,39 @@ class ShapeTracer(Tracer):
         return None
 
 
+@contextlib.contextmanager
+def _library_wraps_lifted():
+    """For the duration, torch.fx does not patch the ``torch.fx.wrap`` functions of modules outside
+    torch (see :meth:`ShapeTracer.trace`); restored afterwards, also on error."""
+    table = fx._symbolic_trace._wrapped_fns_to_patch
+    lifted = {key: frame for key, frame in table.items() if _liftable(str(frame.get("__name__", "")))}
+    for key in lifted:
+        del table[key]
+    try:
+        yield
+    finally:
+        table.update(lifted)
+
+
+def _liftable(module: str) -> bool:
+    """A module whose ``torch.fx.wrap`` functions the shape tracer traces through: not torch's,
+    not ours, and not torchvision's operators (``stochastic_depth`` has its own rule)."""
+    return not (module == "torch" or module.startswith(("torch.", "ann2snn.", "torchvision.ops")))
+
+
+def wrapped_library_call(node: fx.Node) -> bool:
+    """True for a call of a function a library wrapped with ``torch.fx.wrap`` (outside torch):
+    a symbolic trace keeps it whole; :class:`ShapeTracer` traces through it."""
+    if node.op != "call_function":
+        return False
+    module = getattr(node.target, "__module__", "") or ""
+    name = getattr(node.target, "__name__", "")
+    if not _liftable(module):
+        return False
+    return any(frame.get("__name__") == module and key[1] == name
+               for key, frame in fx._symbolic_trace._wrapped_fns_to_patch.items())
+
+
 class _ShapedProxy(fx.Proxy):
     """A proxy whose shape queries answer from its value for the example (see :class:`ShapeTracer`)."""
 
@@ -164,6 +208,11 @@ class _ShapedProxy(fx.Proxy):
                 return getattr(value, k)
         return super().__getattr__(k)
 
+    def __setitem__(self, key, value) -> None:
+        """``t[idx] = v`` as an ``operator.setitem`` node (side-effectful: kept in the graph), as
+        Swin's shifted-window mask is built; the example's value is updated in place too."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
     def __len__(self) -> int:
         value = self.tracer.values.get(self.node)
         if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] % ShapeTracer.BATCH:
@@ -182,7 +231,9 @@ def trace(model: nn.Module, leaves: tuple[type, ...] = (),
     generated ``forward`` of the GraphModule.  When symbolic tracing fails and ``example_input``
     is given, the model is traced again with it (:class:`ShapeTracer`): the graph is then
     specialised to that input's size except the batch, and ``gm.meta["traced_with_shapes"]``
-    records the size."""
+    records the size.  With ``example_input``, a model whose symbolic graph calls a function a
+    library hid from torch.fx (:func:`wrapped_library_call`, e.g. torchvision's Swin attention) is
+    traced with it too, through that function."""
     if isinstance(model, fx.GraphModule):
         graph = fx.Graph()
         graph.output(graph.graph_copy(model.graph, {}))
@@ -190,25 +241,43 @@ def trace(model: nn.Module, leaves: tuple[type, ...] = (),
         gm.meta.update(getattr(model, "meta", {}))
         return gm
     try:
-        return _trace_with(Tracer(leaves), model)
+        gm = _trace_with(Tracer(leaves), model)
     except Exception as err:  # torch.fx raises TraceError, TypeError, RuntimeError, ... from user code
         if _after_interrupt(err):  # an error raised while a Ctrl-C unwound is the interrupt, not the model's
             raise KeyboardInterrupt from err
-        first_error = err
+        gm, first_error = None, err
+    if gm is not None and (example_input is None or not any(map(wrapped_library_call, gm.graph.nodes))):
+        return gm
     if example_input is not None:
         try:
-            gm = _trace_with(ShapeTracer(leaves, example_input), model)
-            gm.meta["traced_with_shapes"] = tuple(example_input.shape[1:])
-            return gm
+            shaped = _trace_with(ShapeTracer(leaves, example_input), model)
+            shaped.meta["traced_with_shapes"] = tuple(example_input.shape[1:])
+            return shaped
         except Exception as err:
             if _after_interrupt(err):
                 raise KeyboardInterrupt from err
+            if gm is not None:  # the symbolic graph, with the library's call whole, is still a graph
+                return gm
     raise _untraceable(model, first_error, example_input is not None) from None
 
 
 def _trace_with(tracer: fx.Tracer, model: nn.Module) -> fx.GraphModule:
-    graph = tracer.trace(model)
+    graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def _defaults_after_input(model: nn.Module) -> dict | None:
+    """The forward's parameters after the input that have defaults (timm's ``attn_mask=None``,
+    a ``return_features=False``), bound to them: the converted network is fed the input alone,
+    so the graph is specialised to the defaults (``if attn_mask is None`` is then taken as the
+    call without a mask takes it, not traced as a tensor)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    bound = {p.name: p.default for p in params[1:]
+             if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return bound or None
 
 
 def _untraceable(model: nn.Module, err: BaseException, tried_shapes: bool) -> ConversionError:
@@ -273,6 +342,9 @@ def describe(node: fx.Node, gm: fx.GraphModule | None = None) -> str:
 # node kinds
 SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
+# tensors made from another's shape, dtype and device only: constants however the other varies
+SHAPED_LIKE_METHODS = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"}
+SHAPED_LIKE_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}
 
 
 def _arg_nodes(node: fx.Node) -> list[fx.Node]:
@@ -284,9 +356,10 @@ def _arg_nodes(node: fx.Node) -> list[fx.Node]:
 def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
     """Every node's kind: :data:`DYNAMIC`, ``const`` or ``meta`` (see the module docstring)."""
     kinds: dict[fx.Node, str] = {}
+    fed = False
     for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            kinds[node] = DYNAMIC
+        if node.op == "placeholder":  # the input; later placeholders keep their defaults (see trace)
+            kinds[node], fed = (DYNAMIC if not fed else "const"), True
             continue
         if node.op == "get_attr":
             kinds[node] = "const"
@@ -295,8 +368,12 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
         shape_query = (node.op == "call_method" and node.target in SHAPE_METHODS) or (
             node.op == "call_function" and node.target is getattr and len(node.args) > 1
             and node.args[1] in SHAPE_ATTRS)
+        shaped_like = (node.op == "call_method" and node.target in SHAPED_LIKE_METHODS) or (
+            node.op == "call_function" and node.target in SHAPED_LIKE_FUNCTIONS)
         if shape_query:
             kinds[node] = "meta"
+        elif shaped_like and DYNAMIC not in [kinds[a] for a in _arg_nodes(node)[1:]]:
+            kinds[node] = "const"  # only the first operand's shape is read
         elif DYNAMIC in ins:
             kinds[node] = DYNAMIC
         elif ins and all(k == "meta" for k in ins):
@@ -332,4 +409,4 @@ def add_module(gm: fx.GraphModule, base: str, module: nn.Module) -> str:
 
 
 __all__ = ["DYNAMIC", "ConversionError", "Tracer", "add_module", "classify", "describe", "module_path", "replace_module",
-           "source_line", "target_name", "trace"]
+           "source_line", "target_name", "trace", "wrapped_library_call"]

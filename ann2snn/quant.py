@@ -17,17 +17,15 @@ intermediates of five elementwise ops.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ann2snn._checks import check_int, check_module, check_positive
 from ann2snn.graph import ConversionError, add_module, describe, module_path, replace_module, trace
 from ann2snn.layers import MatMul, SignedSite
 from ann2snn.neurons import DriveGate, ECSoftmax, MaxPoolNeuron, ScaledNeuron, SpikeMatMul
+from ann2snn.placements import OTHER_ACTIVATIONS, PLACEMENTS, Site, find_sites
 
 log = logging.getLogger("ann2snn")
 
@@ -107,46 +105,6 @@ def trace_leaves() -> tuple[type, ...]:
     return (QCFS, MatMul, SignedSite, ScaledNeuron, MaxPoolNeuron, SpikeMatMul, ECSoftmax, DriveGate)
 
 
-def _signed_site(node, gm) -> tuple[bool, float | None]:
-    """(is a signed site, its clip or None): a SignedSite module or a symmetric Hardtanh(−c, c)."""
-    if node.op == "call_module":
-        m = gm.get_submodule(str(node.target))
-        if isinstance(m, SignedSite):
-            return True, None
-        if isinstance(m, nn.Hardtanh) and float(m.min_val) == -float(m.max_val) and float(m.max_val) > 0:
-            return True, float(m.max_val)
-    return False, None
-
-
-def _activation_clip(node, gm) -> tuple[bool, float | None, bool]:
-    """(is a ReLU-family activation, its clip or None, in place) for an fx node."""
-    if node.op == "call_module":
-        m = gm.get_submodule(str(node.target))
-        if type(m) is nn.ReLU:
-            return True, None, bool(m.inplace)
-        if isinstance(m, nn.Hardtanh) and float(m.min_val) == 0.0:  # ReLU6 is a Hardtanh(0, 6)
-            return True, float(m.max_val), bool(m.inplace)
-        return False, None, False
-    if node.op == "call_function":
-        t = node.target
-        if t in (F.relu, torch.relu):
-            return True, None, bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
-        if t in (torch.relu_, F.relu_):
-            return True, None, True
-        if t is F.relu6:
-            return True, 6.0, bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
-        if t is F.hardtanh:
-            lo = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
-            hi = node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0)
-            inplace = node.kwargs.get("inplace", node.args[3] if len(node.args) > 3 else False)
-            if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and float(lo) == 0.0:
-                return True, float(hi), bool(inplace)
-        return False, None, False
-    if node.op == "call_method" and node.target in ("relu", "relu_"):
-        return True, None, node.target == "relu_"
-    return False, None, False
-
-
 def _quantize_args(model, levels, lambda_init) -> tuple[int, float]:
     """:func:`quantize`'s arguments, checked: ``levels`` an int ≥ 1 (2.5 is refused, not truncated
     to 2), ``lambda_init`` finite and > 0."""
@@ -174,6 +132,10 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
       second one.  Any network gets a QANN this way.
     - ``"relu"``: ReLU-family activations only (other activations stay float operations, which the
       next layer reads as real values); a model without one is refused.
+    - ``"synapses"``: as ``"activations"``, and a site (signed where it can be negative) on every
+      operand of a Linear, convolution or product of two input-dependent tensors that is not a
+      site yet -- after each LayerNorm, on q, k, v, the softmax and the attention output -- so
+      every weight is read by spikes (:mod:`ann2snn.placements`, which documents each).
 
     The model is traced with torch.fx (:func:`ann2snn.graph.trace`), so every *call* is found:
     ``nn.ReLU`` / ``nn.ReLU6`` / ``nn.Hardtanh(0, c)`` modules (a module called at two sites gets
@@ -199,13 +161,14 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     if placement not in PLACEMENTS:
         raise ValueError(f"quantize: placement must be one of {PLACEMENTS}, got {str(placement)[:40]!r}")
     gm = trace(model, trace_leaves(), example_input)
-    sites = _find_sites(gm, model, placement)
+    sites = find_sites(gm, model, placement)
     uses: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             uses[str(node.target)] = uses.get(str(node.target), 0) + 1
     specialised = "traced_with_shapes" in gm.meta  # only the graph holds what tracing made concrete
-    if not specialised and all(s.node.op == "call_module" and uses[str(s.node.target)] == 1 for s in sites):
+    if not specialised and all(s.node.op == "call_module" and uses[str(s.node.target)] == 1 and s.readers is None
+                               for s in sites):
         # the module tree already has one module per site: keep the model's own class
         for site in sites:
             q = QCFS(levels, lambda_init, site.clip, signed=site.signed)
@@ -224,68 +187,7 @@ def quantize(model: nn.Module, levels: int, lambda_init: float = 8.0, calibrate=
     return out
 
 
-PLACEMENTS = ("activations", "relu")
-# Activations other than the ReLU family that a site follows under placement="activations": the
-# module types, functions and tensor methods, each with whether its output can be negative.
-OTHER_ACTIVATIONS: dict[Any, bool] = {
-    nn.GELU: True, nn.SiLU: True, nn.Mish: True, nn.Hardswish: True, nn.ELU: True, nn.CELU: True, nn.SELU: True,
-    nn.LeakyReLU: True, nn.PReLU: True, nn.Tanh: True, nn.Softsign: True,
-    nn.Sigmoid: False, nn.Softplus: False, nn.Hardsigmoid: False,
-    F.gelu: True, F.silu: True, F.mish: True, F.hardswish: True, F.elu: True, F.celu: True, F.selu: True,
-    F.leaky_relu: True, torch.tanh: True, F.tanh: True, F.softsign: True,
-    torch.sigmoid: False, F.sigmoid: False, F.softplus: False, F.hardsigmoid: False,
-    "tanh": True, "sigmoid": False,
-}
-
-
-@dataclass(frozen=True)
-class _Site:
-    node: torch.fx.Node
-    clip: float | None  # a clipped ReLU's clip (λ ≤ clip)
-    inplace: bool
-    signed: bool
-    follows: bool = False  # a site after the node (another activation, kept), not in its place
-
-
-def _other_activation(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool | None:
-    """Whether ``node`` is an activation of :data:`OTHER_ACTIVATIONS` with a signed output (True),
-    a non-negative one (False), or not such an activation (None)."""
-    if node.op == "call_module":
-        mod = gm.get_submodule(str(node.target))
-        return next((v for k, v in OTHER_ACTIVATIONS.items() if isinstance(k, type) and type(mod) is k), None)
-    if node.op in ("call_function", "call_method"):
-        try:
-            return OTHER_ACTIVATIONS.get(node.target)
-        except TypeError:  # an unhashable callable
-            return None
-    return None
-
-
-def _find_sites(gm: torch.fx.GraphModule, model: nn.Module, placement: str = "activations") -> list[_Site]:
-    """Every activation call site of the traced model; a ConversionError when there is none."""
-    sites = []
-    for node in gm.graph.nodes:
-        is_signed, clip = _signed_site(node, gm)
-        if is_signed:
-            sites.append(_Site(node, clip, False, True))
-            continue
-        is_act, clip, inplace = _activation_clip(node, gm)
-        if is_act:
-            sites.append(_Site(node, clip, inplace, False))
-    if placement == "activations":
-        taken = {s.node for s in sites}
-        for node in gm.graph.nodes:
-            signed = _other_activation(node, gm)
-            if signed is not None and node.users and not all(u in taken for u in node.users):
-                sites.append(_Site(node, None, False, signed, follows=True))
-    if not sites:
-        raise ConversionError(f"quantize: {type(model).__name__} has no activation to quantize (a ReLU-family "
-                              "activation, or with placement='activations' GELU, SiLU, sigmoid, tanh ...). Build "
-                              "the model with activations between its layers.")
-    return sites
-
-
-def _rewrite_sites(gm: torch.fx.GraphModule, sites: list[_Site], levels: int, lambda_init: float):
+def _rewrite_sites(gm: torch.fx.GraphModule, sites: list[Site], levels: int, lambda_init: float):
     """Give each site its own QCFS module in the graph: a shared module's first call keeps its
     name, later calls and functional / method calls get new modules beside the code that made them."""
     seen: set[str] = set()
@@ -293,7 +195,7 @@ def _rewrite_sites(gm: torch.fx.GraphModule, sites: list[_Site], levels: int, la
     for site in sites:
         node, q = site.node, QCFS(levels, lambda_init, site.clip, signed=site.signed)
         if site.follows:
-            _site_after(gm, node, q)
+            _site_after(gm, node, q, site.readers)
             continue
         if node.op == "call_module" and str(node.target) not in seen:
             seen.add(str(node.target))
@@ -320,8 +222,9 @@ def _rewrite_sites(gm: torch.fx.GraphModule, sites: list[_Site], levels: int, la
     return gm
 
 
-def _site_after(gm: torch.fx.GraphModule, node: torch.fx.Node, q: QCFS) -> None:
-    """Insert the site ``q`` after ``node``: every reader of ``node`` reads the site instead."""
+def _site_after(gm: torch.fx.GraphModule, node: torch.fx.Node, q: QCFS, readers: frozenset | None = None) -> None:
+    """Insert the site ``q`` after ``node``: every reader of ``node`` (or those of ``readers``)
+    reads the site instead."""
     if node.op == "call_module":
         base = f"{node.target}_site"  # beside the activation module
     else:
@@ -331,7 +234,7 @@ def _site_after(gm: torch.fx.GraphModule, node: torch.fx.Node, q: QCFS) -> None:
     with gm.graph.inserting_after(node):
         new = gm.graph.call_module(name, (node,))
     new.meta = dict(node.meta)
-    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new and (readers is None or user in readers))
 
 
 @torch.no_grad()
@@ -398,4 +301,4 @@ def calibrate_lambdas(model: nn.Module, loader, percentile: float = 99.9, batche
     return out
 
 
-__all__ = ["OTHER_ACTIVATIONS", "PLACEMENTS", "QCFS", "calibrate_lambdas", "qcfs", "quantize"]
+__all__ = ["OTHER_ACTIVATIONS", "PLACEMENTS", "QCFS", "calibrate_lambdas", "qcfs", "quantize"]  # the first two: from placements

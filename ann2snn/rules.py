@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from spikingjelly.activation_based.neuron import BaseNode
 from torch import fx, nn
 
-from ann2snn.graph import DYNAMIC, ConversionError, add_module, describe, module_path, replace_module
+from ann2snn.graph import (DYNAMIC, ConversionError, add_module, describe, module_path, replace_module,
+                           wrapped_library_call)
 from ann2snn.layers import MatMul
 from ann2snn.neurons import (Clock, DriveConst, DriveFill, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
                              ScaledNeuron, SpikeAttention, SpikeEinsum, SpikeMatMul, SpikeMul,
@@ -647,6 +648,10 @@ def apply_rule(walk: Walk, node: fx.Node) -> None:
     elif node.op == "call_module":
         walk.refuse(node, f"{type(op).__name__} is not linear and has no spike-equivalent operator here",
                     "Replace it by a ReLU (quantized to QCFS), or by an operator this converter supports.")
+    elif wrapped_library_call(node):
+        walk.refuse(node, "the library hides this function from torch.fx (torch.fx.wrap), so its operators "
+                    "cannot be seen one by one", "Pass example_input= (a batch of one, as the CLI does) to quantize "
+                    "and convert: ann2snn then traces through it with the example's shapes.")
     else:
         walk.refuse(node, "this operation is not linear and has no spike-equivalent operator here", _NO_RULE_FIX)
 

@@ -90,7 +90,7 @@ def test_the_graph_sees_function_level_imports():
 # application (ann2snn.app) stands on all of them; nothing in the library imports from it.
 LAYERS = [
     {"ann2snn._compat", "ann2snn._checks", "ann2snn.progress", "ann2snn.shards", "ann2snn.results"},  # utilities, result types
-    {"ann2snn.quant", "ann2snn.layers", "ann2snn.neurons", "ann2snn.graph"},  # activations, operators, tracing
+    {"ann2snn.quant", "ann2snn.placements", "ann2snn.layers", "ann2snn.neurons", "ann2snn.graph"},  # activations, sites, operators, tracing
     {"ann2snn.rules", "ann2snn.passes", "ann2snn.presets", "ann2snn.models"},  # conversion pieces, the zoo
     {"ann2snn.convert", "ann2snn.simulate", "ann2snn.verify"},  # conversion, time
     {"ann2snn.metrics", "ann2snn.energy", "ann2snn.frontier"},  # measurement

@@ -488,3 +488,27 @@ def test_a_branch_on_values_still_fails_with_an_example_input():
 
     with pytest.raises(ConversionError, match="tracing again with the example input's shapes failed too"):
         ann2snn.quantize(ValueBranch(), 4, example_input=torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_torchvisions_swin_converts_exactly_through_its_wrapped_attention(version):
+    """torchvision hides ``shifted_window_attention`` (window partition, cyclic shift, the shifted-
+    window mask built by item assignment, relative position bias; v2's cosine attention and its
+    continuous position bias MLP) from torch.fx with ``torch.fx.wrap``.  Without an example input
+    the call is refused whole, naming the way out; with one, the shape tracer traces through it
+    and the network converts exactly."""
+    swin = import_torchvision().models.swin_transformer
+    extra = {} if version == 1 else {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
+    torch.manual_seed(15)
+    model = swin.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[2, 2], num_heads=[2, 2],
+                                 window_size=[2, 2], num_classes=3, **extra).eval()
+    x = torch.rand(3, 3, 8, 8)  # 4×4 tokens in 2×2 windows: the shifted blocks use the mask
+    with pytest.raises(ConversionError, match=r"shifted_window_attention.*torch.fx.wrap.*Pass example_input="):
+        ann2snn.convert(ann2snn.quantize(copy.deepcopy(model), 4))
+    q = ann2snn.quantize(model, 4, example_input=x[:1])
+    q = randomize_lambdas(q.eval(), gen=torch.Generator().manual_seed(16))
+    snn = ann2snn.convert(q, example_input=x[:1])
+    assert snn.report["traced_with_shapes"] == ["[3, 8, 8]"]
+    assert not any(n.target is swin.shifted_window_attention for n in snn.net.graph.nodes)
+    res = ann2snn.verify(q, snn, x, t=4)
+    assert res.ok, res

@@ -115,7 +115,7 @@ class Config:
     attn: str = "softmax"  # softmax | query_softmax | ssa (transformer)
     lambda_init: float = 8.0  # initial QCFS threshold
     ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
-    placement: str = "qkv"  # vit: where activations are quantized: qkv (q, k, v and after GELU) | norm (also after each LayerNorm, signed)
+    placement: str = "qkv"  # where sites go: qkv (vit: q, k, v and after GELU; other models: after every activation) | norm (vit: also after each LayerNorm, signed) | synapses (any model: every Linear, convolution and product reads spikes)
     width: float | None = None  # channel multiplier of the CNNs (vgg16, resnet18, resnet20); null = 1
     quantize: bool = True  # QCFS sites for conversion; false trains the plain ReLU ANN (to pretrain)
     pretrained: str | None = None  # local state dict of the ReLU model, loaded before quantizing
@@ -187,8 +187,9 @@ class Config:
         _need(self.attn in ATTN_CHOICES, f"attn must be one of {ATTN_CHOICES}, got {short_repr(self.attn)}.")
         _need(self.placement in PLACEMENT_CHOICES,
               f"placement must be one of {PLACEMENT_CHOICES}, got {short_repr(self.placement)}.")
-        _need(self.placement == "qkv" or self.model == "vit",
-              f"placement applies to the `vit` model only, not {short_repr(self.model)}; leave it at qkv.")
+        _need(self.placement != "norm" or self.model == "vit",
+              f"placement norm applies to the `vit` model only, not {short_repr(self.model)}; use qkv (after every "
+              "activation) or synapses (every synapse reads spikes).")
         _need(self.ssa_form in SSA_FORM_CHOICES,
               f"ssa_form must be one of {SSA_FORM_CHOICES}, got {short_repr(self.ssa_form)}.")
         from ann2snn.presets import PRESETS  # late imports: loading a config needs no torch
@@ -278,7 +279,7 @@ OLD_VALUES = {"preset": {"seed": "per_step"}, "attn": {"softmax_seed": "query_so
 OPTIMIZERS = ("adamw", "sgd")
 WIDTH_MODELS = ("vgg16", "resnet18", "resnet20")
 SSA_FORM_CHOICES = ("token_first", "token_last")
-PLACEMENT_CHOICES = ("qkv", "norm")
+PLACEMENT_CHOICES = ("qkv", "norm", "synapses")
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
 MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize",
               "width", "patch_size", "placement")

@@ -42,8 +42,8 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         direct["width"] = cfg.width
     if cfg.model == "vit" or cfg.model.startswith("timm:"):
         direct["patch_size"] = cfg.patch_size
-    if cfg.model == "vit":
-        direct["placement"] = cfg.placement
+    if cfg.model == "vit":  # its own sites (qkv, norm); synapses adds the rest in quantize
+        direct["placement"] = "qkv" if cfg.placement == "synapses" else cfg.placement
 
     def build_at(img_size: int) -> nn.Module:
         return create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
@@ -57,9 +57,22 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     if model_kind(cfg.model) == "convertible" and cfg.quantize:
         # the data's input size, for a model whose code branches on shapes (traced with an example)
         example = torch.zeros(1, info.in_channels, info.img_size, info.img_size)
-        model = quantize(model, cfg.l, cfg.lambda_init, example_input=example)
+        if cfg.placement == "synapses":
+            _explicit_attention(model)
+        model = quantize(model, cfg.l, cfg.lambda_init, example_input=example,
+                         placement="synapses" if cfg.placement == "synapses" else "activations")
     preflight.check_input(model, meta, cfg.model, info, build_at)
     return model
+
+
+def _explicit_attention(model: nn.Module) -> None:
+    """timm's attention modules compute softmax(q kᵀ) v inside ``F.scaled_dot_product_attention``
+    when ``fused_attn`` is set; written out (timm's own non-fused path, the same values) the
+    softmax output is a tensor of the graph, so placement ``synapses`` gives it a site and the
+    product with v reads spikes."""
+    for m in model.modules():
+        if isinstance(getattr(m, "fused_attn", None), bool):
+            m.fused_attn = False
 
 
 def load_pretrained(model: nn.Module, path: str) -> None:
