@@ -359,8 +359,8 @@ def _multihead_attention(walk: Walk, node: fx.Node, mod: nn.MultiheadAttention) 
     """``nn.MultiheadAttention`` (torchvision's ViT) becomes its spike-equivalent: projections with
     drive-gated biases around a spike-equivalent attention.  Its attention weights are not
     produced: a model that reads them (``out[1]``) is refused."""
-    reads_weights = any(u.op == "call_function" and u.target is operator.getitem and u.args[1] != 0
-                        for u in node.users)
+    reads_weights = any(u.op == "call_function" and u.target is operator.getitem and u.args[1] != 0 and u.users
+                        for u in node.users)  # `x, _ = mha(...)` unpacks the weights but never reads them
     if reads_weights or mod.bias_k is not None or mod.add_zero_attn or mod.dropout and mod.training:
         walk.refuse(node, "MultiheadAttention whose attention weights are read, or with add_bias_kv / "
                     "add_zero_attn, has no spike-equivalent form here",

@@ -414,6 +414,17 @@ def test_reading_multihead_attention_weights_is_refused():
         ann2snn.convert(_qann(Weights(True)))
 
 
+def test_torchvisions_vit_unpacks_weights_it_never_reads_and_converts_exactly():
+    """torchvision's encoder block writes ``x, _ = self.self_attention(x, x, x, need_weights=False)``:
+    the weights are unpacked (a getitem node) but never read."""
+    tv = import_torchvision()
+    torch.manual_seed(17)
+    model = tv.models.VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8,
+                                        mlp_dim=16, num_classes=3)
+    report = _exact(_qann(model), torch.rand(3, 3, 8, 8))
+    assert len(report["replace_attention"]) == 2
+
+
 def test_torchvisions_stochastic_depth_is_removed_in_eval_mode():
     tv = import_torchvision()
 
