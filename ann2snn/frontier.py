@@ -4,7 +4,9 @@ For each spike_levels m (the most spikes a neuron sends per step and sign; 1 is 
 row t (input steps) and the extra zero-input steps extra_t that help, one point: top-1 on the whole
 test loader (:func:`ann2snn.metrics.evaluate_table`), total steps T = t + extra_t, the bits per step
 log2(2m + 1) and the spike-step budget T × bits, and the energy per image measured by
-:func:`ann2snn.energy.measure_energy` on the first batches.  A point is on the Pareto front when
+:func:`ann2snn.energy.measure_energy` on the first batches, under both energy models (the
+standard one against the fp32 ANN; the memory model against the equal-bit QNN, with spikes per
+synapse and the break-even rate).  A point is on the Pareto front when
 no other point has at least its accuracy at no more energy (one of them strictly better).
 
 "Where extra steps help": a row's points are extra_t = 0 and the fewest extra steps that reach the
@@ -65,14 +67,15 @@ def _arguments(sim, spike_levels, rows, extra_t, energy_batches, levels, extra) 
 
 def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = None, rows: list[int] | None = None,
              extra_t: int | None = None, energy_batches: int | None = 4, constants="fp32", first_layer: str = "once",
-             *, levels: list[int] | None = None, extra: int | None = None) -> Frontier:
+             *, levels: list[int] | None = None, extra: int | None = None, hardware=None) -> Frontier:
     """Points for every m in ``spike_levels`` (default 1, 2, L), t in ``rows`` (default 1..2L) and
     the helpful extra steps up to ``extra_t`` (default L) (see the module docstring).  ``sim`` is the converted
     network's :class:`~ann2snn.simulate.Simulator`; its spike_levels is restored afterwards.
     Returns a :class:`~ann2snn.results.Frontier`: ``ann``, ``L``, ``points``, ``spike_levels``,
     ``rows``, ``extra_t``, ``energy_images``, ``constants``, ``first_layer`` (``to_dict()`` names
     ``spike_levels`` "levels" and ``extra_t`` "extra", as the files do).  ``levels`` and ``extra``
-    are the old names of ``spike_levels`` and ``extra_t``, still accepted."""
+    are the old names of ``spike_levels`` and ``extra_t``, still accepted.  ``hardware``: the
+    second energy model's :class:`~ann2snn.energy.HardwareModel` (default: its defaults)."""
     L, spike_levels, rows, extra_t = _arguments(sim, spike_levels, rows, extra_t, energy_batches, levels, extra)
     ann = evaluate_ann(model, loader)
     points: list[FrontierPoint] = []
@@ -86,8 +89,9 @@ def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = Non
             for t in rows:
                 top1 = table[t].top1
                 for e in helpful_extra_t(top1):
-                    en = measure_energy(model, sim, loader, t, e, constants, energy_batches, first_layer)
-                    tot = en.totals.to_dict()
+                    en = measure_energy(model, sim, loader, t, e, constants, energy_batches, first_layer,
+                                        hardware=hardware)
+                    tot, hw = en.totals.to_dict(), en.hardware
                     images = tot["images"]
                     points.append(FrontierPoint(
                         spike_levels=m, t=t, extra_t=e, steps=t + e, bits_per_step=bits,
@@ -95,7 +99,9 @@ def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = Non
                         delta_top1=top1[e] - ann.top1, e_snn_mj=tot["e_snn_mj"],
                         e_ann_mj=tot["e_ann_mj"], ann_snn_ratio=tot["ann_snn_ratio"],
                         non_spike_share=tot["non_spike_share"], mean_rate=tot["mean_rate"],
-                        sops=tot["sops"]))
+                        sops=tot["sops"], e_snn_memory_mj=hw.e_snn_mj, e_qnn_mj=hw.e_qnn_mj,
+                        qnn_snn_ratio=hw.qnn_snn_ratio, spikes_per_synapse=hw.spikes_per_synapse,
+                        break_even_rate=hw.break_even_rate))
     finally:
         sim.spike_levels = was
     pareto(points)

@@ -248,6 +248,12 @@ class FrontierPoint(Result):
     mean_rate: float
     sops: float
     pareto: bool = False
+    # the second energy model (ann2snn.energy.hardware): the SNN and its equal-bit QNN with memory
+    e_snn_memory_mj: float | None = None
+    e_qnn_mj: float | None = None
+    qnn_snn_ratio: float | None = None
+    spikes_per_synapse: float | None = None
+    break_even_rate: float | None = None  # spikes per synapse and step at which E_SNN = E_QNN (None: none)
 
 
 @dataclass

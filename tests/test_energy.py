@@ -373,7 +373,7 @@ def test_result_dicts_keep_the_file_keys_in_order(qcfs_transformer):
     x, y = torch.randn(2, 1, 8, 8), torch.randint(0, 10, (2,))
     res = measure_energy(qcfs_transformer, Simulator(convert(qcfs_transformer, "exact")), [(x, y)], t=2)
     d = json.loads(json.dumps(res.to_dict()))
-    assert list(d) == ["rows", "totals", "accuracy", "effective_latency"]
+    assert list(d) == ["rows", "totals", "hardware", "accuracy", "effective_latency"]
     assert {r["kind"] for r in d["rows"]} == set(ROW_KEYS)
     for row in d["rows"]:
         assert list(row) == ROW_KEYS[row["kind"]], row["name"]
@@ -410,7 +410,7 @@ def test_energy_of_a_metered_evaluation_equals_measure_energy(qcfs_transformer):
     got = energy_of(meter, sim, x, 3, 1, "fp16", "per_step", effective_latency=run["effective_latency"])
     want = measure_energy(qcfs_transformer, sim, [(x, y)], 3, 1, "fp16", first_layer="per_step")
     assert got.accuracy is None and want.accuracy is not None
-    assert list(meter.result({}, 3, 1).to_dict()) == ["rows", "totals"]  # the meter alone: no run figures
+    assert list(meter.result({}, 3, 1).to_dict()) == ["rows", "totals", "hardware"]  # the meter alone: no run figures
     assert got.to_dict() == {k: v for k, v in want.to_dict().items() if k != "accuracy"}
 
 
@@ -481,12 +481,17 @@ def test_energy_command_prints_table_and_writes_files(energy_root, capsys):
     from ann2snn.app.cli import main
 
     rc = main(["energy", "--out_root", str(energy_root), "--t", "4", "--json", str(energy_root / "e.json"),
-               "--csv", str(energy_root / "e.csv"), "--constants", "int8"])
+               "--csv", str(energy_root / "e.csv"), "--constants", "int8", "--weight-bits", "4",
+               "--weight-reads", "dense"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "E_SNN" in out and "effective latency" in out and "int8" in out
+    assert "second model (memory: equal-bit QNN" in out and "E_QNN = " in out and "verdict: the SNN" in out
     res = json.loads((energy_root / "e.json").read_text())
     assert res["totals"]["constants"]["e_ac_pj"] == 0.03 and res["totals"]["t"] == 4
+    hw = res["hardware"]
+    assert hw["model"]["weight_bits"] == 4 and hw["model"]["weight_reads"] == "dense"
+    assert hw["e_qnn_mj"] > 0 and hw["e_snn_mj"] == pytest.approx(sum(hw["snn_breakdown_mj"].values()))
     assert (energy_root / "e.csv").stat().st_size > 0
 
 

@@ -187,6 +187,16 @@ def _interrupting_trace(then):
     return trace
 
 
+@pytest.fixture
+def terminal_sigint():
+    """Ctrl-C as in a terminal: a suite started in the background (``pytest &``) inherits SIGINT
+    ignored, which ``main`` rightly respects (it installs its handler only where SIGINT is not
+    ignored), and these tests would then see no interrupt at all."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _half_imported(original, self, root, *args, **kwargs):
     raise AttributeError("module 'sympy' has no attribute 'printing'")  # what a half-imported sympy gives
 
@@ -196,7 +206,7 @@ def _carry_on(original, self, root, *args, **kwargs):
 
 
 @pytest.mark.parametrize("then", [_half_imported, _carry_on], ids=["turned-into-an-error", "swallowed"])
-def test_ctrl_c_during_tracing_is_reported_as_an_interrupt(capsys, monkeypatch, tmp_path, then):
+def test_ctrl_c_during_tracing_is_reported_as_an_interrupt(capsys, monkeypatch, tmp_path, then, terminal_sigint):
     """D8: an interrupt inside torch.fx tracing was reported as "torch.fx cannot trace
     Transformer: AttributeError: module 'sympy' …" (exit 2), or, swallowed, the run went on and
     finished (exit 0)."""
@@ -240,6 +250,7 @@ def test_progress_raises_an_interrupt_that_was_swallowed():
 FORKED_TRAIN = """
 import json, os, signal, sys, time
 from ann2snn.app import cli  # imported once: each child starts main with torch loaded, sympy not yet
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see terminal_sigint)
 cfg, root = sys.argv[1], sys.argv[2]
 for delay in map(float, sys.argv[3].split(",")):
     r, w = os.pipe()

@@ -159,6 +159,7 @@ def test_the_frontier_command_writes_table_and_pareto_plot(digits_run, capsys):
     for p in pts:
         assert p["steps"] == p["t"] + p["extra_t"] and p["bit_steps"] == pytest.approx(p["steps"] * p["bits_per_step"])
         assert p["e_snn_mj"] > 0 and 0 <= p["non_spike_share"] <= 1
+        assert p["e_snn_memory_mj"] > 0 and p["e_qnn_mj"] > 0 and p["spikes_per_synapse"] >= 0  # the second model
     # t = 1 with m = L: the first step is the quantized ANN, so its top-1 is the ANN's
     one = next(p for p in pts if p["spike_levels"] == 4 and p["t"] == 1 and p["extra_t"] == 0)
     assert one["top1"] == pytest.approx(res["ann"]["top1"])
@@ -167,6 +168,8 @@ def test_the_frontier_command_writes_table_and_pareto_plot(digits_run, capsys):
     assert len(list(csv.DictReader(open(out_dir / "frontier.csv")))) == len(pts)
     assert (out_dir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Fewest total steps" in (out_dir / "frontier.md").read_text()
+    assert "memory: E_SNN (mJ)" in (out_dir / "frontier.md").read_text()
+    assert "break_even_rate" in next(csv.reader(open(out_dir / "frontier.csv")))
 
 
 @pytest.mark.slow

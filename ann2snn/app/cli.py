@@ -80,6 +80,16 @@ def _energy_constants(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _weight_bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = 0
+    if not 1 <= bits <= 32:
+        raise argparse.ArgumentTypeError(f"weight bits must be a whole number from 1 to 32, got {text[:40]!r}")
+    return bits
+
+
 # --------------------------------------------------------------------------------------------
 # the parser
 class _Parser(argparse.ArgumentParser):
@@ -164,6 +174,11 @@ def _energy_options(sp) -> None:
                     help="pJ per MAC/AC: fp32 (4.6/0.9), fp16 (1.5/0.4), int8 (0.23/0.03) or 'MAC,AC'")
     sp.add_argument("--first-layer", dest="first_layer", choices=("once", "per_step"), default="once",
                     help="image-fed layer's MACs: once (papers' convention) or on every input step")
+    sp.add_argument("--weight-bits", dest="weight_bits", type=_weight_bits, default=8,
+                    help="second (memory) model: weight width in bits of the SNN and its equal-bit QNN (default 8)")
+    sp.add_argument("--weight-reads", dest="weight_reads", choices=("event", "dense"), default="event",
+                    help="second (memory) model: the SNN reads a weight per synaptic event (event-driven) or "
+                         "every weight on every step (dense)")
 
 
 def _latency_option(sp) -> None:

@@ -213,8 +213,8 @@ def cmd_convert(args, overrides) -> int:
     if not _is_main():  # under torchrun only rank 0 reports and writes
         return 0
     energy = energy_of(meter, sim, next(iter(loader))[0], cfg.t, cfg.extra_t, getattr(args, "constants", "fp32"),
-                       getattr(args, "first_layer", "once"),
-                       effective_latency=res.effective_latency)  # (rank 0's shard under torchrun)
+                       getattr(args, "first_layer", "once"), effective_latency=res.effective_latency,
+                       hardware=hardware_model(args))  # (rank 0's shard under torchrun)
     full = getattr(args, "energy", False)  # `run` has no --energy
     result.update({"energy": energy.to_dict()} if full else {"energy_totals": energy.totals.to_dict()})
     print(format_steps(result))
@@ -229,6 +229,13 @@ def cmd_convert(args, overrides) -> int:
     return 0
 
 
+def hardware_model(args):
+    """The second (memory) energy model of the command's ``--weight-bits`` / ``--weight-reads``."""
+    from ann2snn.energy import HardwareModel
+
+    return HardwareModel(weight_bits=getattr(args, "weight_bits", 8), weight_reads=getattr(args, "weight_reads", "event"))
+
+
 def cmd_energy(args, overrides) -> int:
     from ann2snn.app.plots import write_energy_plots
     from ann2snn.app.report import format_energy_table, write_energy_csv, write_energy_json
@@ -237,7 +244,8 @@ def cmd_energy(args, overrides) -> int:
     job = prepare(args, overrides, "energy")
     cfg, ckpt, out, model, loader = job.cfg, job.checkpoint, job.out, job.model, job.loader
     res = measure_energy(model, job.sim, loader, cfg.t, cfg.extra_t, args.constants,
-                         args.max_batches, args.first_layer, latency_extra=args.latency_extra)
+                         args.max_batches, args.first_layer, latency_extra=args.latency_extra,
+                         hardware=hardware_model(args))
     if not _is_main():
         return 0
     meta = {"checkpoint": str(ckpt), "preset": cfg.preset}  # written after the result's own keys
@@ -283,7 +291,7 @@ def cmd_frontier(args, overrides) -> int:
 
     job = prepare(args, overrides, "frontier", per_level=False, converted_only=True)
     res = frontier(job.model, job.sim, job.loader, job.spike_levels, job.rows, max(job.extra_t), args.energy_batches,
-                   args.constants, args.first_layer)
+                   args.constants, args.first_layer, hardware=hardware_model(args))
     if not _is_main():
         return 0
     write_frontier(job.out, res, meta={"checkpoint": str(job.checkpoint), "preset": job.cfg.preset})

@@ -198,27 +198,47 @@ def write_convert_plots(result: dict, energy: EnergyResult | None, out: str | Pa
 def plot_frontier(res: Frontier, path: str | Path) -> Path:
     """Top-1 (%) against energy per image (mJ, log scale) of the frontier's points, one marker per
     spike_levels m, each point labelled with its total steps T; the Pareto front as a step line and
-    the ANN as a horizontal line."""
-    fig, ax = _figure("frontier")
+    the ANN as a horizontal line.  Two panels when the points carry the second energy model: the
+    standard model (the fp32 ANN's energy as a vertical line) and the memory model (the equal-bit
+    QNN's)."""
+    memory = bool(res.points) and all(p.e_snn_memory_mj is not None for p in res.points)
+    w, h = figure_size("frontier")
+    fig = Figure(figsize=(w * (1.8 if memory else 1.0), h), dpi=DPI)
+    FigureCanvasAgg(fig)
+    panels = [("e_snn_mj", "e_ann_mj", "standard model (E_MAC/E_AC)", "fp32 ANN")]
+    if memory:
+        panels.append(("e_snn_memory_mj", "e_qnn_mj", "memory model (integer, SRAM traffic)", "equal-bit QNN"))
+    for i, (key, ref, title, ref_name) in enumerate(panels, 1):
+        _frontier_panel(fig.add_subplot(1, len(panels), i), res, key, ref, f"{title}, L = {res.L}", ref_name)
+    return _save(fig, path)
+
+
+def _frontier_panel(ax, res: Frontier, key: str, ref: str, title: str, ref_name: str) -> None:
     markers = "osD^v<>p*h"
     for i, m in enumerate(res.spike_levels):
         pts = [p for p in res.points if p.spike_levels == m]
         if not pts:
             continue
-        ax.scatter([p.e_snn_mj for p in pts], [p.top1 for p in pts], marker=markers[i % len(markers)],
+        ax.scatter([getattr(p, key) for p in pts], [p.top1 for p in pts], marker=markers[i % len(markers)],
                    s=36, label=f"m = {m} ({pts[0].bits_per_step:.2f} bits/step)", alpha=0.85)
         for p in pts:
-            ax.annotate(f"T={p.steps}", (p.e_snn_mj, p.top1), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    front = sorted((p for p in res.points if p.pareto), key=lambda p: p.e_snn_mj)
+            ax.annotate(f"T={p.steps}", (getattr(p, key), p.top1), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
+    front = [p for p in res.points if not any(
+        q.top1 >= p.top1 and getattr(q, key) <= getattr(p, key) and (q.top1 > p.top1 or getattr(q, key) < getattr(p, key))
+        for q in res.points)]
+    front.sort(key=lambda p: getattr(p, key))
     if front:
-        ax.step([p.e_snn_mj for p in front], [p.top1 for p in front], where="post", color="0.3", lw=1,
+        ax.step([getattr(p, key) for p in front], [p.top1 for p in front], where="post", color="0.3", lw=1,
                 label="Pareto front")
     ax.axhline(res.ann.top1, color="k", ls="--", lw=1, label=f"ANN {res.ann.top1:.2f}%")
-    if all(p.e_snn_mj > 0 for p in res.points) and res.points:
+    refs = [getattr(p, ref) for p in res.points if getattr(p, ref)]
+    if refs:
+        ax.axvline(refs[0], color="tab:red", ls=":", lw=1, label=f"{ref_name} {refs[0]:.3g} mJ")
+    if all(getattr(p, key) > 0 for p in res.points) and res.points:
         ax.set_xscale("log")
     ax.set_xlabel("energy per image (mJ)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"accuracy against energy, steps marked (L = {res.L})")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)

@@ -216,7 +216,7 @@ def format_energy_table(result: EnergyResult) -> str:
     head = (f"{'layer':<28} {'type':<13} {'input':<14} {'op':<7} {'rate':>11} {'FLOPs':>8} "
             f"{'SOPs':>8} {'MACs':>8} {'E_ANN µJ':>9} {'E_SNN µJ':>9}")
     lines = [head, "-" * len(head)] + [_energy_row_line(r) for r in result.rows]
-    lines += ["-" * len(head)] + _energy_totals_lines(tot)
+    lines += ["-" * len(head)] + _energy_totals_lines(tot) + hardware_lines(result.hardware)
     acc = result.accuracy
     if acc and acc.snn_top1_within_run:
         ann = f"ANN top-1 {acc.ann_top1:.2f}%, " if acc.ann_top1 is not None else ""
@@ -225,6 +225,28 @@ def format_energy_table(result: EnergyResult) -> str:
     if result.effective_latency is not None:
         lines.append(latency_text(result.effective_latency))
     return "\n".join(lines)
+
+
+def hardware_lines(hw) -> list[str]:
+    """The second energy model's totals (:mod:`ann2snn.energy.hardware`), for a terminal."""
+    if hw is None:
+        return []
+    m = hw.model
+
+    def parts(book: dict[str, float], total: float) -> str:
+        return ", ".join(f"{k.replace('_', ' ')} {100 * v / total:.1f}%" for k, v in book.items() if v > 0 and total > 0)
+
+    return [
+        f"second model (memory: equal-bit QNN, {hw.activation_bits}-bit activations, {m.weight_bits}-bit weights, "
+        f"{m.acc_bits}-bit accumulators, {m.membrane_bits}-bit membranes, weights read per "
+        f"{'event' if m.weight_reads == 'event' else 'step'}; Horowitz 45 nm with SRAM traffic):",
+        f"  E_QNN = {hw.e_qnn_mj:.4g} mJ ({parts(hw.qnn_breakdown_mj, hw.e_qnn_mj)})",
+        f"  E_SNN = {hw.e_snn_mj:.4g} mJ ({parts(hw.snn_breakdown_mj, hw.e_snn_mj)})",
+        f"  E_QNN / E_SNN = {hw.qnn_snn_ratio:.3g}x; {hw.spikes_per_synapse:.3g} spikes per synapse per inference; "
+        + ("no break-even" if hw.break_even_spikes_per_synapse is None else
+           f"break-even {hw.break_even_spikes_per_synapse:.3g} spikes per synapse ({hw.break_even_rate:.3g} per step)"),
+        f"  verdict: {hw.verdict}",
+    ]
 
 
 def snn_macs(tot: EnergyTotals) -> float:
@@ -259,17 +281,20 @@ def write_energy_json(path: str | Path, result: EnergyResult, meta: dict[str, An
 
 def summary_line(result: EnergyResult) -> str:
     """One line: energies per image, their ratio, the mean firing rate and the effective latency."""
-    tot = result.totals
+    tot, hw = result.totals, result.hardware
+    second = "" if hw is None else (f"second model (memory): equal-bit QNN {hw.e_qnn_mj:.4g} mJ, SNN "
+                                    f"{hw.e_snn_mj:.4g} mJ (QNN/SNN {hw.qnn_snn_ratio:.2f}x); ")
     return (f"energy/image ({tot.constants.name}): ANN {tot.e_ann_mj:.4g} mJ, SNN {tot.e_snn_mj:.4g} mJ "
             f"(ANN/SNN {tot.ann_snn_ratio:.2f}x); mean firing rate {tot.mean_rate:.3f}; "
-            f"{100 * tot.non_spike_share:.0f}% of E_SNN not spike-driven; "
+            f"{100 * tot.non_spike_share:.0f}% of E_SNN not spike-driven; " + second
             + latency_text(result.effective_latency))
 
 
 # --------------------------------------------------------------------------------------------
 # the frontier (ann2snn.frontier.frontier's Frontier)
 FRONTIER_FIELDS = ("spike_levels", "bits_per_step", "t", "extra_t", "steps", "bit_steps", "top1", "top5",
-                   "delta_top1", "e_snn_mj", "e_ann_mj", "ann_snn_ratio", "non_spike_share", "mean_rate", "pareto")
+                   "delta_top1", "e_snn_mj", "e_ann_mj", "ann_snn_ratio", "non_spike_share", "mean_rate", "pareto",
+                   "e_snn_memory_mj", "e_qnn_mj", "qnn_snn_ratio", "spikes_per_synapse", "break_even_rate")
 
 
 def fewest_steps(res: Frontier, m: int, within: float) -> FrontierPoint | None:
@@ -279,18 +304,30 @@ def fewest_steps(res: Frontier, m: int, within: float) -> FrontierPoint | None:
     return min(ok, key=lambda p: (p.steps, p.e_snn_mj)) if ok else None
 
 
+def _memory_cells(p: FrontierPoint) -> str:
+    if p.e_snn_memory_mj is None:
+        return "– | – | – | –"
+    be = "none" if p.break_even_rate is None else f"{p.break_even_rate:.3g}"
+    return f"{p.e_snn_memory_mj:.4g} | {p.qnn_snn_ratio:.2f}× | {p.spikes_per_synapse:.3g} | {be}"
+
+
 def frontier_markdown(res: Frontier) -> str:
     ann = res.ann
     lines = [f"# Accuracy, latency and energy (L = {res.L})", "",
              f"ANN top-1 {ann.top1:.2f}% ({ann.n} test images). Energy per image on the first "
              f"{res.energy_images} test images ({res.constants}). Bits per step log2(2m+1); the spike-step "
-             "budget is T × bits. * marks the Pareto front of accuracy against energy.", "",
-             "| m | bits/step | t | extra | T | T × bits | top-1 | Δ vs ANN | E_SNN (mJ) | ANN/SNN | not spike-driven |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "budget is T × bits. * marks the Pareto front of accuracy against energy (standard model). "
+             "Standard model: E_MAC / E_AC against the fp32 ANN; memory model: against the equal-bit QNN "
+             "on integer hardware with memory traffic (ann2snn.energy.hardware), with spikes per synapse "
+             "per inference and the break-even rate per step.", "",
+             "| m | bits/step | t | extra | T | T × bits | top-1 | Δ vs ANN | E_SNN (mJ) | ANN/SNN | not spike-driven "
+             "| memory: E_SNN (mJ) | QNN/SNN | spikes/synapse | break-even rate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in res.points:
         lines.append(f"| {p.spike_levels} | {p.bits_per_step:.2f} | {p.t} | {p.extra_t} | {p.steps} | "
                      f"{p.bit_steps:.1f} | {p.top1:.2f}{' *' if p.pareto else ''} | {p.delta_top1:+.2f} | "
-                     f"{p.e_snn_mj:.4g} | {p.ann_snn_ratio:.2f}× | {100 * p.non_spike_share:.0f}% |")
+                     f"{p.e_snn_mj:.4g} | {p.ann_snn_ratio:.2f}× | {100 * p.non_spike_share:.0f}% | "
+                     + _memory_cells(p) + " |")
     lines += ["", "Fewest total steps within 0.5 / 0.1 points of the ANN:", ""]
     for m in res.spike_levels:
         cells = []

@@ -82,6 +82,10 @@ NeurIPS 2023; operation energies from Horowitz, "Computing's energy problem", IS
 - **Non-spike share**: ``totals.energy_breakdown_mj`` splits E_SNN into ACs driven by spikes
   and MACs of the image-fed layer, of layers fed analog values, of products and of the float
   functions; ``totals.non_spike_share`` is the fraction of E_SNN that is not spike-driven.
+- **The second model** (:mod:`ann2snn.energy.hardware`, ``result.hardware``): the same records
+  priced against the equal-bit quantized ANN on integer hardware, with weight, state, spike and
+  activation memory traffic and the neurons' compares, plus spikes per synapse and the break-even
+  spike rate.  Every result carries both.
 - Not counted (on either side): BatchNorm left unfolded, residual adds, membrane updates, fixed
   scalings (Spikformer's ×0.125 after SSA, a shift), constants injected on drive steps.
 
@@ -114,6 +118,7 @@ from ann2snn.energy.accounting import FIRST_LAYER_MODES, account
 from ann2snn.energy.constants import (CONSTANTS, NONLINEAR_MACS, RUNNING_RULE_MACS, EnergyConstants, nonlinear_macs,
                                       resolve_constants)
 from ann2snn.energy.flops import count_flops, flops_per_module
+from ann2snn.energy.hardware import HardwareEnergy, HardwareModel, hardware_energy
 from ann2snn.energy.meter import EnergyMeter
 from ann2snn.energy.record import LayerRecord
 from ann2snn.energy.result import EnergyAccuracy, EnergyBreakdown, EnergyResult, EnergyRow, EnergyTotals
@@ -124,13 +129,14 @@ from ann2snn.simulate import Simulator
 
 def energy_of(meter: EnergyMeter, sim: Simulator, sample: torch.Tensor, t: int, extra_t: int = 0,
               constants: str | EnergyConstants = "fp32", first_layer: str = "once", *,
-              accuracy: EnergyAccuracy | None = None, effective_latency=None) -> EnergyResult:
+              accuracy: EnergyAccuracy | None = None, effective_latency=None,
+              hardware: HardwareModel | None = None) -> EnergyResult:
     """The energy result of the runs of t + extra_t steps that ``meter`` recorded on ``sim``: each
     layer's FLOPs are counted on one step of ``sim`` fed ``sample[:1]`` (a batch of the measured
     data), then the records are priced (:meth:`EnergyMeter.result`).  ``accuracy`` and
     ``effective_latency`` of the same runs are carried along when given."""
     flops = flops_per_module(sim, sample[:1].to(device_of(sim.snn)))
-    res = meter.result(flops, t, extra_t, constants, first_layer)
+    res = meter.result(flops, t, extra_t, constants, first_layer, hardware)
     res.accuracy, res.effective_latency = accuracy, effective_latency
     return res
 
@@ -138,7 +144,8 @@ def energy_of(meter: EnergyMeter, sim: Simulator, sample: torch.Tensor, t: int, 
 @torch.no_grad()
 def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extra_t: int = 0,
                    constants: str | EnergyConstants = "fp32", max_batches: int | None = None,
-                   first_layer: str = "once", latency_extra: int = 0) -> EnergyResult:
+                   first_layer: str = "once", latency_extra: int = 0,
+                   hardware: HardwareModel | None = None) -> EnergyResult:
     """Firing rates, FLOPs, SOPs and energy per image of a converted network on ``loader``.
 
     ``snn_or_sim``: a :class:`~ann2snn.simulate.Simulator` or a ``SpikingNetwork``.  FLOPs are
@@ -148,7 +155,9 @@ def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extr
     ``model_ann`` on the same batches (none when the simulator steps a directly trained SNN, preset
     :data:`~ann2snn.presets.AS_TRAINED`: there is no ANN to compare with) and the effective
     latency (observed over ``t + extra_t + latency_extra`` steps; the energy covers
-    ``t + extra_t``).  Returns an :class:`EnergyResult` (``to_dict()`` for the JSON form).
+    ``t + extra_t``).  Returns an :class:`EnergyResult` (``to_dict()`` for the JSON form), priced
+    under both energy models: ``totals`` the standard one, ``hardware`` the equal-bit QNN with
+    memory traffic (:class:`HardwareModel` ``hardware``, or its defaults).
     """
     if not isinstance(snn_or_sim, Simulator) and not isinstance(snn_or_sim, nn.Module):
         raise TypeError(f"measure_energy: snn_or_sim must be a Simulator or a converted network, got "
@@ -162,10 +171,10 @@ def measure_energy(model_ann: nn.Module | None, snn_or_sim, loader, t: int, extr
                        latency_extra=latency_extra, max_batches=max_batches, desc="energy")
     accuracy = EnergyAccuracy(run.within_run.top1, run.ann.top1 if run.ann is not None else None)
     return energy_of(meter, sim, next(iter(loader))[0], t, extra_t, constants, first_layer, accuracy=accuracy,
-                     effective_latency=run.effective_latency)
+                     effective_latency=run.effective_latency, hardware=hardware)
 
 
 __all__ = ["CONSTANTS", "EnergyAccuracy", "EnergyBreakdown", "EnergyConstants", "EnergyMeter", "EnergyResult",
-           "EnergyRow", "EnergyTotals", "FIRST_LAYER_MODES", "LayerRecord", "NONLINEAR_MACS", "RUNNING_RULE_MACS",
+           "EnergyRow", "EnergyTotals", "FIRST_LAYER_MODES", "HardwareEnergy", "HardwareModel", "hardware_energy", "LayerRecord", "NONLINEAR_MACS", "RUNNING_RULE_MACS",
            "account", "count_flops", "energy_of", "flops_per_module", "measure_energy", "nonlinear_macs",
            "resolve_constants"]

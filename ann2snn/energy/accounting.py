@@ -11,6 +11,7 @@ from typing import Iterable
 
 from ann2snn._checks import describe
 from ann2snn.energy.constants import RUNNING_RULE_MACS, EnergyConstants, resolve_constants
+from ann2snn.energy.hardware import HardwareModel, hardware_energy
 from ann2snn.energy.record import LayerRecord
 from ann2snn.energy.result import EnergyBreakdown, EnergyResult, EnergyRow, EnergyTotals
 from ann2snn.neurons import bits_per_step
@@ -135,9 +136,13 @@ def _totals(rows: list[EnergyRow], sums: _Sums, flops: dict[str, int], c: Energy
 
 
 def account(records: Iterable[LayerRecord], images: int, spike_levels: int, flops: dict[str, int], t: int,
-            extra_t: int = 0, constants: str | EnergyConstants = "fp32", first_layer: str = "once") -> EnergyResult:
+            extra_t: int = 0, constants: str | EnergyConstants = "fp32", first_layer: str = "once",
+            hardware: HardwareModel | None = None) -> EnergyResult:
     """Per-layer rows and per-image totals of the layers ``records`` over ``images`` images and
-    t + extra_t steps; ``flops`` maps a layer's name to its dense MACs per image ("" the model's)."""
+    t + extra_t steps; ``flops`` maps a layer's name to its dense MACs per image ("" the model's).
+    The result carries the second model too (``result.hardware``: the equal-bit QNN with memory
+    traffic, :mod:`ann2snn.energy.hardware`, under ``hardware`` or its defaults)."""
+    records = list(records)
     if first_layer not in FIRST_LAYER_MODES:
         raise ValueError(f"first_layer must be one of {FIRST_LAYER_MODES}, got {describe(first_layer)}")
     c = resolve_constants(constants)
@@ -154,7 +159,9 @@ def account(records: Iterable[LayerRecord], images: int, spike_levels: int, flop
         row.e_ann_mj = c.e_mac_pj * (row.flops + (row.ann_macs if row.ann_macs is not None else 0.0)) * 1e-9
         row.e_snn_mj = (c.e_ac_pj * row.sops + c.e_mac_pj * row.macs) * 1e-9
         rows.append(row)
-    return EnergyResult(rows, _totals(rows, sums, flops, c, images, spike_levels, t, extra_t, first_layer))
+    totals = _totals(rows, sums, flops, c, images, spike_levels, t, extra_t, first_layer)
+    second = hardware_energy(records, rows, n, t, extra_t, spike_levels, sums.f_macs, sums.f_macs_ann, hardware)
+    return EnergyResult(rows, totals, hardware=second)
 
 
 __all__ = ["FIRST_LAYER_MODES", "KIND_NAMES", "account", "product_ops"]

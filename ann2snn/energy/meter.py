@@ -19,6 +19,7 @@ from ann2snn.energy.accounting import KIND_NAMES, account
 from ann2snn.energy.constants import EnergyConstants, nonlinear_macs
 from ann2snn.energy.flops import product_macs
 from ann2snn.energy.flow import AnalogFlow, storage_of
+from ann2snn.energy.hardware import HardwareModel
 from ann2snn.energy.record import LayerRecord
 from ann2snn.energy.result import EnergyResult
 from ann2snn.neurons import DriveGate, ECSoftmax, RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul, SpikeMul
@@ -70,6 +71,10 @@ class EnergyMeter:
         rec = self.records[name] = LayerRecord(
             name, role, type(inner).__name__, f_macs=nonlinear_macs(mod) if role is Role.FLOAT else 0,
             running=isinstance(mod, (RunningFunction, ECSoftmax)))
+        weight = getattr(inner, "weight", None)
+        rec.weights = int(weight.numel()) if role is Role.SYNAPSE and isinstance(weight, torch.Tensor) else 0
+        if isinstance(mod, ScaledNeuron):
+            rec.levels, rec.signed = mod.levels, bool(mod.signed)
         if role is Role.SYNAPSE:
             self.handles.append(mod.register_forward_pre_hook(self._quiet(self._synapse_hook(rec))))
         elif role is Role.PRODUCT:
@@ -207,11 +212,12 @@ class EnergyMeter:
 
     # -- results ----------------------------------------------------------------------------------
     def result(self, flops: dict[str, int], t: int, extra_t: int = 0,
-               constants: str | EnergyConstants = "fp32", first_layer: str = "once") -> EnergyResult:
+               constants: str | EnergyConstants = "fp32", first_layer: str = "once",
+               hardware: HardwareModel | None = None) -> EnergyResult:
         """Per-layer rows and per-image totals of what was recorded (see :mod:`ann2snn.energy` for
-        every rule; :func:`ann2snn.energy.accounting.account` prices it)."""
+        every rule; :func:`ann2snn.energy.accounting.account` prices it), under both energy models."""
         return account(self.records.values(), self.images, self.spike_levels, flops, t, extra_t, constants,
-                       first_layer)
+                       first_layer, hardware)
 
 
 def _add_op(rec: LayerRecord, spikes: bool, ops: float) -> None:

@@ -44,6 +44,9 @@ class LayerRecord:
     f_elems: float = 0.0  # a float function's output elements, every step
     f_elems_first: float = 0.0  # ... on the first step only (the ANN evaluates it once)
     ann_macs: float = 0.0  # an elementwise product's MACs in the ANN (once; torch's FLOP counter skips them)
+    weights: int = 0  # a synapse's weights (the memory model's weight buffer)
+    levels: int | None = None  # a converted neuron's trained L (None: a directly trained neuron)
+    signed: bool = False  # a converted neuron of a signed site
 
 
 __all__ = ["LayerRecord"]

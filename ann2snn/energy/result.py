@@ -105,18 +105,22 @@ class EnergyAccuracy:
 
 @dataclass
 class EnergyResult:
-    """Rows and totals of :meth:`EnergyMeter.result`; :func:`measure_energy` adds the accuracy and
+    """Rows and totals of :meth:`EnergyMeter.result` (the standard model), ``hardware`` (the second
+    model: the equal-bit QNN with memory traffic); :func:`measure_energy` adds the accuracy and
     the effective latency (:func:`ann2snn.metrics.effective_latency`) of the same run."""
 
     rows: list[EnergyRow]
     totals: EnergyTotals
     accuracy: EnergyAccuracy | None = None
     effective_latency: Any = None
+    hardware: Any = None  # the second model: ann2snn.energy.hardware.HardwareEnergy
 
     def to_dict(self) -> dict[str, Any]:
         """The dict that is written as JSON: ``rows`` and ``totals``, then ``accuracy`` and
         ``effective_latency`` where measured."""
         out: dict[str, Any] = {"rows": [r.to_dict() for r in self.rows], "totals": self.totals.to_dict()}
+        if self.hardware is not None:
+            out["hardware"] = self.hardware.to_dict()
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy.to_dict()
         if self.effective_latency is not None:
