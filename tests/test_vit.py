@@ -12,7 +12,8 @@ import ann2snn
 from ann2snn.app.cli import main
 from ann2snn.models import create_model
 from ann2snn.quant import QCFS
-from helpers import randomize_lambdas
+from ann2snn.simulate import Simulator
+from helpers import randomize_bn, randomize_lambdas
 
 
 @pytest.mark.parametrize("patch_size,img", [(4, 8), (2, 8)])
@@ -76,3 +77,38 @@ def test_a_tiny_timm_vit_settles_on_its_quantized_ann():
     for t in (1, 4):
         r = ann2snn.verify(q, snn, x, t=t)
         assert r.ok and r.scale > 0.1, (t, r)
+
+
+@pytest.mark.parametrize("variant", [dict(attn="ssa"), dict(norm="batch"), dict(mlp_act="relu"),
+                                     dict(attn="ssa", norm="batch", mlp_act="relu")])
+def test_spike_driven_variants_convert_exactly_and_the_full_one_has_no_float_function(variant):
+    """Issue 20's ViT variants under placement='synapses': softmax-free attention, BatchNorms folded
+    into every Linear instead of LayerNorms, no GELU; each settles on its quantized ANN, and with
+    all three the SNN has no float operation left (every MAC is an accumulate but the image layer's
+    and the products' 1/n rescaling)."""
+    torch.manual_seed(7)
+    model = create_model("vit", dim=16, num_heads=2, depth=2, mlp_ratio=2, in_channels=1, img_size=8, num_classes=3,
+                         patch_size=4, **variant).eval()
+    randomize_bn(model, torch.Generator().manual_seed(8))
+    q = randomize_lambdas(ann2snn.quantize(model, 4, placement="synapses").eval(), gen=torch.Generator().manual_seed(9))
+    snn = ann2snn.convert(q)
+    x = torch.rand(4, 1, 8, 8)
+    res = ann2snn.verify(q, snn, x, t=4)
+    assert res.ok, res
+    if variant.get("norm") == "batch":
+        assert len(snn.report["fold_bn"]) == 1 + 2 * 4 and not snn.report["gate_batchnorm"]
+    energy = ann2snn.measure_energy(q, Simulator(snn), [(x, torch.zeros(4, dtype=torch.long))], t=4)
+    assert (energy.totals.nonlinear_macs == 0) == (len(variant) == 3)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"model": "transformer", "norm": "batch"}, ["norm applies to the `vit` model only"]),
+    ({"model": "vit", "mlp_act": "swish"}, ["mlp_act must be one of ('gelu', 'relu')"]),
+    ({"model": "vit", "attn": "query_softmax"}, ["attn for the vit must be one of ('softmax', 'ssa')"]),
+])
+def test_the_variant_keys_are_checked(capsys, tmp_path, overrides, words):
+    from helpers import TINY, assert_user_error, run_cli, write_yaml
+
+    cfg = write_yaml(tmp_path / "c.yml", {**TINY, **overrides})
+    rc, err = run_cli(capsys, ["train", "-c", cfg, "--out", tmp_path / "r", "--out_root", tmp_path])
+    assert_user_error(rc, err, "train", *words)

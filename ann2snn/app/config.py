@@ -115,6 +115,8 @@ class Config:
     attn: str = "softmax"  # softmax | query_softmax | ssa (transformer)
     lambda_init: float = 8.0  # initial QCFS threshold
     ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
+    norm: str = "layer"  # vit: layer (pre-norm LayerNorms) | batch (a BatchNorm after every Linear, folded at conversion)
+    mlp_act: str = "gelu"  # vit: gelu (GELU then a site) | relu (the site alone)
     placement: str = "qkv"  # where sites go: qkv (vit: q, k, v and after GELU; other models: after every activation) | norm (vit: also after each LayerNorm, signed) | synapses (any model: every Linear, convolution and product reads spikes)
     width: float | None = None  # channel multiplier of the CNNs (vgg16, resnet18, resnet20); null = 1
     quantize: bool = True  # QCFS sites for conversion; false trains the plain ReLU ANN (to pretrain)
@@ -190,6 +192,12 @@ class Config:
         _need(self.placement != "norm" or self.model == "vit",
               f"placement norm applies to the `vit` model only, not {short_repr(self.model)}; use qkv (after every "
               "activation) or synapses (every synapse reads spikes).")
+        _need(self.model != "vit" or self.attn in VIT_ATTN_CHOICES,
+              f"attn for the vit must be one of {VIT_ATTN_CHOICES}, got {short_repr(self.attn)}.")
+        for key, value, choices in (("norm", self.norm, NORM_CHOICES), ("mlp_act", self.mlp_act, MLP_ACT_CHOICES)):
+            _need(value in choices, f"{key} must be one of {choices}, got {short_repr(value)}.")
+            _need(value == choices[0] or self.model == "vit",
+                  f"{key} applies to the `vit` model only, not {short_repr(self.model)}; leave it at {choices[0]}.")
         _need(self.ssa_form in SSA_FORM_CHOICES,
               f"ssa_form must be one of {SSA_FORM_CHOICES}, got {short_repr(self.ssa_form)}.")
         from ann2snn.presets import PRESETS  # late imports: loading a config needs no torch
@@ -280,9 +288,12 @@ OPTIMIZERS = ("adamw", "sgd")
 WIDTH_MODELS = ("vgg16", "resnet18", "resnet20")
 SSA_FORM_CHOICES = ("token_first", "token_last")
 PLACEMENT_CHOICES = ("qkv", "norm", "synapses")
+VIT_ATTN_CHOICES = ("softmax", "ssa")
+NORM_CHOICES = ("layer", "batch")
+MLP_ACT_CHOICES = ("gelu", "relu")
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
 MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize",
-              "width", "patch_size", "placement")
+              "width", "patch_size", "placement", "norm", "mlp_act")
 # Largest layer width (dim, and the MLP hidden size int(dim * mlp_ratio)) accepted: far above any
 # real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
 # torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).

@@ -44,6 +44,7 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         direct["patch_size"] = cfg.patch_size
     if cfg.model == "vit":  # its own sites (qkv, norm); synapses adds the rest in quantize
         direct["placement"] = "qkv" if cfg.placement == "synapses" else cfg.placement
+        direct["norm"], direct["mlp_act"] = cfg.norm, cfg.mlp_act
 
     def build_at(img_size: int) -> nn.Module:
         return create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
