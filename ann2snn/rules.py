@@ -417,8 +417,11 @@ RUNNING_MODULES = (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None), nn.
                    nn.SELU, nn.PReLU)
 RUNNING_FUNCTIONS = (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm, F.normalize, F.gelu, F.silu, torch.sigmoid,
                      F.sigmoid, torch.tanh, F.tanh, F.softplus, F.elu, F.mish, F.hardswish, F.hardsigmoid, F.softsign,
-                     F.leaky_relu, F.celu, F.selu, torch.exp, torch.erf)
-RUNNING_METHODS = ("sigmoid", "tanh", "exp", "erf")
+                     F.leaky_relu, F.celu, F.selu, torch.exp, torch.erf,
+                     # powers, roots and reciprocals of one spiking operand (RMSNorm written out, StarReLU)
+                     torch.pow, operator.pow, torch.rsqrt, torch.sqrt, torch.reciprocal, torch.square)
+RUNNING_METHODS = ("sigmoid", "tanh", "exp", "erf", "pow", "__pow__", "rsqrt", "sqrt", "reciprocal", "square")
+_METHOD_FUNCTIONS = {"__pow__": torch.pow}
 
 
 @RULES.modules(*RUNNING_MODULES, role=Role.FLOAT, makes=(RunningFunction,))
@@ -436,7 +439,11 @@ def _running(walk: Walk, node: fx.Node, op) -> None:
         walk.refuse(node, "a function of several spiking operands has no running-sum form here",
                     "Make the other operands constant.")
         return
-    f = op if node.op == "call_function" else getattr(torch, op)
+    if not walk.is_dynamic(node.args[0] if node.args else None):  # 2 ** x: the spiking operand is not the first
+        walk.refuse(node, "a power with a spiking exponent has no running-sum form here",
+                    "Raise the spiking tensor to a constant power instead.")
+        return
+    f = op if node.op == "call_function" else _METHOD_FUNCTIONS.get(op) or getattr(torch, op)
     name = getattr(f, "__name__", str(op))
     path = module_path(node)
     target = add_module(walk.gm, f"{path}.{name}_{node.name}" if path else f"{name}_{node.name}",

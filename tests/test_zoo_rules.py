@@ -523,3 +523,38 @@ def test_torchvisions_swin_converts_exactly_through_its_wrapped_attention(versio
     assert not any(n.target is swin.shifted_window_attention for n in snn.net.graph.nodes)
     res = ann2snn.verify(q, snn, x, t=4)
     assert res.ok, res
+
+
+class RMSNormWrittenOut(nn.Module):
+    """timm's fast_norm RMSNorm: x · rsqrt(mean(x²) + eps) · w, then StarReLU's s·relu(x)² + b."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.w = nn.Parameter(torch.rand(6) + 0.5)
+
+    def forward(self, x):
+        h = self.lin(x)
+        v = h.pow(2).mean(-1, keepdim=True)
+        h = h * torch.rsqrt(v + 1e-5) * self.w
+        return self.head(0.8 * F.relu(h) ** 2 - 0.1 + torch.sqrt(torch.square(h) + 1.0))
+
+
+def test_powers_roots_and_reciprocals_follow_the_running_sum_rule():
+    torch.manual_seed(18)
+    q = _qann(RMSNormWrittenOut())
+    report = _exact(q, torch.randn(5, 4))
+    assert len(report["replace_functions"]) >= 4  # pow, rsqrt, square, sqrt (and relu's site feeds ** 2)
+
+
+def test_a_power_with_a_spiking_exponent_is_refused():
+    class Exp2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return 2 ** F.relu(self.lin(x))
+
+    with pytest.raises(ConversionError, match="spiking exponent"):
+        ann2snn.convert(_qann(Exp2()))
