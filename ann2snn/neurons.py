@@ -360,7 +360,7 @@ class SpikeMultiheadAttention(nn.Module):
 
 
 class DriveGate(nn.Module):
-    """Wraps a Linear/Conv so that its bias is injected only on drive steps of the clock.
+    """Wraps a Linear/Conv/ConvTranspose so that its bias is injected only on drive steps of the clock.
 
     With BatchNorm folded into the bias, zero-drive ("extra") steps then inject no current at all.
     """
@@ -382,6 +382,10 @@ class DriveGate(nn.Module):
         bias = layer.bias if self.clock.drive else None
         if isinstance(layer, nn.Linear):
             return F.linear(x, layer.weight, bias)
+        if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(layer.kernel_size) - 1]
+            return fn(x, layer.weight, bias, layer.stride, layer.padding, layer.output_padding, layer.groups,
+                      layer.dilation)
         return layer._conv_forward(x, layer.weight, bias)
 
 

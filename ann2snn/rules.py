@@ -453,7 +453,7 @@ def _running(walk: Walk, node: fx.Node, op) -> None:
 
 
 # -- synapses and linear maps ----------------------------------------------------------------------
-SYNAPSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SYNAPSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 PASS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                 nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.ZeroPad2d, getattr(nn, "ZeroPad1d", None),
                 getattr(nn, "ZeroPad3d", None), nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,

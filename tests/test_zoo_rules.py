@@ -558,3 +558,17 @@ def test_a_power_with_a_spiking_exponent_is_refused():
 
     with pytest.raises(ConversionError, match="spiking exponent"):
         ann2snn.convert(_qann(Exp2()))
+
+
+def test_a_transposed_convolution_is_a_synapse_with_a_gated_bias():
+    """timm's LowFormer upsamples by ConvTranspose2d: linear, its bias injected on drive steps."""
+    torch.manual_seed(19)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2), nn.ReLU(), nn.ConvTranspose2d(4, 3, 3, stride=2, output_padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.zeros(1, 2, 9, 9))
+    q = _qann(model)
+    report = _exact(q, torch.randn(4, 2, 9, 9))
+    assert "2" in report["gate_biases"]
+    energy = ann2snn.measure_energy(q, ann2snn.Simulator(ann2snn.convert(q)), [(torch.randn(2, 2, 9, 9), torch.zeros(2, dtype=torch.long))], t=4)
+    row = next(r for r in energy.rows if r.name.startswith("2"))
+    assert row.kind == "synapse" and row.flops == 4 * 3 * 9 * 4 * 4  # every input entry meets 3·3·3 weights
