@@ -419,8 +419,11 @@ RUNNING_FUNCTIONS = (F.layer_norm, getattr(F, "rms_norm", None), F.group_norm, F
                      F.sigmoid, torch.tanh, F.tanh, F.softplus, F.elu, F.mish, F.hardswish, F.hardsigmoid, F.softsign,
                      F.leaky_relu, F.celu, F.selu, torch.exp, torch.erf,
                      # powers, roots and reciprocals of one spiking operand (RMSNorm written out, StarReLU)
-                     torch.pow, operator.pow, torch.rsqrt, torch.sqrt, torch.reciprocal, torch.square)
-RUNNING_METHODS = ("sigmoid", "tanh", "exp", "erf", "pow", "__pow__", "rsqrt", "sqrt", "reciprocal", "square")
+                     torch.pow, operator.pow, torch.rsqrt, torch.sqrt, torch.reciprocal, torch.square,
+                     # maxima and minima over an axis (Hiera's mask-unit pooling): max of running means, n·max(X/n)
+                     torch.amax, torch.amin)
+RUNNING_METHODS = ("sigmoid", "tanh", "exp", "erf", "pow", "__pow__", "rsqrt", "sqrt", "reciprocal", "square", "amax",
+                   "amin")
 _METHOD_FUNCTIONS = {"__pow__": torch.pow}
 
 
@@ -546,7 +549,8 @@ def _masked_fill(walk: Walk, node: fx.Node, op) -> None:
 
 
 @RULES.functions(operator.add, operator.sub, torch.add, torch.sub, operator.iadd, operator.isub, role=Role.LINEAR)
-@RULES.methods("add", "sub", "__add__", "__sub__", "__radd__", "__rsub__", role=Role.LINEAR)
+@RULES.methods("add", "sub", "__add__", "__sub__", "__radd__", "__rsub__", "add_", "sub_", "__iadd__", "__isub__",
+               role=Role.LINEAR)
 def _additive(walk: Walk, node: fx.Node, op) -> None:
     """Add / subtract: linear; a constant operand is injected on drive steps only."""
     node.args = tuple(walk.gate_const(node, a) for a in node.args)
@@ -560,12 +564,13 @@ def _join(walk: Walk, node: fx.Node, fn) -> None:
     node.args = (type(seq)(walk.gate_const(node, a) for a in seq),) + tuple(node.args[1:])
 
 
-_DIVISIONS = (operator.truediv, torch.div, operator.itruediv, "div", "__truediv__")
+_DIVISIONS = (operator.truediv, torch.div, operator.itruediv, "div", "__truediv__", "div_")
 
 
 @RULES.functions(operator.mul, operator.truediv, torch.mul, torch.div, operator.imul, operator.itruediv,
                  role=Role.PRODUCT, makes=(SpikeMul,))
-@RULES.methods("mul", "div", "__mul__", "__truediv__", "__rmul__", role=Role.PRODUCT, makes=(SpikeMul,))
+@RULES.methods("mul", "div", "__mul__", "__truediv__", "__rmul__", "mul_", "div_", role=Role.PRODUCT,
+               makes=(SpikeMul,))
 def _scaling(walk: Walk, node: fx.Node, op) -> None:
     """Scaling by a constant is linear; a product of two dynamic tensors becomes the running-sum
     product (bilinear, like ``@``); a division by a dynamic tensor is refused."""

@@ -14,7 +14,7 @@ What is swept:
 Each model, in its own subprocess (``--one TASK``, one JSON line; ``--timeout`` seconds each, so a
 hang cannot stop the sweep): built with random weights (``torch.manual_seed(0)``, no pretrained
 weights, ``--classes`` outputs), every BatchNorm given non-trivial running statistics and affine
-parameters, eval mode; the input is the smallest of ``--sizes`` (32, 64, 96, 128, 160, 224) at
+parameters, every all-zero weight matrix (torchvision's ViT head) given random values, eval mode; the input is the smallest of ``--sizes`` (32, 64, 96, 128, 160, 224) at
 which the float model runs (timm models get ``img_size``, torchvision ViT / MaxViT
 ``image_size`` / ``input_size``, where the constructor takes it); a batch of 2 N(0, 1) images.
 Then ``q = ann2snn.quantize(model, 4, example_input=x[:1])`` (default placement: a site at every ReLU and after every
@@ -276,6 +276,21 @@ def randomize_bn(model, seed: int = 0) -> int:
     return n
 
 
+def randomize_zero_weights(model, seed: int = 0) -> int:
+    """Random weights (normal, std 0.02) in place of the all-zero weight matrices some zoos start
+    from (torchvision's ViT head, zero-initialised residual branches): with them the logits are
+    0 whatever the input and a verify of 0 against 0 would prove nothing.  Returns how many."""
+    import torch
+
+    g, n = torch.Generator().manual_seed(seed + 1), 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and p.numel() and not bool(p.any()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                n += 1
+    return n
+
+
 # --------------------------------------------------------------------------------------------
 # the checks (in the child)
 def refusal_parts(line: str) -> dict:
@@ -416,7 +431,8 @@ def run_one(task: str, opts, emit) -> dict:
         with torch.random.fork_rng(devices=[]):
             model, x, size = fit_input("tv" if kind == "tv" else "timm", name, opts.classes, opts.sizes)
         rec["times"]["build_s"] = time.perf_counter() - t0
-        rec.update(input=size, params=count_params(model), batchnorms=randomize_bn(model))
+        rec.update(input=size, params=count_params(model), batchnorms=randomize_bn(model),
+                   zero_weights_randomized=randomize_zero_weights(model))
         if rec["params"] > opts.max_params:
             rec.update(outcome="too_big", stage="done")
             return rec
@@ -662,7 +678,8 @@ def settings_text(args) -> str:
     calib = ("λ calibrated to the 99.9th percentile on a separate random batch of 4" if args.calibrate
              else "λ = 8 (quantize's default, not calibrated)")
     return (f"Each model in its own subprocess ({args.timeout:g} s limit): random weights, {args.classes} classes, "
-            "random BatchNorm statistics, the smallest input of "
+            "random BatchNorm statistics, all-zero weight matrices (torchvision's ViT head) made random, the smallest "
+            "input of "
             f"{', '.join(map(str, args.sizes))} px that the float model takes, a batch of 2; "
             f"`ann2snn.quantize(model, {LEVELS})`, {calib}; `ann2snn.convert(q)`; `ann2snn.verify(q, snn, x)` "
             "(float64, tolerance 1e-4 · max(1, |logit|)). timm: the model with the fewest parameters among "

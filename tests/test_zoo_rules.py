@@ -572,3 +572,36 @@ def test_a_transposed_convolution_is_a_synapse_with_a_gated_bias():
     energy = ann2snn.measure_energy(q, ann2snn.Simulator(ann2snn.convert(q)), [(torch.randn(2, 2, 9, 9), torch.zeros(2, dtype=torch.long))], t=4)
     row = next(r for r in energy.rows if r.name.startswith("2"))
     assert row.kind == "synapse" and row.flops == 4 * 3 * 9 * 4 * 4  # every input entry meets 3·3·3 weights
+
+
+def test_a_maximum_over_an_axis_follows_the_running_sum_rule():
+    """Hiera pools its mask units with ``amax``: n·max(X/n) = max(X), like the max-pool neuron."""
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = F.relu(self.lin(x))  # [B, N, 6]
+            return self.head(h.amax(dim=1) - torch.amin(h, dim=1))
+
+    torch.manual_seed(20)
+    report = _exact(_qann(Pool()), torch.randn(5, 7, 4))
+    assert len(report["replace_functions"]) == 2
+
+
+def test_in_place_affine_methods_are_linear():
+    """CSATv2 un-normalises with ``x.mul(std).add_(mean)``: in-place methods, a constant added on drive steps."""
+    class Affine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+            self.register_buffer("mean", torch.rand(6))
+
+        def forward(self, x):
+            h = F.relu(self.lin(x)).mul(2.0).add_(self.mean)
+            return self.head(h.sub_(0.25).div_(3.0))
+
+    torch.manual_seed(21)
+    report = _exact(_qann(Affine()), torch.randn(5, 4))
+    assert report["gate_constants"]
