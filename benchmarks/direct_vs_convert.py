@@ -164,7 +164,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     ann = results[0]
     ann_wall = _mean(ann["train_epoch_s"])
     lines = ["| model | trained as | T | top-1 (%) | train s/epoch | × ANN (epochs) | × ANN (interleaved) "
-             "| E/image (µJ) | mean firing rate |", "|---|---|---|---|---|---|---|---|---|"]
+             "| E/image (µJ, standard model) | mean firing rate |", "|---|---|---|---|---|---|---|---|---|"]
     e_ann = ann["snn"][4]["e_ann_uj"]
     lines.append(f"| {ann['name']} | ANN (QCFS, L = 4) | – | {ann['own_top1']:.2f} | {ann_wall:.1f} | 1.00 | 1.00 | "
                  f"{e_ann:.2f} (E_ANN) | – |")

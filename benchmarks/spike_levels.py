@@ -120,7 +120,7 @@ def markdown(res: dict, args) -> str:
              f"Command: `python benchmarks/spike_levels.py --write`. Machine: {platform.machine()}, {args.threads} torch "
              f"threads, torch {torch.__version__}, CPU only. `configs/fashion_mnist.yml` (dim 128, depth 2, L = {L}, 4 "
              "epochs on a 20 000-image subset) trained with each attention variant; top-1 on the first "
-             f"{args.test_subset} test images, energy per image (fp32, 45 nm) on the first {res['energy_images']}. "
+             f"{args.test_subset} test images, energy per image (standard model: fp32, 45 nm) on the first {res['energy_images']}. "
              "Bits per step log2(2m+1): 1.58 (m = 1), 2.32 (m = 2), 3.17 (m = 4); T × bits is the spike-step budget. "
              "Each point is a t-step run followed by e zero steps (e = 0, and the fewest that reach the row's best), "
              "T = t + e; * marks the Pareto front of accuracy against energy.", ""]

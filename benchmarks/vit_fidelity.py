@@ -270,7 +270,7 @@ def markdown(res: dict, args) -> str:
         lines += ["", f"ann2snn `verify` (float64, 64 test images, t = L): {'OK' if v['ok'] else 'FAILED'}, "
                   f"max |Δ| = {v['max_abs_diff']:.2g} (logit scale {v['scale']:.3g}), settled after {v['settle_steps']} "
                   f"steps ({'quiescent' if v['quiescent'] else 'not quiescent'}).", ""]
-    lines += [f"### Energy per image of the ann2snn SNN (fp32 constants, 45 nm; first {res['energy_images']} test images)",
+    lines += [f"### Energy per image of the ann2snn SNN (standard model: fp32 constants, 45 nm; first {res['energy_images']} test images)",
               "", "| placement, point | top-1 | E_ANN (mJ) | E_SNN (mJ) | ANN/SNN | not spike-driven | float functions | "
               "products | analog-fed layers | image layer | mean rate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for placement, r in res["placements"].items():
