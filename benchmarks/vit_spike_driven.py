@@ -47,10 +47,11 @@ def train(runs: Path, name: str, epochs: int | None) -> tuple[Path, float | None
     from ann2snn.app.cli import main
 
     run = runs / name
-    if (run / "best_model.pt").is_file():
+    if (run / "train_seconds.txt").is_file():  # written when its training finished
         return run / "best_model.pt", None
     args = [a if not a.startswith("configs/") else str(ROOT / a) for a in VARIANTS[name]]
     args += ["--epochs", str(epochs)] if epochs else []
+    args += ["--resume"] if (run / "last.pt").is_file() else []  # an interrupted training goes on
     t0 = time.perf_counter()
     assert main(["train", *args, "--id", name, "--out", str(run), "--out_root", str(runs)]) == 0
     seconds = time.perf_counter() - t0
@@ -113,7 +114,7 @@ def markdown(results: dict, args) -> str:
              "extra steps up to L. The point shown is the one of least standard-model energy within "
              f"{WITHIN} of the variant's own quantized ANN. Standard model: E_MAC 4.6 pJ / E_AC 0.9 pJ (fp32, 45 nm) "
              "against the fp32 ANN; memory model: integer hardware and SRAM traffic against the equal-bit QNN "
-             "(`ann2snn/energy/hardware.py`: 8-bit weights, weights read per event).", "",
+             "(`ann2snn/energy/hardware.py`: 8-bit weights, each layer's weights read per event or once per step, the cheaper).", "",
              "| variant | QANN top-1 | point | top-1 | E_SNN std (mJ) | E_SNN / E_ANN(fp32) | not spike-driven | "
              "E_SNN memory (mJ) | E_QNN (mJ) | E_SNN / E_QNN | spikes / synapse | break-even rate |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -71,14 +71,17 @@ def test_a_hand_built_network_is_priced_term_by_term():
     assert d["hardware"]["model"]["weight_bits"] == 8 and d["hardware"]["e_qnn_mj"] == pytest.approx(hw.e_qnn_mj)
 
 
-def _synthetic(sops: float, flops: float = 1e6, neurons: float = 100.0, steps: int = 4):
+def _parts(sops: float, flops: float = 1e6, neurons: float = 100.0, steps: int = 4) -> tuple:
     """A wide spike-driven layer behind few neurons: the spikes dominate, so a break-even exists."""
     neuron = LayerRecord("n", Role.NEURON, "ScaledNeuron", numel=neurons * steps, levels=4)
     syn = LayerRecord("fc", Role.SYNAPSE, "Linear", weights=int(flops))
     rows = [EnergyRow("n", "ScaledNeuron", "neuron", 0.1), EnergyRow("fc", "Linear", "synapse", 0.1, flops=int(flops),
                                                                       sops=sops)]
-    return hardware_energy([neuron, syn], rows, images=1, t=steps, extra_t=0, spike_levels=1,
-                           nonlinear_macs_snn=0.0, nonlinear_macs_ann=0.0)
+    return [neuron, syn], rows, 1, steps, 0, 1, 0.0, 0.0
+
+
+def _synthetic(sops: float, **kw):
+    return hardware_energy(*_parts(sops, **kw))
 
 
 def test_the_break_even_rate_is_where_the_snn_costs_what_the_qnn_costs():
@@ -94,7 +97,7 @@ def test_the_break_even_rate_is_where_the_snn_costs_what_the_qnn_costs():
 
 
 def test_dense_weight_reads_read_every_weight_on_every_step():
-    event = _synthetic(sops=1e5)
+    event = hardware_energy(*_parts(1e5), HardwareModel(weight_reads="event"))
     neuron = LayerRecord("n", Role.NEURON, "ScaledNeuron", numel=400.0, levels=4)
     syn = LayerRecord("fc", Role.SYNAPSE, "Linear", weights=10**6)
     rows = [EnergyRow("n", "ScaledNeuron", "neuron", 0.1), EnergyRow("fc", "Linear", "synapse", 0.1, flops=10**6,
@@ -103,3 +106,6 @@ def test_dense_weight_reads_read_every_weight_on_every_step():
     bit = sram_bit_pj(10**6)
     assert event.snn_breakdown_mj["weight_reads"] * 1e9 == pytest.approx(1e5 * 8 * bit)
     assert dense.snn_breakdown_mj["weight_reads"] * 1e9 == pytest.approx(4 * 10**6 * 8 * bit)
+    for sops in (1e5, 1e7):  # the default reads each layer the cheaper way: per event when sparse, per step when busy
+        best = _synthetic(sops=sops).snn_breakdown_mj["weight_reads"] * 1e9
+        assert best == pytest.approx(min(sops, 4 * 10**6) * 8 * bit)

@@ -176,9 +176,9 @@ def _energy_options(sp) -> None:
                     help="image-fed layer's MACs: once (papers' convention) or on every input step")
     sp.add_argument("--weight-bits", dest="weight_bits", type=_weight_bits, default=8,
                     help="second (memory) model: weight width in bits of the SNN and its equal-bit QNN (default 8)")
-    sp.add_argument("--weight-reads", dest="weight_reads", choices=("event", "dense"), default="event",
-                    help="second (memory) model: the SNN reads a weight per synaptic event (event-driven) or "
-                         "every weight on every step (dense)")
+    sp.add_argument("--weight-reads", dest="weight_reads", choices=("best", "event", "dense"), default="best",
+                    help="second (memory) model: the SNN reads a weight per synaptic event (event), every weight "
+                         "once per step (dense), or per layer the cheaper of the two (best, default)")
 
 
 def _latency_option(sp) -> None:

@@ -233,7 +233,7 @@ def hardware_model(args):
     """The second (memory) energy model of the command's ``--weight-bits`` / ``--weight-reads``."""
     from ann2snn.energy import HardwareModel
 
-    return HardwareModel(weight_bits=getattr(args, "weight_bits", 8), weight_reads=getattr(args, "weight_reads", "event"))
+    return HardwareModel(weight_bits=getattr(args, "weight_bits", 8), weight_reads=getattr(args, "weight_reads", "best"))
 
 
 def cmd_energy(args, overrides) -> int:

@@ -227,6 +227,9 @@ def format_energy_table(result: EnergyResult) -> str:
     return "\n".join(lines)
 
 
+_READS = {"event": "per event", "dense": "once per step", "best": "per event or once per step, the cheaper per layer"}
+
+
 def hardware_lines(hw) -> list[str]:
     """The second energy model's totals (:mod:`ann2snn.energy.hardware`), for a terminal."""
     if hw is None:
@@ -238,8 +241,8 @@ def hardware_lines(hw) -> list[str]:
 
     return [
         f"second model (memory: equal-bit QNN, {hw.activation_bits}-bit activations, {m.weight_bits}-bit weights, "
-        f"{m.acc_bits}-bit accumulators, {m.membrane_bits}-bit membranes, weights read per "
-        f"{'event' if m.weight_reads == 'event' else 'step'}; Horowitz 45 nm with SRAM traffic):",
+        f"{m.acc_bits}-bit accumulators, {m.membrane_bits}-bit membranes, weights read "
+        f"{_READS[m.weight_reads]}; Horowitz 45 nm with SRAM traffic):",
         f"  E_QNN = {hw.e_qnn_mj:.4g} mJ ({parts(hw.qnn_breakdown_mj, hw.e_qnn_mj)})",
         f"  E_SNN = {hw.e_snn_mj:.4g} mJ ({parts(hw.snn_breakdown_mj, hw.e_snn_mj)})",
         f"  E_QNN / E_SNN = {hw.qnn_snn_ratio:.3g}x; {hw.spikes_per_synapse:.3g} spikes per synapse per inference; "

@@ -28,9 +28,11 @@ weights; a layer's membranes; a spike or activation map); no DRAM.  A 64-bit rea
 10 pJ × √(size / 8 KiB) -- the square-root fit through Horowitz's 8 KB (10 pJ), 32 KB (20 pJ) and
 1 MB (100 pJ) points -- for buffers of 64 bytes or more; a bit costs 1/64 of that.
 
-- *Weights*: the QNN reads each weight once per image (weight-stationary reuse).  The SNN reads
-  one weight per synaptic operation (``weight_reads="event"``: event-driven, each spike fetches
-  its fan-out), or every weight on every step (``"dense"``, a clocked core).
+- *Weights*: the QNN reads each weight once per image (weight-stationary reuse across positions
+  and tokens).  The SNN reads one weight per synaptic operation (``weight_reads="event"``:
+  event-driven, each spike fetches its fan-out), or every weight once per step (``"dense"``: the
+  same reuse as the QNN, on every step), or, per layer, whichever of the two costs less
+  (``"best"``, the default: a sparse layer is read per event, a busy one once per step).
 - *Neuron state*: the SNN reads and writes each neuron's membrane (``membrane_bits``, 24 as
   Loihi's; Davies et al., IEEE Micro 2018) and its spike count (``⌈log2(2L + 1)⌉`` bits, for the
   cap) on every step; the QNN keeps no state.
@@ -61,7 +63,7 @@ from ann2snn.energy.record import LayerRecord
 from ann2snn.energy.result import EnergyRow
 from ann2snn.rules import Role
 
-WEIGHT_READS = ("event", "dense")
+WEIGHT_READS = ("best", "event", "dense")
 FP16_MAC_PJ = 1.5  # Horowitz: fp16 mult 1.1 pJ + add 0.4 pJ
 SRAM_8KB_64BIT_PJ = 10.0  # Horowitz: 64-bit access of an 8 KB SRAM
 _ADD_PJ = ((8, 0.03), (16, 0.05), (32, 0.1))  # Horowitz: integer adds by width
@@ -76,7 +78,7 @@ class HardwareModel:
     membrane_bits: int = 24
     analog_bits: int = 16
     image_bits: int = 8
-    weight_reads: str = "event"
+    weight_reads: str = "best"
 
     def __post_init__(self):
         if self.weight_reads not in WEIGHT_READS:
@@ -176,11 +178,13 @@ def _synapse(rec: LayerRecord, row: EnergyRow, images: int, steps: int, a_bits: 
     mac_bits = hw.image_bits if rec.root else hw.analog_bits
     tally.add("snn", "mac_image_layer" if rec.root else "mac_analog",
               row.macs * (mult_pj(mac_bits, hw.weight_bits) + add_pj(hw.acc_bits)))
-    if hw.weight_reads == "event":
-        tally.add("snn", "weight_reads", (row.sops + row.macs) * hw.weight_bits * w_bit)
+    per_event = (row.sops + row.macs) * hw.weight_bits * w_bit
+    per_step = rec.weights * hw.weight_bits * w_bit * (1 if rec.root else steps)
+    if hw.weight_reads == "event" or (hw.weight_reads == "best" and per_event <= per_step):
+        tally.add("snn", "weight_reads", per_event)
         tally.per_spike += row.sops * hw.weight_bits * w_bit
     else:
-        tally.add("snn", "weight_reads", rec.weights * hw.weight_bits * w_bit * (1 if rec.root else steps))
+        tally.add("snn", "weight_reads", per_step)
     tally.per_spike += row.sops * add_pj(hw.acc_bits)
     if row.sops:
         tally.spike_sops += row.sops
