@@ -159,6 +159,7 @@ def test_an_unknown_placement_is_refused_naming_the_choices():
         ann2snn.quantize(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), 4, placement="everywhere")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["vit", "resnet20"])
 def test_the_cli_trains_and_converts_with_placement_synapses(capsys, tmp_path, model):
     cfg = write_yaml(tmp_path / "tiny.yml", {**TINY, "model": model, "placement": "synapses"}
