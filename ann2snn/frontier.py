@@ -44,12 +44,21 @@ def helpful_extra_t(top1: list[float]) -> list[int]:
     return sorted({0, e_best})
 
 
+def pareto_front(points: list[FrontierPoint], energy: str = "e_snn_mj") -> list[FrontierPoint]:
+    """The points no other point beats: none has top-1 ≥ and ``energy`` ≤ with one strictly better
+    (``energy``: the field to compare, ``e_snn_mj`` or the memory model's ``e_snn_memory_mj``)."""
+    def beats(q, p) -> bool:
+        eq, ep = getattr(q, energy), getattr(p, energy)
+        return q.top1 >= p.top1 and eq <= ep and (q.top1 > p.top1 or eq < ep)
+
+    return [p for p in points if not any(q is not p and beats(q, p) for q in points)]
+
+
 def pareto(points: list[FrontierPoint]) -> None:
-    """Mark each point ``pareto``: no other point has top-1 ≥ and energy ≤ with one strictly better."""
+    """Mark each point ``pareto``: on the front of top-1 against the standard model's energy."""
+    front = {id(p) for p in pareto_front(points)}
     for p in points:
-        p.pareto = not any(
-            q is not p and q.top1 >= p.top1 and q.e_snn_mj <= p.e_snn_mj
-            and (q.top1 > p.top1 or q.e_snn_mj < p.e_snn_mj) for q in points)
+        p.pareto = id(p) in front
 
 
 def _arguments(sim, spike_levels, rows, extra_t, energy_batches, levels, extra) -> tuple:
@@ -110,4 +119,4 @@ def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = Non
                     first_layer=first_layer)
 
 
-__all__ = ["frontier", "helpful_extra_t", "levels_of", "pareto"]
+__all__ = ["frontier", "helpful_extra_t", "levels_of", "pareto", "pareto_front"]

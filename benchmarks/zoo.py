@@ -284,7 +284,7 @@ def randomize_zero_weights(model, seed: int = 0) -> int:
 
     g, n = torch.Generator().manual_seed(seed + 1), 0
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2 and p.numel() and not bool(p.any()):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
                 n += 1

@@ -197,3 +197,15 @@ def small_transformer(levels: int | None = 4, seed: int = 0, **kw) -> nn.Module:
         randomize_lambdas(model, gen=torch.Generator().manual_seed(seed + 1))
     randomize_bn(model, torch.Generator().manual_seed(seed + 2))
     return model.eval()
+
+
+def hand_net() -> tuple[nn.Module, nn.Module]:
+    """(ANN, SNN) of the energy tests' hand-built network: Linear(4→3) → ReLU / signed IF (λ = 1) →
+    Linear(3→2); with x = 1 the neurons see 0.5, 1, 0 (6 spikes in 3 neurons × 4 steps)."""
+    from ann2snn.neurons import ScaledNeuron
+
+    l1, l2 = nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        l1.weight.copy_(torch.tensor([[0.125] * 4, [0.25] * 4, [0.0] * 4]))
+        l2.weight.fill_(1.0)
+    return nn.Sequential(l1, nn.ReLU(), l2), nn.Sequential(l1, ScaledNeuron(1.0), l2)

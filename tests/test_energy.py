@@ -22,7 +22,7 @@ from ann2snn.layers import MatMul
 from ann2snn.neurons import Clock, RunningFunction, ScaledNeuron, SpikeEinsum, SpikeMatMul
 from ann2snn.simulate import Simulator
 
-from helpers import copy_run
+from helpers import copy_run, hand_net
 
 
 def spiking(net: nn.Module, clock: Clock | None = None) -> Simulator:
@@ -46,15 +46,6 @@ def test_count_flops_matches_hand_formulas():
 
 
 # ------------------------------------------------------------------------------ SOPs
-def hand_net():
-    """Linear(4→3) → signed IF (λ = 1) → Linear(3→2); with x = 1 the neurons see 0.5, 1, 0."""
-    l1, l2 = nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)
-    with torch.no_grad():
-        l1.weight.copy_(torch.tensor([[0.125] * 4, [0.25] * 4, [0.0] * 4]))
-        l2.weight.fill_(1.0)
-    return nn.Sequential(l1, nn.ReLU(), l2), nn.Sequential(l1, ScaledNeuron(1.0), l2)
-
-
 @pytest.mark.parametrize("first_layer", ["once", "per_step"])
 def test_flops_sops_energy_of_hand_built_network(first_layer):
     ann, snn = hand_net()

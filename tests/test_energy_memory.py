@@ -8,16 +8,16 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from ann2snn.convert import SpikingNetwork
 from ann2snn.energy import HardwareModel, LayerRecord, hardware_energy, measure_energy
 from ann2snn.energy.hardware import add_pj, mult_pj, sram_bit_pj
 from ann2snn.energy.result import EnergyRow
-from ann2snn.neurons import Clock, ScaledNeuron
+from ann2snn.neurons import Clock
 from ann2snn.presets import PRESETS
 from ann2snn.rules import Role
 from ann2snn.simulate import Simulator
+from helpers import hand_net
 
 
 def test_the_operation_and_memory_costs_are_horowitzs_45nm_points():
@@ -33,17 +33,8 @@ def test_the_operation_and_memory_costs_are_horowitzs_45nm_points():
         HardwareModel(weight_reads="sometimes")
 
 
-def _hand_net():
-    """Linear(4→3) → IF (λ = 1) → Linear(3→2); with x = 1 the neurons see 0.5, 1, 0 (6 spikes in 4 steps)."""
-    l1, l2 = nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)
-    with torch.no_grad():
-        l1.weight.copy_(torch.tensor([[0.125] * 4, [0.25] * 4, [0.0] * 4]))
-        l2.weight.fill_(1.0)
-    return nn.Sequential(l1, nn.ReLU(), l2), nn.Sequential(l1, ScaledNeuron(1.0), l2)
-
-
 def test_a_hand_built_network_is_priced_term_by_term():
-    ann, snn = _hand_net()
+    ann, snn = hand_net()
     sim = Simulator(SpikingNetwork(snn, Clock(), PRESETS["rate"], {}))
     res = measure_energy(ann, sim, [(torch.ones(1, 4), torch.tensor([0]))], t=4)
     hw = res.hardware

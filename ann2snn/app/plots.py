@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from ann2snn.app.files import atomic_open
 from ann2snn.app.report import table_grid
+from ann2snn.frontier import pareto_front
 from ann2snn.results import Accuracy, Frontier, Table
 
 if TYPE_CHECKING:  # only for annotations: the plots need matplotlib, not torch
@@ -224,10 +225,7 @@ def _frontier_panel(ax, res: Frontier, key: str, ref: str, title: str, ref_name:
         for p in pts:
             ax.annotate(f"T={p.steps}", (getattr(p, key), p.top1), textcoords="offset points", xytext=(4, 3),
                         fontsize=7)
-    front = [p for p in res.points if not any(
-        q.top1 >= p.top1 and getattr(q, key) <= getattr(p, key) and (q.top1 > p.top1 or getattr(q, key) < getattr(p, key))
-        for q in res.points)]
-    front.sort(key=lambda p: getattr(p, key))
+    front = sorted(pareto_front(res.points, key), key=lambda p: getattr(p, key))
     if front:
         ax.step([getattr(p, key) for p in front], [p.top1 for p in front], where="post", color="0.3", lw=1,
                 label="Pareto front")

@@ -168,8 +168,7 @@ def _neurons(rec: LayerRecord, images: int, steps: int, L: int, m: int, hw: Hard
     return entries
 
 
-def _synapse(rec: LayerRecord, row: EnergyRow, images: int, steps: int, a_bits: int, hw: HardwareModel,
-             tally: _Tally) -> None:
+def _synapse(rec: LayerRecord, row: EnergyRow, steps: int, a_bits: int, hw: HardwareModel, tally: _Tally) -> None:
     w_bit = sram_bit_pj(rec.weights * hw.weight_bits / 8)
     in_bits = hw.image_bits if rec.root else a_bits
     tally.add("qnn", "macs", row.flops * (mult_pj(in_bits, hw.weight_bits) + add_pj(hw.acc_bits)))
@@ -222,7 +221,7 @@ def hardware_energy(records: Iterable[LayerRecord], rows: list[EnergyRow], image
             tally.add("qnn", "activation_traffic", 2 * entries * a_bits * sram_bit_pj(entries * a_bits / 8))
             tally.add("qnn", "quantizers", entries * 2 * add_pj(hw.acc_bits))
         elif rec.role is Role.SYNAPSE:
-            _synapse(rec, row, n, steps, a_bits, hw, tally)
+            _synapse(rec, row, steps, a_bits, hw, tally)
         elif rec.role is Role.PRODUCT:
             _product(rec, row, n, steps, a_bits, hw, tally)
     tally.add("qnn", "float_functions", nonlinear_macs_ann * FP16_MAC_PJ)
