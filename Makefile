@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,hf]" 2>&1 | grep -v "is ignored" || true
 	$(PY) -c "import ann2snn, torch, spikingjelly; print('installed ann2snn with torch', torch.__version__)"
 	touch $(STAMP)
 

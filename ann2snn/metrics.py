@@ -72,8 +72,9 @@ class Counts:
             raise ValueError(f"Counts.add: {len(divs)} divisors for {S} steps")
         if not self.top1:
             self.top1, self.top5, self.loss = [0] * S, [0] * S, [0.0] * S
+        cum, y = per_target(cum, y)
         k = min(5, cum.shape[-1])
-        top = cum.topk(k, dim=-1).indices  # [S, B, k]
+        top = cum.topk(k, dim=-1).indices  # [S, N, k]
         hit = top == y.view(1, -1, 1)
         for s in range(S):
             self.top1[s] += int(hit[s, :, 0].sum())
@@ -103,6 +104,29 @@ class Counts:
         """The single-entry counts (an ANN's) as an :class:`~ann2snn.results.Accuracy` of ``n`` samples."""
         p = self.percents()
         return Accuracy(p["top1"][0], p["top5"][0], p["loss"][0], n)
+
+
+def per_target(cum: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and targets as one row per scored target: [S, B, C] and [B] as they are; a sequence
+    model's [S, B, L, V] and [B, L] (next-token targets) as [S, B·L, V] and [B·L], so that every
+    token counts once: top-1 is next-token accuracy, the loss the per-token cross-entropy (nats)
+    and exp(loss) the perplexity.  Targets of −100 (padding, PyTorch's ``ignore_index``) are
+    left out."""
+    if cum.dim() > 3:
+        cum, y = cum.flatten(1, -2), y.flatten()
+    if y.shape[0] != cum.shape[1]:
+        raise ValueError(f"the network gives {cum.shape[1]} scored rows ({list(cum.shape[1:])}) for "
+                         f"{y.shape[0]} targets; a sequence model's targets are [B, L] for its [B, L, V] output")
+    keep = y != -100
+    if not bool(keep.all()):
+        cum, y = cum[:, keep], y[keep]
+    return cum, y
+
+
+def predictions(cum: torch.Tensor) -> torch.Tensor:
+    """The predicted class of every scored target of a cumulative output: [B] for [B, C], [B·L]
+    for a sequence model's [B, L, V] (see :func:`per_target`)."""
+    return cum.argmax(-1).flatten()
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -290,7 +314,7 @@ def _observe_run(sim, x, t: int, steps: int, latency_extra: int, meter) -> tuple
     cums, preds = [], []
     try:
         for s, cum in enumerate(sim.iter_run(x, t, steps + latency_extra), 1):
-            preds.append(cum.argmax(-1))
+            preds.append(predictions(cum))
             if s <= steps:
                 cums.append(cum)
             if s == steps and latency_extra and meter is not None:
@@ -374,5 +398,5 @@ def evaluate_table(sim, loader, rows: list[int], extra_t: int | None = None, *, 
     return table
 
 
-__all__ = ["Counts", "LATENCY_FRACTION", "device_of", "effective_latency", "evaluate", "evaluate_ann",
+__all__ = ["Counts", "LATENCY_FRACTION", "device_of", "per_target", "predictions", "effective_latency", "evaluate", "evaluate_ann",
            "evaluate_snn", "evaluate_table", "latency_text", "settle_steps", "step_divisors"]

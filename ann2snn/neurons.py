@@ -389,6 +389,28 @@ class DriveGate(nn.Module):
         return layer._conv_forward(x, layer.weight, bias)
 
 
+class DriveEmbedding(nn.Module):
+    """A token embedding read on drive steps only: the lookup ``W[ids]`` is the network's analog
+    input, fed like an image on each of the t drive steps and absent (zero) on the extra steps.
+
+    An embedding is a product of a one-hot token with a weight matrix, so on drive steps it is a
+    synapse whose input is the token; the simulator feeds zeros after the drive steps, which as
+    token ids would be token 0, so the gate -- not the ids -- decides that nothing arrives then.
+    ``lookup(ids)`` is the original operation (an ``nn.Embedding`` or a partial ``F.embedding``)."""
+
+    def __init__(self, lookup, clock: Clock):
+        super().__init__()
+        self.lookup, self.clock = lookup, clock
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        return getattr(self.lookup, "weight", None)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        out = self.lookup(*args, **kwargs)
+        return out if self.clock.drive else torch.zeros_like(out)
+
+
 class SpikeEinsum(_Bilinear):
     """Spike-equivalent ``torch.einsum(equation, a, b)`` of two spiking operands (bilinear, like
     :class:`SpikeMatMul`): R_k = einsum(A_k, B_k) / n_k."""

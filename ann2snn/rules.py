@@ -55,7 +55,7 @@ from torch import fx, nn
 from ann2snn.graph import (DYNAMIC, ConversionError, add_module, describe, module_path, replace_module,
                            wrapped_library_call)
 from ann2snn.layers import MatMul
-from ann2snn.neurons import (Clock, DriveConst, DriveFill, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
+from ann2snn.neurons import (Clock, DriveConst, DriveEmbedding, DriveFill, DriveGate, ECSoftmax, GatedBatchNorm, MaxPoolNeuron, RunningFunction,
                              ScaledNeuron, SpikeAttention, SpikeEinsum, SpikeMatMul, SpikeMul,
                              SpikeMultiheadAttention)
 from ann2snn.quant import QCFS
@@ -468,6 +468,29 @@ DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Alph
 @RULES.modules(*SYNAPSES, role=Role.SYNAPSE, makes=(*SYNAPSES, DriveGate))
 def _synapse(walk: Walk, node: fx.Node, mod: nn.Module) -> None:
     """A Linear / Conv is linear; its bias is gated to the drive steps after the walk."""
+
+
+@RULES.modules(nn.Embedding, role=Role.LINEAR, makes=(DriveEmbedding,))
+@RULES.functions(F.embedding, role=Role.LINEAR)
+def _embedding(walk: Walk, node: fx.Node, op) -> None:
+    """A token embedding of the input ids: the network's analog input, read on drive steps only
+    (:class:`~ann2snn.neurons.DriveEmbedding`): its rows arrive once per input step like an
+    image's pixels, and not at all on the extra steps (whose zero ids would be token 0)."""
+    ids = node.args[0] if node.args else node.kwargs.get("input")
+    if not walk.is_dynamic(ids) or any(a is not ids for a in walk.dynamic_args(node)):
+        walk.refuse(node, "an embedding whose table depends on the input is not a lookup of the input tokens",
+                    "Look up the input token ids in a fixed table (nn.Embedding).")
+        return
+    if isinstance(op, nn.Module):
+        walk.own(node, DriveEmbedding(op, walk.clock))
+    else:  # F.embedding: keyword arguments become positional ones, in its signature's order
+        names = ("input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse")
+        given = dict(zip(names, node.args), **node.kwargs)
+        last = max(names.index(k) for k in given)
+        defaults = (None, None, None, None, 2.0, False, False)
+        args = tuple(given.get(k, d) for k, d in zip(names[:last + 1], defaults))
+        walk.call(node, DriveEmbedding(op, walk.clock), "drive_embedding", args)
+    walk.record("gate_embeddings", node.name)
 
 
 @RULES.modules(*PASS_MODULES, role=Role.LINEAR)

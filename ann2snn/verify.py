@@ -79,7 +79,8 @@ def verify(ann: nn.Module, snn, batch, t: int | None = None, tolerance: float = 
         spike_levels = snn.spike_levels if isinstance(snn, Simulator) else getattr(net, "spike_levels", 1)
     if dtype is None:
         return _check(ann, net, x, t, tolerance, max_steps, spike_levels)
-    ann, x = copy.deepcopy(ann).to(dtype), x.to(dtype)
+    ann = copy.deepcopy(ann).to(dtype)
+    x = x.to(dtype) if x.is_floating_point() else x  # token ids stay integers
     res = _check(ann, copy.deepcopy(net).to(dtype), x, t, tolerance, max_steps, spike_levels)
     if res.ok or not isinstance(net, SpikingNetwork):
         return res
@@ -131,7 +132,7 @@ def _check(ann: nn.Module, net: nn.Module, x: torch.Tensor, t: int | None, toler
     diff, scale, ok, leaf = _compare_outputs(cum, ref, t, tolerance)
     return VerifyResult(max_abs_diff=diff, scale=scale, tolerance=tolerance, ok=bool(ok and quiescent), t=t,
                         settle_steps=settle, quiescent=quiescent, steps_run=steps, spike_levels=sim.spike_levels,
-                        dtype=str(x.dtype).replace("torch.", ""), leaf=leaf)
+                        dtype=str(p.dtype if p is not None else x.dtype).replace("torch.", ""), leaf=leaf)
 
 
 def _run_to_quiescence(sim: Simulator, x: torch.Tensor, t: int, max_steps: int) -> tuple:
