@@ -47,6 +47,7 @@ _API = {
     "EnergyMeter": "energy", "EnergyResult": "energy", "measure_energy": "energy", "HardwareModel": "energy",
     "HardwareEnergy": "energy",
     "frontier": "frontier",
+    "generate": "generate", "Generation": "results",
     "Accuracy": "results", "Evaluation": "results", "Frontier": "results", "FrontierPoint": "results",
     "KStep": "results", "Latency": "results", "SnnSteps": "results", "Table": "results", "TableRow": "results",
     "VerifyResult": "results", "WithinRun": "results",

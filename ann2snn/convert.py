@@ -75,7 +75,10 @@ def convert(ann: nn.Module, preset: Preset | str = "exact", *, allow_float_ops: 
     for step, names in report.items():
         if names:
             log.info("convert: %s: %d", step, len(names))
-    return SpikingNetwork(net, clock, preset, report, spike_levels, allow_float_ops).eval()
+    snn = SpikingNetwork(net, clock, preset, report, spike_levels, allow_float_ops).eval()
+    # the input size the network was traced for (a sequence model is specialised to its length)
+    snn.example_shape = None if example_input is None else tuple(example_input.shape[1:])
+    return snn
 
 
 __all__ = ["SpikingNetwork", "convert"]

@@ -275,5 +275,27 @@ class Frontier(Result):
     _NESTED: ClassVar[dict[str, type]] = {"ann": Accuracy, "points": FrontierPoint}
 
 
-__all__ = ["Accuracy", "Evaluation", "Frontier", "FrontierPoint", "KStep", "Latency", "Result", "SnnSteps", "Table",
+# --------------------------------------------------------------------------------------------
+# generation (ann2snn.generate)
+@dataclass
+class Generation(Result):
+    """:func:`ann2snn.generate.generate`: greedy continuations of each prompt by the quantized ANN
+    and by its SNN, token ids per prompt, whether they are identical and, per prompt, the first
+    generated position where they differ (None: identical); the SNN's steps per token (t +
+    extra_t) and the wall time per generated token of each."""
+
+    prompts: list[list[int]]
+    qann: list[list[int]]
+    snn: list[list[int]]
+    identical: bool
+    first_difference: list[int | None]
+    t: int
+    extra_t: int
+    spike_levels: int
+    steps_per_token: int
+    seconds_per_token_qann: float
+    seconds_per_token_snn: float
+
+
+__all__ = ["Accuracy", "Evaluation", "Frontier", "FrontierPoint", "Generation", "KStep", "Latency", "Result", "SnnSteps", "Table",
            "TableRow", "VerifyResult", "WithinRun"]

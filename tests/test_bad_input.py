@@ -107,11 +107,13 @@ def test_mlp_ratio_is_checked_against_the_hidden_size_the_models_build(model):
         with pytest.raises(ConfigError, match="too small for dim 16"):
             Config(dim=16, num_heads=2, depth=1, mlp_ratio=ratio, model=model).validate()
     cfg = Config(dim=16, num_heads=2, depth=1, mlp_ratio=1 / 16, model=model, t=1, l=2).validate()
-    net = build_model(cfg, DataInfo("digits", 10, 1, 8, (0.0,), (1.0,)))
+    text = model == "gpt"  # the language model reads token windows
+    info = DataInfo("python_docs", 256, 1, 0, (), (), context=8) if text else DataInfo("digits", 10, 1, 8, (0.0,), (1.0,))
+    net = build_model(cfg, info)
     widths = {m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)}
     widths |= {m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv1d)}
     assert 1 in widths  # the MLP's hidden layer, one unit wide
-    net(torch.rand(2, 1, 8, 8)).sum().backward()
+    net(torch.randint(0, 256, (2, 8)) if text else torch.rand(2, 1, 8, 8)).sum().backward()
 
 
 def test_unknown_key_in_the_config_file(capsys, tmp_path):

@@ -93,7 +93,7 @@ LAYERS = [
     {"ann2snn.quant", "ann2snn.placements", "ann2snn.layers", "ann2snn.neurons", "ann2snn.graph"},  # activations, sites, operators, tracing
     {"ann2snn.rules", "ann2snn.passes", "ann2snn.presets", "ann2snn.models"},  # conversion pieces, the zoo
     {"ann2snn.convert", "ann2snn.simulate", "ann2snn.verify"},  # conversion, time
-    {"ann2snn.metrics", "ann2snn.energy", "ann2snn.frontier"},  # measurement
+    {"ann2snn.metrics", "ann2snn.energy", "ann2snn.frontier", "ann2snn.generate"},  # measurement, generation
 ]
 
 

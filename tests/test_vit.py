@@ -102,8 +102,10 @@ def test_spike_driven_variants_convert_exactly_and_the_full_one_has_no_float_fun
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"model": "transformer", "norm": "batch"}, ["norm applies to the `vit` model only"]),
-    ({"model": "vit", "mlp_act": "swish"}, ["mlp_act must be one of ('gelu', 'relu')"]),
+    ({"model": "transformer", "norm": "batch"}, ["norm: batch applies to `vit` only, not 'transformer'"]),
+    ({"model": "vit", "mlp_act": "swish"}, ["mlp_act must be one of ('gelu', 'relu', 'swiglu')"]),
+    ({"model": "vit", "mlp_act": "swiglu"}, ["mlp_act: swiglu applies to `gpt` only, not 'vit'"]),
+    ({"model": "vit", "pos": "rotary"}, ["pos: rotary applies to `gpt` only"]),
     ({"model": "vit", "attn": "query_softmax"}, ["attn for the vit must be one of ('softmax', 'ssa')"]),
 ])
 def test_the_variant_keys_are_checked(capsys, tmp_path, overrides, words):

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any, NoReturn
 
-from ann2snn.app.commands import cmd_convert, cmd_energy, cmd_frontier, cmd_run, cmd_table, cmd_train
+from ann2snn.app.commands import cmd_convert, cmd_energy, cmd_frontier, cmd_generate, cmd_run, cmd_table, cmd_train
 from ann2snn.app.config import FIELD_NAMES, Config, ConfigError, check_steps, short_repr, unknown_key_message
 from ann2snn.app.outputs import os_error_message
 from ann2snn.progress import interrupted, note_interrupt
@@ -245,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measure each point's energy on the first N test batches")
     _energy_options(sp)
     sp.set_defaults(func=cmd_frontier)
+
+    sp = sub.add_parser("generate", help="greedy text generation by a converted language model, beside its QANN")
+    _common(sp)
+    sp.add_argument("--checkpoint", help="checkpoint (default: the config's run, or the latest run)")
+    sp.add_argument("--prompt", action="append", help="prompt text (repeatable); the model continues it")
+    sp.add_argument("--test-prompts", dest="test_prompts", type=_positive_int, default=0, metavar="K",
+                    help="also continue the first half of each of the first K test windows")
+    sp.add_argument("--max-new-tokens", dest="max_new_tokens", type=_positive_int, default=32, metavar="N",
+                    help="tokens to generate per prompt (default 32); the SNN runs t + extra_t steps for each")
+    sp.add_argument("--json", help="also write the results to this JSON file")
+    sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("run", help="do what an original-style config's action/mode keys say")
     _common(sp, config_required=True)

@@ -119,6 +119,7 @@ class Job:
     rows: list[int] | None = None
     extra_t: list[int] | None = None
     spike_levels: list[int] | None = None
+    tokens: int = 0  # a language model's tokens per sample (its context); 0 for images
 
 
 def _step_options(args, L: int | None) -> dict[str, list[int]]:
@@ -151,8 +152,8 @@ def prepare(args, overrides: dict[str, Any], kind: str, per_level: bool = True, 
     level = cfg.spike_levels if per_level else 1
     out = Path(args.out) if args.out else eval_dir(run_dir, ckpt, kind, cfg.preset, level)
     preflight_outputs(args, out)
-    model, loader, _ = load_trained(cfg, ckpt)
-    return Job(cfg, ckpt, out, model, loader, simulator_for(model, cfg), **steps)
+    model, loader, info = load_trained(cfg, ckpt)
+    return Job(cfg, ckpt, out, model, loader, simulator_for(model, cfg, info), tokens=info.context, **steps)
 
 
 def self_check(model, sim, loader, cfg):
@@ -198,8 +199,8 @@ def cmd_train(args, overrides) -> int:
 
 def cmd_convert(args, overrides) -> int:
     from ann2snn.app.plots import write_convert_plots
-    from ann2snn.app.report import (convert_result, format_energy_table, format_steps, summary_line, verify_line,
-                                    write_json)
+    from ann2snn.app.report import (convert_result, format_energy_table, format_steps, per_token, summary_line,
+                                    verify_line, write_json)
     from ann2snn.energy import EnergyMeter, energy_of
     from ann2snn.metrics import evaluate
 
@@ -209,7 +210,7 @@ def cmd_convert(args, overrides) -> int:
     latency_extra = getattr(args, "latency_extra", 0)  # `run` has no --latency-extra
     with EnergyMeter.for_simulator(sim) as meter:  # firing rates and operations of the t-step run
         res = evaluate(sim, loader, cfg.t, cfg.extra_t, ann=model, meter=meter, latency_extra=latency_extra)
-    result = convert_result(res, cfg.t, cfg.extra_t, cfg.preset, ckpt, check)
+    result = convert_result(res, cfg.t, cfg.extra_t, cfg.preset, ckpt, check, tokens=job.tokens)
     if not _is_main():  # under torchrun only rank 0 reports and writes
         return 0
     energy = energy_of(meter, sim, next(iter(loader))[0], cfg.t, cfg.extra_t, getattr(args, "constants", "fp32"),
@@ -217,10 +218,12 @@ def cmd_convert(args, overrides) -> int:
                        hardware=hardware_model(args))  # (rank 0's shard under torchrun)
     full = getattr(args, "energy", False)  # `run` has no --energy
     result.update({"energy": energy.to_dict()} if full else {"energy_totals": energy.totals.to_dict()})
+    if job.tokens:
+        result["energy_per_token"] = per_token(energy, job.tokens)
     print(format_steps(result))
     if check is not None and getattr(args, "verify", False):
         print(verify_line(check))
-    print(format_energy_table(energy) if full else summary_line(energy))
+    print(format_energy_table(energy) if full else summary_line(energy, job.tokens))
     write_json(out / f"convert_t{cfg.t}_e{cfg.extra_t}.json", result)
     write_convert_plots(result, energy, out)
     if args.json:
@@ -277,7 +280,7 @@ def cmd_table(args, overrides) -> int:
     if _is_main():  # under torchrun only rank 0 writes
         write_table(job.out, ann, table, job.extra_t, meta={"checkpoint": str(job.checkpoint), "preset": job.cfg.preset,
                                                             "n": ann.n, "spike_levels": job.cfg.spike_levels,
-                                                            "timing": timing})
+                                                            "timing": timing, "tokens_per_sample": job.tokens})
         print(f"time: ANN evaluation {timing['ann_eval_s']:.2f} s, table {timing['table_s']:.2f} s "
               f"({timing['table_over_ann_eval']:.1f}x the ANN evaluation, same data, one run)")
         print(f"heatmap: {plot_table_heatmap(ann, table, job.extra_t, job.out / NAMES['heatmap'])}")
@@ -296,6 +299,56 @@ def cmd_frontier(args, overrides) -> int:
         return 0
     write_frontier(job.out, res, meta={"checkpoint": str(job.checkpoint), "preset": job.cfg.preset})
     print(f"plot: {plot_frontier(res, job.out / NAMES['frontier'])}")
+    return 0
+
+
+def _prompts(args, job) -> list:
+    """The prompts of ``generate`` as token-id tensors, grouped by length (each group one batch):
+    every ``--prompt`` text (UTF-8 bytes), and with ``--test-prompts K`` the first half-window of
+    each of the first K test windows."""
+    import torch
+
+    from ann2snn.app.text import encode
+
+    prompts = [encode(p).long() for p in (args.prompt or [])]
+    if any(len(p) == 0 for p in prompts):
+        raise ConfigError("--prompt is empty; pass some text, e.g. `--prompt 'The '`.")
+    if args.test_prompts:
+        ds, n = job.loader.dataset, job.tokens // 2
+        if args.test_prompts > len(ds):
+            raise ConfigError(f"--test-prompts {args.test_prompts} is more than the {len(ds)} test windows; use at most "
+                              f"{len(ds)}.")
+        prompts += [ds[i][0][:n] for i in range(args.test_prompts)]
+    if not prompts:
+        raise ConfigError("generate needs a prompt: `--prompt TEXT` (repeatable) or `--test-prompts K` (the start of "
+                          "K test windows).")
+    groups: dict[int, list] = {}
+    for p in prompts:
+        groups.setdefault(len(p), []).append(p)
+    return [torch.stack(g) for g in groups.values()]
+
+
+def cmd_generate(args, overrides) -> int:
+    from ann2snn.app.report import generation_lines, write_json
+    from ann2snn.generate import generate
+
+    job = prepare(args, overrides, "generate", converted_only=True)
+    if not job.tokens:
+        raise ConfigError(f"`ann2snn generate` continues text with a language model; {job.cfg.model} on "
+                          f"{job.cfg.data} is an image model. Train one with `ann2snn train -c configs/gpt_python_docs.yml`.")
+    cfg = job.cfg
+    results = [generate(job.model, job.sim, batch, args.max_new_tokens, cfg.t, cfg.extra_t, context=job.tokens)
+               for batch in _prompts(args, job)]
+    if not _is_main():
+        return 0
+    for line in generation_lines(results):
+        print(line)
+    doc = {"checkpoint": str(job.checkpoint), "preset": cfg.preset, "results": [r.to_dict() for r in results],
+           "identical": all(r.identical for r in results)}
+    write_json(job.out / f"generate_t{cfg.t}_e{cfg.extra_t}.json", doc)
+    if args.json:
+        write_json(Path(args.json), doc)
+    print(f"written: {job.out}")
     return 0
 
 
@@ -327,5 +380,5 @@ def cmd_run(args, overrides) -> int:
     return cmd_convert(args, overrides)
 
 
-__all__ = ["Job", "checkpoint_file", "cmd_convert", "cmd_energy", "cmd_frontier", "cmd_run", "cmd_table", "cmd_train",
+__all__ = ["Job", "checkpoint_file", "cmd_convert", "cmd_energy", "cmd_frontier", "cmd_generate", "cmd_run", "cmd_table", "cmd_train",
            "config_from_args", "eval_dir", "latest_run", "prepare", "resolve", "self_check"]

@@ -115,8 +115,10 @@ class Config:
     attn: str = "softmax"  # softmax | query_softmax | ssa (transformer)
     lambda_init: float = 8.0  # initial QCFS threshold
     ssa_form: str = "token_first"  # spikformer's SSA layout: token_first [T,B,N,C] | token_last [T,B,C,N]
-    norm: str = "layer"  # vit: layer (pre-norm LayerNorms) | batch (a BatchNorm after every Linear, folded at conversion)
-    mlp_act: str = "gelu"  # vit: gelu (GELU then a site) | relu (the site alone)
+    norm: str = "layer"  # vit: layer (pre-norm LayerNorms) | batch (a BatchNorm after every Linear, folded at conversion); gpt: layer | rms (RMSNorm)
+    mlp_act: str = "gelu"  # vit: gelu (GELU then a site) | relu (the site alone); gpt: gelu | swiglu
+    pos: str = "learned"  # gpt: learned position embeddings | rotary (RoPE on q and k)
+    context: int = 64  # text data: tokens per window, and the gpt's longest sequence
     placement: str = "qkv"  # where sites go: qkv (vit: q, k, v and after GELU; other models: after every activation) | norm (vit: also after each LayerNorm, signed) | synapses (any model: every Linear, convolution and product reads spikes)
     width: float | None = None  # channel multiplier of the CNNs (vgg16, resnet18, resnet20); null = 1
     quantize: bool = True  # QCFS sites for conversion; false trains the plain ReLU ANN (to pretrain)
@@ -194,10 +196,16 @@ class Config:
               "activation) or synapses (every synapse reads spikes).")
         _need(self.model != "vit" or self.attn in VIT_ATTN_CHOICES,
               f"attn for the vit must be one of {VIT_ATTN_CHOICES}, got {short_repr(self.attn)}.")
-        for key, value, choices in (("norm", self.norm, NORM_CHOICES), ("mlp_act", self.mlp_act, MLP_ACT_CHOICES)):
-            _need(value in choices, f"{key} must be one of {choices}, got {short_repr(value)}.")
-            _need(value == choices[0] or self.model == "vit",
-                  f"{key} applies to the `vit` model only, not {short_repr(self.model)}; leave it at {choices[0]}.")
+        for key, value, by_model in (("norm", self.norm, NORM_CHOICES), ("mlp_act", self.mlp_act, MLP_ACT_CHOICES),
+                                     ("pos", self.pos, POS_CHOICES)):
+            every = tuple(dict.fromkeys(c for cs in by_model.values() for c in cs))
+            _need(value in every, f"{key} must be one of {every}, got {short_repr(value)}.")
+            default, mine = every[0], by_model.get(self.model, ())
+            _need(value == default or value in mine, f"{key}: {value} applies to "
+                  f"{' and '.join(f'`{m}`' for m, cs in by_model.items() if value in cs)} only, not "
+                  f"{short_repr(self.model)}; leave it at {default}.")
+        _need(2 <= self.context <= MAX_CONTEXT, f"context (tokens per window) must be between 2 and {MAX_CONTEXT}, "
+              f"got {self.context}. Use e.g. `--context 64`.")
         _need(self.ssa_form in SSA_FORM_CHOICES,
               f"ssa_form must be one of {SSA_FORM_CHOICES}, got {short_repr(self.ssa_form)}.")
         from ann2snn.presets import PRESETS  # late imports: loading a config needs no torch
@@ -289,11 +297,14 @@ WIDTH_MODELS = ("vgg16", "resnet18", "resnet20")
 SSA_FORM_CHOICES = ("token_first", "token_last")
 PLACEMENT_CHOICES = ("qkv", "norm", "synapses")
 VIT_ATTN_CHOICES = ("softmax", "ssa")
-NORM_CHOICES = ("layer", "batch")
-MLP_ACT_CHOICES = ("gelu", "relu")
+# per model, the values of the keys that shape only some models (the first value is every model's default)
+NORM_CHOICES = {"vit": ("layer", "batch"), "gpt": ("layer", "rms")}
+MLP_ACT_CHOICES = {"vit": ("gelu", "relu"), "gpt": ("gelu", "swiglu")}
+POS_CHOICES = {"gpt": ("learned", "rotary")}
+MAX_CONTEXT = 8192
 # Keys that change parameter shapes or the forward function; used to reject mismatched checkpoints.
 MODEL_KEYS = ("model", "dim", "num_heads", "depth", "mlp_ratio", "use_maxpool", "attn", "l", "ssa_form", "quantize",
-              "width", "patch_size", "placement", "norm", "mlp_act")
+              "width", "patch_size", "placement", "norm", "mlp_act", "pos", "context")
 # Largest layer width (dim, and the MLP hidden size int(dim * mlp_ratio)) accepted: far above any
 # real model (ViT-22B: 6144 / 24576), low enough that the sizes stay exact ints and never overflow
 # torch's size arithmetic (a typo like `--mlp_ratio 1e300` is an error, not a crash).

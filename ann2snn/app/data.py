@@ -1,4 +1,5 @@
-"""Datasets: a small registry of image-classification sets held in memory.
+"""Datasets: a small registry of image-classification sets held in memory, and the text sets of
+:mod:`ann2snn.app.text` (``python_docs``, ``text``).
 
 Loaders (samplers, batch sizes, sharding under torchrun) are made in one place,
 :func:`ann2snn.app.distributed.build_loaders`.
@@ -26,7 +27,6 @@ import pickle
 import resource
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,22 +35,11 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ann2snn._compat import import_torchvision
+from ann2snn.app import text
+from ann2snn.app.datainfo import DataError, DataInfo
 
 log = logging.getLogger("ann2snn")
 
-
-class DataError(Exception):
-    """A user mistake about data (missing, corrupt, unknown name); printed without traceback."""
-
-
-@dataclass
-class DataInfo:
-    name: str
-    num_classes: int
-    in_channels: int
-    img_size: int
-    mean: tuple
-    std: tuple
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,6 +54,10 @@ def register_dataset(name: str) -> Callable[[Builder], Builder]:
         DATASETS[name] = fn
         return fn
     return deco
+
+
+register_dataset("python_docs")(text.build_python_docs)  # the text sets: ann2snn.app.text
+register_dataset("text")(text.build_text)
 
 
 def list_datasets() -> list[str]:

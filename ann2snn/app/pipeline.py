@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ann2snn.app import distributed, preflight
 from ann2snn.app.checkpoint import check_compatible, checkpoint_config, load_checkpoint, load_state, read_state_dict
-from ann2snn.app.config import Config
+from ann2snn.app.config import Config, ConfigError
 from ann2snn.app.data import DataInfo
 from ann2snn.convert import convert
 from ann2snn.graph import ConversionError
@@ -37,6 +36,7 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     Before anything is allocated the model is described on the meta device, and one that cannot
     fit in memory (≈ 4× its parameters for training) or does not run on the data's input size is
     refused with a ConfigError (:mod:`ann2snn.app.preflight`)."""
+    check_data_fits(cfg, info)
     direct = {"T": cfg.t, "ssa_form": cfg.ssa_form} if model_kind(cfg.model) == "direct" else {}
     if cfg.width is not None:
         direct["width"] = cfg.width
@@ -45,6 +45,10 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     if cfg.model == "vit":  # its own sites (qkv, norm); synapses adds the rest in quantize
         direct["placement"] = "qkv" if cfg.placement == "synapses" else cfg.placement
         direct["norm"], direct["mlp_act"] = cfg.norm, cfg.mlp_act
+    if takes_tokens(cfg.model):  # language models: the vocabulary is num_classes, the window their context
+        direct["context"] = info.context
+    if cfg.model == "gpt":
+        direct.update(norm=cfg.norm, mlp=cfg.mlp_act, pos=cfg.pos)
 
     def build_at(img_size: int) -> nn.Module:
         return create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
@@ -57,13 +61,33 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     model = preflight.built(lambda: build_at(info.img_size), cfg.model)
     if model_kind(cfg.model) == "convertible" and cfg.quantize:
         # the data's input size, for a model whose code branches on shapes (traced with an example)
-        example = torch.zeros(1, info.in_channels, info.img_size, info.img_size)
+        example = info.example_input()
         if cfg.placement == "synapses":
             _explicit_attention(model)
         model = quantize(model, cfg.l, cfg.lambda_init, example_input=example,
                          placement="synapses" if cfg.placement == "synapses" else "activations")
     preflight.check_input(model, meta, cfg.model, info, build_at)
     return model
+
+
+TEXT_MODELS = ("gpt",)  # and every hf:NAME
+
+
+def takes_tokens(name: str) -> bool:
+    """Whether the model ``name`` reads token ids (a language model) rather than images."""
+    return name in TEXT_MODELS or name.startswith("hf:")
+
+
+def check_data_fits(cfg: Config, info: DataInfo) -> None:
+    """Refuse a language model on images, or an image model on text, naming both and the fix."""
+    if takes_tokens(cfg.model) and not info.is_text:
+        raise ConfigError(f"The model {cfg.model} is a language model: it reads token ids, but {info.name} holds images. "
+                          "Use a text set: `--data python_docs` (embedded) or `--data text --data_dir FILE`.")
+    if info.is_text and cfg.mixup:
+        raise ConfigError("mixup blends inputs, which token ids cannot be; set `mixup: 0` for text data.")
+    if info.is_text and not takes_tokens(cfg.model):
+        raise ConfigError(f"The data {info.name} is text (token windows), but {cfg.model} reads images. Use a language "
+                          "model: `--model gpt` (or hf:gpt2, hf:llama, hf:qwen2 with the hf extra).")
 
 
 def _explicit_attention(model: nn.Module) -> None:
@@ -89,13 +113,15 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     load_state(model, state, path)
 
 
-def simulator_for(model: nn.Module, cfg: Config) -> Simulator:
+def simulator_for(model: nn.Module, cfg: Config, info: DataInfo | None = None) -> Simulator:
     """The :class:`~ann2snn.simulate.Simulator` for a trained model: converted with ``cfg.preset``
-    when it is a QCFS ANN, stepped as trained (no conversion; ``preset`` does not apply) when it is
-    a directly trained SNN."""
+    when it is a QCFS ANN (traced with ``info``'s example input when given: a language model's
+    code slices by its sequence length), stepped as trained (no conversion; ``preset`` does not
+    apply) when it is a directly trained SNN."""
     m = cfg.spike_levels
     if model_kind(cfg.model) == "convertible":
-        return Simulator(convert(model, cfg.preset), spike_levels=m)
+        example = None if info is None else info.example_input(device=next(model.parameters()).device)
+        return Simulator(convert(model, cfg.preset, example_input=example), spike_levels=m)
     if m != 1:
         raise ConversionError(f"spike_levels: {m} applies to converted networks; {cfg.model} is a directly trained "
                               "SNN whose neurons send one spike per step. Leave spike_levels at 1 for it.")
@@ -115,4 +141,4 @@ def load_trained(cfg: Config, ckpt_path: Path):
     return model.to(ctx.device).eval(), test_loader, info
 
 
-__all__ = ["build_model", "load_pretrained", "load_trained", "simulator_for"]
+__all__ = ["build_model", "check_data_fits", "load_pretrained", "load_trained", "simulator_for", "takes_tokens"]

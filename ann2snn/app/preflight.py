@@ -120,14 +120,15 @@ def built(build: Callable[[], nn.Module], name: str) -> nn.Module:
         raise ConfigError(f"Building the model {name} ran out of memory ({first}). {SIZE_FIX}") from None
 
 
-def forward_error(model: nn.Module, shape: tuple[int, ...], device: str | torch.device) -> Exception | None:
-    """The exception one forward pass of a zero input of ``shape`` raises, or None.  ``model`` is
-    put in eval mode and left so: pass a meta model or a copy (a directly trained SNN keeps its
-    neurons' state after a pass, which must not reach training)."""
+def forward_error(model: nn.Module, shape: tuple[int, ...], device: str | torch.device,
+                  dtype: torch.dtype = torch.float32) -> Exception | None:
+    """The exception one forward pass of a zero input of ``shape`` (and ``dtype``: long for token
+    ids) raises, or None.  ``model`` is put in eval mode and left so: pass a meta model or a copy
+    (a directly trained SNN keeps its neurons' state after a pass, which must not reach training)."""
     model.eval()
     try:
         with kept_rng(), torch.no_grad():
-            model(torch.zeros(shape, device=device))
+            model(torch.zeros(shape, device=device, dtype=dtype))
         return None
     except Exception as err:  # any failure of the dry run is reported (KeyboardInterrupt is not caught)
         return err
@@ -155,15 +156,20 @@ def check_input(model: nn.Module, meta: nn.Module | None, name: str, info,
                 build_at: Callable[[int], nn.Module]) -> None:
     """Refuse a model that does not run on the data's ``info.in_channels × img_size²`` input (one
     dry forward pass, see the module docstring)."""
-    shape = (1, info.in_channels, info.img_size, info.img_size)
-    if meta is not None and forward_error(meta, shape, "meta") is None:
+    example = info.example_input()
+    shape, dtype = tuple(example.shape), example.dtype
+    if meta is not None and forward_error(meta, shape, "meta", dtype) is None:
         return
     p = next(model.parameters(), None)
     # on a copy: the model keeps its mode, and no neuron state from the pass reaches training
-    err = forward_error(copy.deepcopy(model), shape, p.device if p is not None else "cpu")
+    err = forward_error(copy.deepcopy(model), shape, p.device if p is not None else "cpu", dtype)
     if err is None:
         return
     text = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    if info.is_text:
+        raise ConfigError(f"The model {name} does not run on the {info.input_text()} of {info.name}: its forward pass "
+                          f"fails with {type(err).__name__}: {text!r}. Check `--context` against the model's longest "
+                          "sequence.")
     least = smallest_input(build_at, info.in_channels, info.img_size + 1)
     size = f"{info.in_channels}×{info.img_size}×{info.img_size}"
     need = (f"It runs on images of {least}×{least} or larger. " if least else "")

@@ -43,10 +43,31 @@ def budget_text(spike_levels: int) -> str:
             "spike-step budget T × bits)")
 
 
+def perplexity(loss: float) -> float:
+    """exp(per-token cross-entropy in nats): a language model's perplexity (inf where it overflows)."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def add_perplexities(result: dict[str, Any]) -> dict[str, Any]:
+    """A language model's document gains ``perplexity`` beside every ``loss`` (list or number) of
+    its ANN, k-step and within-run figures, in place; returns it."""
+    parts = [result.get("ann"), result["snn"].get("k_step"), result["snn"].get("within_run")]
+    for part in parts:
+        if not part:
+            continue
+        for key in [k for k in part if k == "loss" or k.startswith("loss_")]:
+            value = part[key]
+            name = key.replace("loss", "perplexity")
+            part[name] = [perplexity(v) for v in value] if isinstance(value, list) else perplexity(value)
+    return result
+
+
 def convert_result(res: Evaluation, t: int, extra_t: int, preset: str, checkpoint: str | Path,
-                   verify: VerifyResult | None = None) -> dict[str, Any]:
+                   verify: VerifyResult | None = None, tokens: int = 0) -> dict[str, Any]:
     """``convert``'s result document (its JSON, and what its listing and plot read): the
-    evaluation ``res`` of a ``t`` + ``extra_t`` step run under ``preset``, and the self-check."""
+    evaluation ``res`` of a ``t`` + ``extra_t`` step run under ``preset``, and the self-check.
+    ``tokens``: a language model's tokens per sample (its context; 0 for images): every figure is
+    then per token, and perplexities join the losses."""
     d = res.to_dict()
     out = {"ann": d["ann"],
            "snn": {"t": t, "extra_t": extra_t, "preset": preset, "spike_levels": d["spike_levels"],
@@ -55,6 +76,9 @@ def convert_result(res: Evaluation, t: int, extra_t: int, preset: str, checkpoin
            "effective_latency": d["effective_latency"], "checkpoint": str(checkpoint), "n": d["n"]}
     if verify is not None:
         out["verify"] = verify.to_dict()
+    if tokens:
+        out["tokens_per_sample"] = tokens
+        add_perplexities(out)
     return out
 
 
@@ -66,13 +90,34 @@ def verify_line(res: VerifyResult) -> str:
             f"scale)): {'OK' if res.ok else 'FAILED'}; {state}, settled after {res.settle_steps} steps")
 
 
+def _steps_cells(part: dict[str, Any], i: int, ann: dict[str, Any], text: bool) -> str:
+    """The figures of entry ``i`` of a k-step or within-run listing: top-1 and top-5 against the
+    ANN's top-1, or for a language model top-1 (next-token) and perplexity against the ANN's."""
+    a1 = part["top1"][i]
+    if not text:
+        return f"{a1:6.2f}%  {part['top5'][i]:6.2f}%   {a1 - ann['top1']:+6.2f}"
+    ppl, ref = part["perplexity"][i], ann["perplexity"]
+    return f"{a1:6.2f}%  {ppl:10.4f}   {100 * (ppl / ref - 1):+8.3f}%"
+
+
 def format_steps(result: dict[str, Any]) -> str:
     """``convert``'s listing (of :func:`convert_result`'s document): the k-step curve, then the
-    steps within the t-step run (one listing when the two coincide)."""
+    steps within the t-step run (one listing when the two coincide); for a language model
+    (``tokens_per_sample``) next-token top-1 and perplexity, per token."""
+    if result.get("tokens_per_sample"):
+        return _format_steps(result, text=True)
+    return _format_steps(result, text=False)
+
+
+def _format_steps(result: dict[str, Any], text: bool) -> str:
     ann, snn = result["ann"], result["snn"]
     t, extra_t = snn["t"], snn["extra_t"]
     bits = snn.get("bits_per_step", math.log2(3))
-    lines = [f"ANN   top-1 {ann['top1']:6.2f}%   top-5 {ann['top5']:6.2f}%   ({result.get('n', '?')} test samples)",
+    figures = (f"top-1 {ann['top1']:6.2f}%   perplexity {ann.get('perplexity', math.nan):.4f}   ("
+               f"{result.get('n', '?')} test tokens)" if text else
+               f"top-1 {ann['top1']:6.2f}%   top-5 {ann['top5']:6.2f}%   ({result.get('n', '?')} test samples)")
+    cols = "   top-1    perplexity   Δppl vs ANN" if text else "   top-1    top-5   Δtop-1 vs ANN"
+    lines = [f"ANN   {figures}",
              f"SNN   preset {snn.get('preset', '?')}, t = {t}, extra_t = {extra_t}; "
              f"{budget_text(snn.get('spike_levels', 1))}"]
     ks, within = snn.get("k_step"), snn["within_run"]
@@ -81,12 +126,11 @@ def format_steps(result: dict[str, Any]) -> str:
         then = f", then {extra_t} zero steps" if extra_t else ""
         lines.append(f"k-step runs (each a run of its own: input for k steps{then}, thresholds set for k; "
                      "output sum / k) = the table's cells (k, k + extra_t)")
-        head = "     k  steps  T×bits   top-1    top-5   Δtop-1 vs ANN"
+        head = "     k  steps  T×bits" + cols
         lines.append(head + ("   top-1 at k (no extra)" if extra_t else ""))
         for i, k in enumerate(ks["k"]):
-            a1, a5 = ks["top1"][i], ks["top5"][i]
-            row = (f"  {k:4d}  {ks['total_steps'][i]:5d}  {ks['total_steps'][i] * bits:6.1f}  {a1:6.2f}%  {a5:6.2f}%   "
-                   f"{a1 - ann['top1']:+6.2f}")
+            row = (f"  {k:4d}  {ks['total_steps'][i]:5d}  {ks['total_steps'][i] * bits:6.1f}  "
+                   + _steps_cells(ks, i, ann, text))
             if extra_t:
                 row += f"         {ks['top1_no_extra'][i]:6.2f}%"
             lines.append(row)
@@ -96,21 +140,23 @@ def format_steps(result: dict[str, Any]) -> str:
     else:
         lines.append(f"within the one {t}-step run (thresholds set for t = {t}; cumulative output after step s, "
                      f"divided by min(s, {t})):")
-        lines.append("  step  T×bits   top-1    top-5   Δtop-1 vs ANN")
-        for s, a1, a5 in zip(within["steps"], within["top1"], within["top5"]):
+        lines.append("  step  T×bits" + cols)
+        for i, s in enumerate(within["steps"]):
             mark = "" if s <= t else "  (extra, zero input)"
-            lines.append(f"  {s:4d}  {s * bits:6.1f}  {a1:6.2f}%  {a5:6.2f}%   {a1 - ann['top1']:+6.2f}{mark}")
+            lines.append(f"  {s:4d}  {s * bits:6.1f}  {_steps_cells(within, i, ann, text)}{mark}")
         if snn.get("k_step_is_prefix") is False and t > 1:
             lines.append(f"  (under the {snn.get('preset', '?')} preset step s < {t} here is not the accuracy of an "
                          "s-step run: its neurons integrate towards thresholds set for t; see the k-step runs)")
     return "\n".join(lines)
 
 
-def table_grid(table: Table, extra_t: list[int]) -> tuple[list[int], list[int], dict]:
-    """(rows, columns, {(t, col): top1}) keeping only the requested extra steps ``extra_t``."""
+def table_grid(table: Table, extra_t: list[int], metric: str = "top1") -> tuple[list[int], list[int], dict]:
+    """(rows, columns, {(t, col): value}) keeping only the requested extra steps ``extra_t``;
+    ``metric``: ``top1`` or ``perplexity`` (exp of the per-token loss)."""
     cells = {}
     for t, row in table.items():
-        for col, acc in zip(row.cols, row.top1):
+        values = row.top1 if metric == "top1" else [perplexity(v) for v in row.loss]
+        for col, acc in zip(row.cols, values):
             if col - t in extra_t:
                 cells[(t, col)] = acc
     rows = sorted(table)
@@ -118,19 +164,30 @@ def table_grid(table: Table, extra_t: list[int]) -> tuple[list[int], list[int], 
     return rows, cols, cells
 
 
-def table_markdown(ann: Accuracy, table: Table, extra_t: list[int], title: str = "", spike_levels: int = 1) -> str:
-    rows, cols, cells = table_grid(table, extra_t)
-    bits = bits_per_step(spike_levels)
+def _grid_markdown(table: Table, extra_t: list[int], bits: float, metric: str) -> list[str]:
+    rows, cols, cells = table_grid(table, extra_t, metric)
     head = "| t \\ t+extra_t | " + " | ".join(str(c) for c in cols) + " |"
     sep = "|---" * (len(cols) + 1) + "|"
-    body = []
-    for t in rows:
-        body.append(f"| {t} | " + " | ".join(f"{cells[(t, c)]:.2f}" if (t, c) in cells else "" for c in cols) + " |")
+    fmt = "{:.2f}" if metric == "top1" else "{:.4f}"
+    body = [f"| {t} | " + " | ".join(fmt.format(cells[(t, c)]) if (t, c) in cells else "" for c in cols) + " |"
+            for t in rows]
+    return [head, sep, *body, "| T × bits | " + " | ".join(f"{c * bits:.1f}" for c in cols) + " |"]
+
+
+def table_markdown(ann: Accuracy, table: Table, extra_t: list[int], title: str = "", spike_levels: int = 1,
+                   text: bool = False) -> str:
+    """The table as Markdown: SNN top-1 per cell; for a language model (``text``) per-token
+    perplexity first, then next-token top-1."""
+    bits = bits_per_step(spike_levels)
     top = f"{title}\n\n" if title else ""
-    budget = "| T × bits | " + " | ".join(f"{c * bits:.1f}" for c in cols) + " |"
-    return (f"{top}ANN top-1: {ann.top1:.2f}% (top-5 {ann.top5:.2f}%). SNN top-1 (%), rows t (input "
-            f"steps), columns t + extra_t (total steps T); {budget_text(spike_levels)}:\n\n"
-            + "\n".join([head, sep, *body, budget]) + "\n")
+    where = (f"rows t (input steps), columns t + extra_t (total steps T); {budget_text(spike_levels)}")
+    if text:
+        ref = perplexity(ann.loss)
+        return (f"{top}QANN perplexity {ref:.4f} per token, next-token top-1 {ann.top1:.2f}%. SNN perplexity, {where}:"
+                "\n\n" + "\n".join(_grid_markdown(table, extra_t, bits, "perplexity"))
+                + "\n\nSNN next-token top-1 (%):\n\n" + "\n".join(_grid_markdown(table, extra_t, bits, "top1")) + "\n")
+    return (f"{top}ANN top-1: {ann.top1:.2f}% (top-5 {ann.top5:.2f}%). SNN top-1 (%), {where}:\n\n"
+            + "\n".join(_grid_markdown(table, extra_t, bits, "top1")) + "\n")
 
 
 def write_table(out: Path, ann: Accuracy, table: Table, extra_t: list[int], meta: dict | None = None,
@@ -140,19 +197,21 @@ def write_table(out: Path, ann: Accuracy, table: Table, extra_t: list[int], meta
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     m = (meta or {}).get("spike_levels", 1)
+    text = bool((meta or {}).get("tokens_per_sample"))
     md = table_markdown(ann, table, extra_t, title=f"# Accuracy table ({(meta or {}).get('preset', '')})",
-                        spike_levels=m)
+                        spike_levels=m, text=text)
     paths = {"md": out / "table.md", "csv": out / "table.csv", "json": out / "table.json"}
     atomic_write_text(paths["md"], md)
 
     def rows(f) -> None:
         w = csv.writer(f)
-        w.writerow(["t", "extra_t", "steps", "spike_levels", "bit_steps", "top1", "top5", "loss"])
+        w.writerow(["t", "extra_t", "steps", "spike_levels", "bit_steps", "top1", "top5", "loss"]
+                   + (["perplexity"] if text else []))
         for t, row in sorted(table.items()):
             for col, a1, a5, loss in zip(row.cols, row.top1, row.top5, row.loss):
                 if col - t in extra_t:
                     w.writerow([t, col - t, col, m, f"{col * bits_per_step(m):.3f}", f"{a1:.2f}", f"{a5:.2f}",
-                                f"{loss:.4f}"])
+                                f"{loss:.4f}"] + ([f"{perplexity(loss):.4f}"] if text else []))
 
     atomic_write_text(paths["csv"], _csv_text(rows))
     payload = {"ann": ann.to_dict(), "rows": {str(t): row.to_dict() for t, row in sorted(table.items())},
@@ -282,12 +341,30 @@ def write_energy_json(path: str | Path, result: EnergyResult, meta: dict[str, An
     return write_json(path, {**result.to_dict(), **(meta or {})})
 
 
-def summary_line(result: EnergyResult) -> str:
-    """One line: energies per image, their ratio, the mean firing rate and the effective latency."""
+def per_token(result: EnergyResult, tokens: int) -> dict[str, float]:
+    """A language model's energies per token (mJ): the per-sample figures of both models divided
+    by the ``tokens`` of a sample (every position is scored, so every token costs the same share)."""
+    tot, hw = result.totals, result.hardware
+    out = {"tokens_per_sample": tokens, "e_ann_mj": tot.e_ann_mj / tokens, "e_snn_mj": tot.e_snn_mj / tokens}
+    if hw is not None:
+        out.update(e_qnn_mj=hw.e_qnn_mj / tokens, e_snn_memory_mj=hw.e_snn_mj / tokens)
+    return out
+
+
+def summary_line(result: EnergyResult, tokens: int = 0) -> str:
+    """One line: energies per image (per token too for a language model of ``tokens`` per sample),
+    their ratio, the mean firing rate and the effective latency."""
     tot, hw = result.totals, result.hardware
     second = "" if hw is None else (f"second model (memory): equal-bit QNN {hw.e_qnn_mj:.4g} mJ, SNN "
                                     f"{hw.e_snn_mj:.4g} mJ (QNN/SNN {hw.qnn_snn_ratio:.2f}x); ")
-    return (f"energy/image ({tot.constants.name}): ANN {tot.e_ann_mj:.4g} mJ, SNN {tot.e_snn_mj:.4g} mJ "
+    if tokens:
+        tok = per_token(result, tokens)
+        memory = "" if hw is None else (f"; memory model: QNN {tok['e_qnn_mj'] * 1e3:.4g} µJ, SNN "
+                                        f"{tok['e_snn_memory_mj'] * 1e3:.4g} µJ")
+        second += (f"energy/token ({tokens} per sample): ANN {tok['e_ann_mj'] * 1e3:.4g} µJ, SNN "
+                   f"{tok['e_snn_mj'] * 1e3:.4g} µJ{memory}; ")
+    unit = "sample" if tokens else "image"
+    return (f"energy/{unit} ({tot.constants.name}): ANN {tot.e_ann_mj:.4g} mJ, SNN {tot.e_snn_mj:.4g} mJ "
             f"(ANN/SNN {tot.ann_snn_ratio:.2f}x); mean firing rate {tot.mean_rate:.3f}; "
             f"{100 * tot.non_spike_share:.0f}% of E_SNN not spike-driven; " + second
             + latency_text(result.effective_latency))
@@ -364,3 +441,27 @@ def write_frontier(out: str | Path, res: Frontier, meta: dict | None = None, ech
         print(md)
         print(f"written: {paths['md']}, {paths['csv']}, {paths['json']}")
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# generation (ann2snn.generate.generate's Generation results, one per prompt length)
+def generation_lines(results: list) -> list[str]:
+    """Each prompt with the QANN's and the SNN's greedy continuations (bytes shown as text), the
+    verdict (identical, or the first position where they differ) and the time per token."""
+    from ann2snn.app.text import decode
+
+    lines, same, total = [], 0, 0
+    for res in results:
+        for prompt, q, s, diff in zip(res.prompts, res.qann, res.snn, res.first_difference):
+            total += 1
+            same += diff is None
+            lines += [f"prompt {total}: {decode(prompt)!r}", f"  QANN: {decode(q)!r}", f"  SNN:  {decode(s)!r}",
+                      "  identical" if diff is None else f"  first differs at generated token {diff + 1}"]
+    first = results[0]
+    lines.append(f"{same} of {total} continuations identical to the QANN's ({len(first.qann[0])} new tokens each; "
+                 f"SNN t = {first.t} + {first.extra_t} steps per token, m = {first.spike_levels})")
+    for res in results:
+        lines.append(f"time per generated token (batch of {len(res.prompts)}): QANN {res.seconds_per_token_qann * 1e3:.1f} "
+                     f"ms, SNN {res.seconds_per_token_snn * 1e3:.1f} ms "
+                     f"({res.seconds_per_token_snn / max(res.seconds_per_token_qann, 1e-12):.1f}x)")
+    return lines

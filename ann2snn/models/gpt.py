@@ -109,7 +109,7 @@ class Block(nn.Module):
         self.norm1, self.norm2 = _norm(norm, dim), _norm(norm, dim)
         self.attn = CausalSelfAttention(dim, num_heads, context, rotary, fused_attn)
         # SwiGLU's hidden width is 2/3 of the GELU MLP's, so that both have about the same weights
-        hidden = int(dim * mlp_ratio * (2 / 3 if mlp == "swiglu" else 1))
+        hidden = max(1, int(dim * mlp_ratio * (2 / 3 if mlp == "swiglu" else 1)))
         self.mlp = MLP(dim, hidden, mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
