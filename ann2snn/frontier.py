@@ -110,7 +110,7 @@ def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = Non
                         non_spike_share=tot["non_spike_share"], mean_rate=tot["mean_rate"],
                         sops=tot["sops"], e_snn_memory_mj=hw.e_snn_mj, e_qnn_mj=hw.e_qnn_mj,
                         qnn_snn_ratio=hw.qnn_snn_ratio, spikes_per_synapse=hw.spikes_per_synapse,
-                        break_even_rate=hw.break_even_rate))
+                        break_even_rate=hw.break_even_rate, loss=table[t].loss[e]))
     finally:
         sim.spike_levels = was
     pareto(points)

@@ -254,6 +254,7 @@ class FrontierPoint(Result):
     qnn_snn_ratio: float | None = None
     spikes_per_synapse: float | None = None
     break_even_rate: float | None = None  # spikes per synapse and step at which E_SNN = E_QNN (None: none)
+    loss: float | None = None  # the mean cross-entropy (nats; per token for a language model: exp(loss) is its perplexity)
 
 
 @dataclass

@@ -85,6 +85,11 @@ def test_train_convert_table_generate_end_to_end(capsys, tmp_path):
     assert rc == 0
     md = (tmp_path / "lm" / "table-best_model-exact" / "table.md").read_text()
     assert "SNN perplexity" in md and "next-token top-1" in md
+    rc, _ = _run(capsys, ["frontier", "-c", cfg, "--spike-levels", "1,L", "--t", "1,4", "--extra-t", "0-2",
+                          "--energy-batches", "1"])
+    assert rc == 0
+    front = (tmp_path / "lm" / "frontier-best_model-exact" / "frontier.md").read_text()
+    assert "QANN perplexity" in front and "E_SNN/token" in front
     rc, out = _run(capsys, ["generate", "-c", cfg, "--prompt", "The ", "--test-prompts", "2", "--max-new-tokens", "4",
                             "--json", tmp_path / "g.json"])
     assert rc == 0 and "QANN:" in out and "SNN:" in out and "time per generated token" in out

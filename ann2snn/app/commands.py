@@ -297,7 +297,8 @@ def cmd_frontier(args, overrides) -> int:
                    args.constants, args.first_layer, hardware=hardware_model(args))
     if not _is_main():
         return 0
-    write_frontier(job.out, res, meta={"checkpoint": str(job.checkpoint), "preset": job.cfg.preset})
+    write_frontier(job.out, res, meta={"checkpoint": str(job.checkpoint), "preset": job.cfg.preset,
+                                       **({"tokens_per_sample": job.tokens} if job.tokens else {})})
     print(f"plot: {plot_frontier(res, job.out / NAMES['frontier'])}")
     return 0
 

@@ -374,7 +374,7 @@ def summary_line(result: EnergyResult, tokens: int = 0) -> str:
 # the frontier (ann2snn.frontier.frontier's Frontier)
 FRONTIER_FIELDS = ("spike_levels", "bits_per_step", "t", "extra_t", "steps", "bit_steps", "top1", "top5",
                    "delta_top1", "e_snn_mj", "e_ann_mj", "ann_snn_ratio", "non_spike_share", "mean_rate", "pareto",
-                   "e_snn_memory_mj", "e_qnn_mj", "qnn_snn_ratio", "spikes_per_synapse", "break_even_rate")
+                   "e_snn_memory_mj", "e_qnn_mj", "qnn_snn_ratio", "spikes_per_synapse", "break_even_rate", "loss")
 
 
 def fewest_steps(res: Frontier, m: int, within: float) -> FrontierPoint | None:
@@ -391,7 +391,25 @@ def _memory_cells(p: FrontierPoint) -> str:
     return f"{p.e_snn_memory_mj:.4g} | {p.qnn_snn_ratio:.2f}× | {p.spikes_per_synapse:.3g} | {be}"
 
 
-def frontier_markdown(res: Frontier) -> str:
+def _perplexity_lines(res: Frontier, tokens: int) -> list[str]:
+    """A language model's frontier: each point's per-token perplexity against the QANN's, and
+    energy per token under both models."""
+    ref = perplexity(res.ann.loss)
+    lines = ["", f"Per token ({tokens} tokens per window): QANN perplexity {ref:.4f}.", "",
+             "| m | t | extra | T | perplexity | Δppl vs QANN | E_SNN/token (µJ) | E_ANN/token (µJ) | "
+             "memory: E_SNN/token (µJ) | E_QNN/token (µJ) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in res.points:
+        ppl = perplexity(p.loss) if p.loss is not None else math.nan
+        mem = ("– | –" if p.e_snn_memory_mj is None else
+               f"{p.e_snn_memory_mj / tokens * 1e3:.4g} | {p.e_qnn_mj / tokens * 1e3:.4g}")
+        lines.append(f"| {p.spike_levels} | {p.t} | {p.extra_t} | {p.steps} | {ppl:.4f} | {100 * (ppl / ref - 1):+.3f}% | "
+                     f"{p.e_snn_mj / tokens * 1e3:.4g} | {p.e_ann_mj / tokens * 1e3:.4g} | {mem} |")
+    return lines
+
+
+def frontier_markdown(res: Frontier, tokens: int = 0) -> str:
+    """The frontier as Markdown; ``tokens``: a language model's tokens per window (adds the
+    perplexity and per-token energy of every point)."""
     ann = res.ann
     lines = [f"# Accuracy, latency and energy (L = {res.L})", "",
              f"ANN top-1 {ann.top1:.2f}% ({ann.n} test images). Energy per image on the first "
@@ -417,6 +435,8 @@ def frontier_markdown(res: Frontier) -> str:
                          f"T = {p.steps} (t = {p.t} + {p.extra_t}; {p.bit_steps:.1f} bit-steps, "
                          f"{p.e_snn_mj:.4g} mJ)"))
         lines.append(f"- m = {m}: " + "; ".join(cells))
+    if tokens:
+        lines += _perplexity_lines(res, tokens)
     return "\n".join(lines) + "\n"
 
 
@@ -426,7 +446,7 @@ def write_frontier(out: str | Path, res: Frontier, meta: dict | None = None, ech
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "frontier.md", "csv": out / "frontier.csv", "json": out / "frontier.json"}
-    md = frontier_markdown(res)
+    md = frontier_markdown(res, (meta or {}).get("tokens_per_sample", 0))
     atomic_write_text(paths["md"], md)
 
     def rows(f) -> None:
