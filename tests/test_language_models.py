@@ -85,6 +85,8 @@ def test_train_convert_table_generate_end_to_end(capsys, tmp_path):
     assert rc == 0
     md = (tmp_path / "lm" / "table-best_model-exact" / "table.md").read_text()
     assert "SNN perplexity" in md and "next-token top-1" in md
+    rc, out = _run(capsys, ["energy", "-c", cfg, "--max-batches", "1"])
+    assert rc == 0 and "per token (16 per sample)" in out
     rc, _ = _run(capsys, ["frontier", "-c", cfg, "--spike-levels", "1,L", "--t", "1,4", "--extra-t", "0-2",
                           "--energy-batches", "1"])
     assert rc == 0

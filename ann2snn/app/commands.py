@@ -241,7 +241,7 @@ def hardware_model(args):
 
 def cmd_energy(args, overrides) -> int:
     from ann2snn.app.plots import write_energy_plots
-    from ann2snn.app.report import format_energy_table, write_energy_csv, write_energy_json
+    from ann2snn.app.report import format_energy_table, per_token, write_energy_csv, write_energy_json
     from ann2snn.energy import measure_energy
 
     job = prepare(args, overrides, "energy")
@@ -253,6 +253,11 @@ def cmd_energy(args, overrides) -> int:
         return 0
     meta = {"checkpoint": str(ckpt), "preset": cfg.preset}  # written after the result's own keys
     print(format_energy_table(res))
+    if job.tokens:  # a language model: the figures per token too
+        meta["energy_per_token"] = tok = per_token(res, job.tokens)
+        print(f"per token ({job.tokens} per sample): ANN {tok['e_ann_mj'] * 1e3:.4g} µJ, SNN {tok['e_snn_mj'] * 1e3:.4g} µJ"
+              + (f"; memory model: QNN {tok['e_qnn_mj'] * 1e3:.4g} µJ, SNN {tok['e_snn_memory_mj'] * 1e3:.4g} µJ"
+                 if "e_qnn_mj" in tok else ""))
     write_energy_json(out / f"energy_t{cfg.t}_e{cfg.extra_t}.json", res, meta)
     write_energy_csv(out / f"energy_t{cfg.t}_e{cfg.extra_t}.csv", res)
     write_energy_plots(res, out)
