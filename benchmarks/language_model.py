@@ -135,6 +135,9 @@ def measure(args) -> dict:
 
     runs = Path(args.runs)
     seconds = {"qann": train(runs, "qann", []), "float": train(runs, "float", ["--quantize", "false"])}
+    for name, sec in seconds.items():  # reused runs: the time their training took
+        saved = runs / name / "train_seconds.txt"
+        seconds[name] = sec if sec is not None else float(saved.read_text())
     cfg, model, loader, info = load(runs / "qann" / "best_model.pt", args.test_subset)
     _, fmodel, floader, _ = load(runs / "float" / "best_model.pt", args.test_subset)
     L = cfg.l
@@ -176,7 +179,10 @@ def markdown(res: dict, command: str) -> str:
              f"({res['test_windows'] * res['context']} tokens).", "",
              f"- float model (`quantize: false`, same recipe): perplexity **{ppl(res['float']['loss']):.4f}**, "
              f"next-token top-1 {res['float']['top1']:.2f} %",
-             f"- QANN (L = {L}): perplexity **{ref:.4f}**, next-token top-1 {res['qann']['top1']:.2f} %",
+             f"- QANN (L = {L}): perplexity **{ref:.4f}**, next-token top-1 {res['qann']['top1']:.2f} % "
+             f"({100 * (ref / ppl(res['float']['loss']) - 1):+.2f} % perplexity against the float model)",
+             f"- training (8 epochs, 1 thread): QANN {res['train_seconds']['qann']:.0f} s, float model "
+             f"{res['train_seconds']['float']:.0f} s; the SNN tables below took {res['table_seconds']:.0f} s",
              f"- verify (16 windows, {v['dtype']}): max |SNN − QANN| = {v['max_abs_diff']:.3g} (logit scale "
              f"{v['scale']:.3g}), {'OK' if v['ok'] else 'FAILED'}, settled after {v['settle_steps']} steps", ""]
     for key, title in (("m1", "binary spikes (m = 1)"), ("mL", f"m = L = {L} spikes per step")):
