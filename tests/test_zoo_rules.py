@@ -631,6 +631,21 @@ def test_addmm_is_a_synapse_with_its_bias_on_drive_steps(t):
     assert not any(n.target is torch.addmm for n in gm.graph.nodes) and any(n.target is torch.mm for n in gm.graph.nodes)
 
 
+def test_addmm_of_two_spiking_operands_is_a_running_sum_product():
+    class Gram(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.bias = nn.Linear(4, 4), nn.Linear(4, 4), nn.Parameter(torch.randn(1))
+
+        def forward(self, x):
+            return torch.addmm(self.bias, F.relu(self.a(x)), F.relu(self.b(x)).t())
+
+    torch.manual_seed(8)
+    q = _qann(Gram())
+    report = _exact(q, torch.randn(5, 4))
+    assert report["replace_products"] == ["addmm"]
+
+
 def test_addmm_with_a_scaled_bias_is_refused():
     class Scaled(AddMM):
         def forward(self, x):
