@@ -53,7 +53,7 @@ def test_hf_lm_settles_on_its_qann(name, placement):
 
 
 def test_sdpa_attention_converts_exactly_too():
-    _, q, ids = _qlm("qwen2", "activations", attn="sdpa")
+    _, q, ids = _qlm("qwen2", "activations", attn_implementation="sdpa")
     snn = ann2snn.convert(q, example_input=ids)
     assert ann2snn.verify(q, snn, ids).ok
     assert snn.report.get("replace_attention")

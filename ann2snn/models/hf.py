@@ -27,9 +27,10 @@ How the models are traced and converted:
   the product with v are written out in transformers' own code, so each operator is converted by
   its rule (running-sum products, the expectation-compensated softmax, the mask added on drive
   steps only) and ``placement="synapses"`` puts a site on q, k, v, the softmax output and the
-  attention output, as for ann2snn's own decoder (:mod:`ann2snn.models.gpt`).  ``attn="sdpa"``
-  converts exactly too (one :class:`~ann2snn.neurons.SpikeAttention` per layer), but hides the
-  softmax output from the synapses placement.
+  attention output, as for ann2snn's own decoder (:mod:`ann2snn.models.gpt`).
+  ``attn_implementation="sdpa"`` converts exactly too (one
+  :class:`~ann2snn.neurons.SpikeAttention` per layer: with the constant mask transformers
+  repeats the key/value heads itself), but hides the softmax output from the synapses placement.
 - Llama's and Qwen2's RMSNorm modules (written out: ``x.to(float32)``, ``pow``, ``mean``,
   ``rsqrt``, a product) are replaced by ``nn.RMSNorm`` with the same weight and ε (:func:`adapt`):
   one running-sum float operation instead of five, and no quantization site inside the norm
@@ -127,18 +128,21 @@ def _pretrained(tf, name: str, path: str, attn: str) -> nn.Module:
 
 
 def hf_model(name: str, vocab_size: int = 256, dim: int = 64, depth: int = 2, num_heads: int = 4,
-             num_kv_heads: int | None = None, context: int = 128, mlp_ratio: float = 4.0, attn: str = "eager",
+             num_kv_heads: int | None = None, context: int = 128, mlp_ratio: float = 4.0,
+             attn_implementation: str = "eager",
              pretrained: str | None = None, num_classes: int | None = None, hf_kwargs: dict | None = None,
              **ignored) -> CausalLM:
     """``hf:NAME``: a small GPT-2 / Llama / Qwen2 with random weights (``num_classes``, where a
     config gives it, is the vocabulary size), or the local checkpoint ``pretrained`` (a
-    directory), wrapped as ``ids → logits``.  ``attn``: ``eager`` (default) or ``sdpa``;
+    directory), wrapped as ``ids → logits``.  ``attn_implementation``: ``eager`` (default) or
+    ``sdpa`` (the config key ``attn`` of ann2snn's own transformers is ignored);
     ``hf_kwargs`` passes more config fields; ``context`` bounds the sequence length (for a
     checkpoint: its own if smaller)."""
     if name not in NAMES:
         raise ValueError(f"hf: no model {str(name)[:60]!r}; choose one of {NAMES}")
+    attn = attn_implementation
     if attn not in ATTENTIONS:
-        raise ValueError(f"hf: attn must be one of {ATTENTIONS}, got {str(attn)[:40]!r}")
+        raise ValueError(f"hf: attn_implementation must be one of {ATTENTIONS}, got {str(attn)[:40]!r}")
     tf = _transformers()
     if pretrained is not None:
         lm = _pretrained(tf, name, pretrained, attn)
