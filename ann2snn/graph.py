@@ -56,6 +56,16 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
 
+    def call_module(self, m, forward, args, kwargs):
+        """A module the model calls but does not hold as a sub-module (Hugging Face's kernel
+        wrappers: ``apply_rotary_pos_emb`` called as a module kept in a plain attribute) cannot be
+        a node, since a node names a sub-module: its forward is traced through, as the code it is."""
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
 
 def _user_frame(frames: Iterable[tuple[str, int, str, str]]) -> str:
     """``file:line (code)`` of the innermost frame that is not in torch or in this package."""
@@ -251,6 +261,7 @@ def trace(model: nn.Module, leaves: tuple[type, ...] = (),
     if example_input is not None:
         try:
             shaped = _trace_with(ShapeTracer(leaves, example_input), model)
+            _follow_model_dtype(shaped)
             shaped.meta["traced_with_shapes"] = tuple(example_input.shape[1:])
             return shaped
         except Exception as err:
@@ -264,6 +275,39 @@ def trace(model: nn.Module, leaves: tuple[type, ...] = (),
 def _trace_with(tracer: fx.Tracer, model: nn.Module) -> fx.GraphModule:
     graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def _follow_model_dtype(gm: fx.GraphModule) -> None:
+    """Make the casts of a shape-traced graph follow the model's dtype.
+
+    :class:`ShapeTracer` answers ``x.dtype`` with the example's dtype (code may branch on it, or
+    call ``torch.finfo`` of it), so ``y.to(x.dtype)``, ``softmax(..., dtype=torch.float32)`` or
+    Hugging Face's ``hidden_states.to(torch.float32)`` would be recorded with the literal dtype
+    the model had when traced, and a graph moved to float64 (what :func:`ann2snn.verify` compares
+    in) would cast back to float32 halfway.  Every argument equal to the dtype of the model's
+    first floating parameter is therefore read from that parameter when the graph runs
+    (``getattr(param, "dtype")``, a shape-like ``meta`` node), as a symbolic trace records it."""
+    name, param = next(((n, p) for n, p in gm.named_parameters() if p.is_floating_point()), (None, None))
+    if param is None:
+        return
+    dtype, graph = param.dtype, gm.graph
+    users = [n for n in graph.nodes if any(a is dtype for a in _flat(n.args) + _flat(n.kwargs))]
+    if not users:
+        return
+    first = next(n for n in graph.nodes if n.op != "placeholder")
+    with graph.inserting_before(first):
+        read = graph.call_function(getattr, (graph.get_attr(name), "dtype"))
+    for node in users:
+        node.args = fx.node.map_aggregate(node.args, lambda a: read if a is dtype else a)
+        node.kwargs = fx.node.map_aggregate(node.kwargs, lambda a: read if a is dtype else a)
+    graph.lint()
+    gm.recompile()
+
+
+def _flat(args) -> list:
+    out: list = []
+    fx.node.map_aggregate(args, lambda a: out.append(a))
+    return out
 
 
 def _defaults_after_input(model: nn.Module) -> dict | None:

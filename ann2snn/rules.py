@@ -534,6 +534,17 @@ def _pass(walk: Walk, node: fx.Node, op) -> None:
     """Shape and selection ops, sums and means, average pools, resampling, negation: linear."""
 
 
+@RULES.methods("type", role=Role.LINEAR)
+def _type_cast(walk: Walk, node: fx.Node, op) -> None:
+    """``x.type(dtype)`` (GPT-2's attention) is a cast, like ``x.to(dtype)``: linear.  Without a
+    dtype it returns the type's name, and to an integer type it rounds: both refused."""
+    dtype = _arg(node, 1, "dtype")
+    floating = isinstance(dtype, fx.Node) or (isinstance(dtype, torch.dtype) and dtype.is_floating_point)
+    if not floating:
+        walk.refuse(node, "Tensor.type() without a floating dtype is not a cast of the spiking values",
+                    "Cast with x.to(dtype) to a floating dtype.")
+
+
 @RULES.functions(torch.index_select, torch.gather, torch.take_along_dim, role=Role.LINEAR)
 @RULES.methods("index_select", "gather", "take_along_dim", role=Role.LINEAR)
 def _select(walk: Walk, node: fx.Node, op) -> None:
@@ -642,6 +653,31 @@ def _functional_synapse(walk: Walk, node: fx.Node, fn) -> None:
     node.replace_all_uses_with(total, delete_user_cb=lambda user: user is not total)
     walk.kinds[total] = DYNAMIC
     total.args = (node, walk.gate_const(total, shaped))
+
+
+@RULES.functions(torch.addmm, role=Role.SYNAPSE, makes=(SpikeMatMul,))
+def _addmm(walk: Walk, node: fx.Node, fn) -> None:
+    """``torch.addmm(bias, x, W)`` = bias + x @ W (GPT-2's ``Conv1D``): the product as ``@`` (a
+    synapse with a constant W, the running-sum product when both are dynamic), the bias added on
+    drive steps only, as a Linear's is.  ``beta`` / ``alpha`` other than 1 and a dynamic bias are refused."""
+    bias, a, b = (list(node.args) + [None] * 3)[:3]
+    a, b = node.kwargs.get("mat1", a), node.kwargs.get("mat2", b)
+    bias = node.kwargs.get("input", bias)
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1 or walk.is_dynamic(bias):
+        walk.refuse(node, "addmm with beta/alpha other than 1, or with an input-dependent bias",
+                    "Write it as bias + x @ W.")
+        return
+    if walk.is_dynamic(a) and walk.is_dynamic(b):
+        walk.call(node, SpikeMatMul(walk.clock), f"matmul_{node.name}", (a, b))
+        walk.record("replace_products", node.name)
+    else:
+        node.target, node.args, node.kwargs = torch.mm, (a, b), {}
+    graph = walk.gm.graph
+    with graph.inserting_after(node):
+        total = graph.call_function(operator.add, (node, bias))
+    node.replace_all_uses_with(total, delete_user_cb=lambda user: user is not total)
+    walk.kinds[total] = DYNAMIC
+    total.args = (node, walk.gate_const(total, bias))
 
 
 @RULES.functions(F.pad, role=Role.LINEAR, makes=(DriveFill,))

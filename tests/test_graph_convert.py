@@ -346,3 +346,49 @@ def test_a_pre_norm_transformer_settles_on_its_quantized_ann():
     rate_like = verify(q, ann2snn.convert(q, "rate"), x, t=2)
     assert not rate_like.ok
 
+
+
+def test_a_module_kept_outside_the_module_tree_is_traced_through():
+    """Hugging Face keeps kernel wrappers (``apply_rotary_pos_emb``) as modules in plain
+    attributes: no node can name them, so their code is traced as if inlined."""
+    class Hidden(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+            self.__dict__["hidden"] = Hidden()  # not a sub-module
+
+        def forward(self, x):
+            return self.b(self.hidden(F.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    q = ann2snn.quantize(Net(), 4)
+    snn = ann2snn.convert(q)
+    assert verify(q, snn, torch.randn(5, 4)).ok
+    assert snn.report["replace_functions"] == ["sigmoid"]
+
+
+def test_a_shape_traced_graph_casts_to_the_models_dtype_when_moved_to_float64():
+    """The shape tracer answers ``x.dtype`` with the example's dtype; a cast to it must still
+    follow the model to float64, as a symbolic trace does (verify compares in float64)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.shape[1] != 4:  # a branch on a shape: traces with an example input only
+                raise ValueError
+            h = F.relu(self.a(x))
+            return self.b(h.softmax(-1, dtype=h.dtype).to(torch.float32))
+
+    torch.manual_seed(1)
+    x = torch.randn(5, 4)
+    q = ann2snn.quantize(Net(), 4, example_input=x)
+    assert "traced_with_shapes" in q.meta
+    assert q.double()(x.double()).dtype == torch.float64
+    snn = ann2snn.convert(q.float(), example_input=x)
+    assert verify(q.float(), snn, x).ok

@@ -605,3 +605,68 @@ def test_in_place_affine_methods_are_linear():
     torch.manual_seed(21)
     report = _exact(_qann(Affine()), torch.randn(5, 4))
     assert report["gate_constants"]
+
+
+class AddMM(nn.Module):
+    """GPT-2's ``Conv1D``: ``torch.addmm(bias, x, W)`` on a flattened input, a QCFS site after it."""
+
+    def __init__(self, d: int = 6, out: int = 5):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(d, out)), nn.Parameter(torch.randn(out))
+        self.head = nn.Linear(out, 3)
+
+    def forward(self, x):
+        h = torch.addmm(self.b, F.relu(x).view(-1, x.size(-1)), self.w)
+        return self.head(F.relu(h))
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_addmm_is_a_synapse_with_its_bias_on_drive_steps(t):
+    torch.manual_seed(6)
+    q = _qann(AddMM())
+    report = _exact(q, torch.randn(7, 6), t=t)
+    assert len(report["gate_constants"]) >= 1  # the bias, added on drive steps only
+    snn = ann2snn.convert(q)
+    gm = snn.net
+    assert not any(n.target is torch.addmm for n in gm.graph.nodes) and any(n.target is torch.mm for n in gm.graph.nodes)
+
+
+def test_addmm_of_two_spiking_operands_is_a_running_sum_product():
+    class Gram(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.bias = nn.Linear(4, 4), nn.Linear(4, 4), nn.Parameter(torch.randn(1))
+
+        def forward(self, x):
+            return torch.addmm(self.bias, F.relu(self.a(x)), F.relu(self.b(x)).t())
+
+    torch.manual_seed(8)
+    q = _qann(Gram())
+    report = _exact(q, torch.randn(5, 4))
+    assert report["replace_products"] == ["addmm"]
+
+
+def test_addmm_with_a_scaled_bias_is_refused():
+    class Scaled(AddMM):
+        def forward(self, x):
+            return self.head(F.relu(torch.addmm(self.b, F.relu(x), self.w, beta=0.5)))
+
+    with pytest.raises(ConversionError, match="addmm"):
+        ann2snn.convert(_qann(Scaled()))
+
+
+def test_a_type_cast_is_linear_and_a_type_query_is_refused():
+    """``x.type(dtype)`` (GPT-2's attention) converts as a cast; ``x.type(torch.long)`` rounds: refused."""
+    class Cast(nn.Module):
+        def __init__(self, integer: bool):
+            super().__init__()
+            self.a, self.b, self.integer = nn.Linear(4, 4), nn.Linear(4, 2), integer
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            return self.b(h.type(torch.long).to(x.dtype) if self.integer else h.type(x.dtype))
+
+    torch.manual_seed(7)
+    _exact(_qann(Cast(False)), torch.randn(6, 4))
+    with pytest.raises(ConversionError, match="Tensor.type"):
+        ann2snn.convert(_qann(Cast(True)))

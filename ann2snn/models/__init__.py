@@ -6,6 +6,7 @@ from ann2snn.models import sdt, spikformer  # noqa: F401  (directly trained SNNs
 from ann2snn.models import cnn  # noqa: F401  (QCFS's CIFAR VGG-16, ResNet-18, ResNet-20)
 from ann2snn.models import vit  # noqa: F401  (a pre-norm ViT)
 from ann2snn.models import gpt  # noqa: F401  (a causal decoder: the language models)
+from ann2snn.models import hf  # noqa: F401  (the hf:NAME family: transformers causal LMs, an optional extra)
 from ann2snn.models import timm_models  # noqa: F401  (the timm:NAME family)
 from ann2snn.models import torchvision  # noqa: F401  (the torchvision:NAME family)
 
