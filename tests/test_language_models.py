@@ -128,3 +128,32 @@ def test_generate_api_compares_qann_and_snn_greedy_tokens():
     assert res.identical == all(a == b for a, b in zip(res.qann, res.snn))
     with pytest.raises(ValueError, match="max_new_tokens"):
         ann2snn.generate(q, sim, ids[:1], max_new_tokens=0, t=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hf:gpt2", "hf:llama"])
+def test_hf_models_train_and_convert_through_the_cli(capsys, tmp_path, name):
+    pytest.importorskip("transformers")
+    cfg = write_yaml(tmp_path / "hf.yml", {**LM, "model": name, "id": "hf", "out_root": str(tmp_path)})
+    rc, err = run_cli(capsys, ["train", "-c", cfg])
+    assert rc == 0, err
+    rc, out = _run(capsys, ["convert", "-c", cfg, "--verify"])
+    assert rc == 0 and ": OK;" in out and "perplexity" in out
+
+
+def test_hf_checkpoint_folder_as_pretrained(capsys, tmp_path):
+    pytest.importorskip("transformers")
+    model = create_model("hf:qwen2", dim=16, num_heads=2, depth=1, context=16)
+    model.lm.save_pretrained(tmp_path / "ckpt")
+    cfg = write_yaml(tmp_path / "hf.yml", {**LM, "model": "hf:qwen2", "id": "p", "out_root": str(tmp_path),
+                                           "pretrained": str(tmp_path / "ckpt"), "train_subset": 16})
+    rc, err = run_cli(capsys, ["train", "-c", cfg])
+    assert rc == 0, err
+    bad = write_yaml(tmp_path / "bad.yml", {**LM, "model": "hf:qwen2", "out_root": str(tmp_path),
+                                            "pretrained": str(tmp_path / "missing")})
+    rc, err = run_cli(capsys, ["train", "-c", bad])
+    assert_user_error(rc, err, "train", "not a folder holding a transformers checkpoint")
+    wrong = write_yaml(tmp_path / "wrong.yml", {**LM, "model": "hf:llama", "out_root": str(tmp_path),
+                                                "pretrained": str(tmp_path / "ckpt")})
+    rc, err = run_cli(capsys, ["train", "-c", wrong])
+    assert_user_error(rc, err, "train", "is a 'qwen2', not a 'llama'")

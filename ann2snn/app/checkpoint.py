@@ -209,13 +209,19 @@ def dataset_mismatch(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "c
             "(or drop -c to use the config stored in the checkpoint) unless that is what you meant.")
 
 
-def check_finite(state: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> None:
+def check_finite(state: Mapping[str, Any], path: str | os.PathLike = "checkpoint",
+                 model: Mapping[str, Any] | None = None) -> None:
     """Refuse a state dict holding NaN or inf: training never saves one (it stops when the weights
     diverge), so such a file is damaged or was not written by ann2snn; its every result would be
-    NaN or meaningless.  Names the first bad tensor."""
+    NaN or meaningless.  Names the first bad tensor.  ``model``: the state of the model it is
+    loaded into; where that model itself holds ±inf (a causal mask's −inf, a constant of the
+    architecture) the checkpoint may hold the same values at the same places."""
     for name, value in state.items():
         if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
             finite = torch.isfinite(value)
+            own = None if model is None else model.get(name)
+            if isinstance(own, torch.Tensor) and own.shape == value.shape and own.is_floating_point():
+                finite = finite | (torch.isinf(own) & (own == value.to(own.dtype)))  # the architecture's own inf
             if not bool(finite.all()):
                 bad = int((~finite).sum())
                 first = value.reshape(-1)[int((~finite).reshape(-1).nonzero()[0])].item()
@@ -249,7 +255,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
     if bad:
         raise _foreign(Path(path), f"its 'model' is not a state dict: entry {bad[0]!r} is "
                        f"{_short(state[bad[0]])}, not a named tensor")
-    check_finite(state, path)
+    check_finite(state, path, model.state_dict())
     try:
         model.load_state_dict(state, strict=True)
     except Exception as err:  # RuntimeError for missing/unexpected keys and shape mismatches

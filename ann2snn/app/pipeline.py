@@ -47,13 +47,18 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         direct["norm"], direct["mlp_act"] = cfg.norm, cfg.mlp_act
     if takes_tokens(cfg.model):  # language models: the vocabulary is num_classes, the window their context
         direct["context"] = info.context
+    if cfg.model.startswith("hf:") and cfg.pretrained:  # a local transformers checkpoint folder is the model
+        direct["pretrained"] = cfg.pretrained
     if cfg.model == "gpt":
         direct.update(norm=cfg.norm, mlp=cfg.mlp_act, pos=cfg.pos)
 
     def build_at(img_size: int) -> nn.Module:
-        return create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
-                            mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=img_size,
-                            num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
+        try:
+            return create_model(cfg.model, dim=cfg.dim, num_heads=cfg.num_heads, depth=cfg.depth,
+                                mlp_ratio=cfg.mlp_ratio, in_channels=info.in_channels, img_size=img_size,
+                                num_classes=info.num_classes, use_maxpool=cfg.use_maxpool, attn=cfg.attn, **direct)
+        except ValueError as err:  # a factory's refusal of its arguments (e.g. an hf: checkpoint folder)
+            raise ConfigError(str(err)) from None
 
     meta = preflight.meta_model(lambda: build_at(info.img_size))
     if meta is not None:

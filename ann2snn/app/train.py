@@ -156,8 +156,13 @@ def _non_finite(tr_loss: float, ev: Accuracy, model: nn.Module, epoch: int) -> s
         return f"The training loss became {tr_loss} in epoch {epoch}."
     if not math.isfinite(ev.loss):
         return f"The test loss became {ev.loss} after epoch {epoch} (the model's outputs are not finite)."
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    params = {id(p) for p in model.parameters()}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if not t.is_floating_point():
+            continue
+        # a weight must stay finite; a buffer may hold ±inf by design (a causal mask's −inf), never NaN
+        bad = ~torch.isfinite(t) if id(t) in params else torch.isnan(t)
+        if bool(bad.any()):
             return f"The model's {name} became non-finite in epoch {epoch}."
     return None
 
@@ -405,8 +410,8 @@ def _fresh_start(cfg: Config, model: nn.Module, train_loader) -> None:
         if hasattr(model, "time_steps"):  # a direct SNN's T comes with its weights; train at cfg.t
             model.time_steps.fill_(cfg.t)
         return
-    if cfg.pretrained:  # a fresh start from a ReLU model's weights
-        load_pretrained(model, cfg.pretrained)
+    if cfg.pretrained and not cfg.model.startswith("hf:"):  # a fresh start from a ReLU model's weights
+        load_pretrained(model, cfg.pretrained)  # (an hf: model was built from its checkpoint folder)
     if cfg.calibrate_batches > 0 and model_kind(cfg.model) == "convertible" and cfg.quantize:
         # a fresh QCFS run (typically from `pretrained` weights): λ from activation percentiles
         calibrate_lambdas(model, train_loader, cfg.calibrate_percentile, cfg.calibrate_batches)

@@ -119,6 +119,13 @@ def _config(tf, name: str, vocab: int, dim: int, depth: int, heads: int, kv_head
 
 def _pretrained(tf, name: str, path: str, attn: str) -> nn.Module:
     """A causal LM from the local directory ``path`` (no download), in float32; it must be ``name``'s kind."""
+    import os
+
+    if not os.path.isfile(os.path.join(os.path.expanduser(str(path)), "config.json")):
+        raise ValueError(f"hf:{name}: pretrained {str(path)[:200]!r} is not a folder holding a transformers checkpoint "
+                         "(no config.json in it). Pass the folder that save_pretrained wrote (config.json and the "
+                         "weights); nothing is downloaded.")
+    path = os.path.expanduser(str(path))
     config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
     if config.model_type != name:
         hint = f"; use hf:{config.model_type}" if config.model_type in NAMES else ""
