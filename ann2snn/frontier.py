@@ -37,10 +37,11 @@ def levels_of(sim) -> int:
     return max(levels)
 
 
-def helpful_extra_t(top1: list[float]) -> list[int]:
-    """0, and the fewest extra steps reaching the row's best top-1 (rounded to 0.01) when that is > 0."""
-    best = max(round(a, 2) for a in top1)
-    e_best = next(e for e, a in enumerate(top1) if round(a, 2) == best)
+def helpful_extra_t(top1: list[float], digits: int = 2) -> list[int]:
+    """0, and the fewest extra steps reaching the row's best score (``top1``, or any figure where
+    higher is better, rounded to ``digits``) when that is > 0."""
+    best = max(round(a, digits) for a in top1)
+    e_best = next(e for e, a in enumerate(top1) if round(a, digits) == best)
     return sorted({0, e_best})
 
 
@@ -76,7 +77,7 @@ def _arguments(sim, spike_levels, rows, extra_t, energy_batches, levels, extra) 
 
 def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = None, rows: list[int] | None = None,
              extra_t: int | None = None, energy_batches: int | None = 4, constants="fp32", first_layer: str = "once",
-             *, levels: list[int] | None = None, extra: int | None = None, hardware=None) -> Frontier:
+             *, levels: list[int] | None = None, extra: int | None = None, hardware=None, by: str = "top1") -> Frontier:
     """Points for every m in ``spike_levels`` (default 1, 2, L), t in ``rows`` (default 1..2L) and
     the helpful extra steps up to ``extra_t`` (default L) (see the module docstring).  ``sim`` is the converted
     network's :class:`~ann2snn.simulate.Simulator`; its spike_levels is restored afterwards.
@@ -84,7 +85,11 @@ def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = Non
     ``rows``, ``extra_t``, ``energy_images``, ``constants``, ``first_layer`` (``to_dict()`` names
     ``spike_levels`` "levels" and ``extra_t`` "extra", as the files do).  ``levels`` and ``extra``
     are the old names of ``spike_levels`` and ``extra_t``, still accepted.  ``hardware``: the
-    second energy model's :class:`~ann2snn.energy.HardwareModel` (default: its defaults)."""
+    second energy model's :class:`~ann2snn.energy.HardwareModel` (default: its defaults).  ``by``:
+    the figure that picks each row's helpful extra steps, ``top1`` or ``loss`` (a language model:
+    the extra steps that bring the perplexity down to its best, to 1e-4 nats)."""
+    if by not in ("top1", "loss"):
+        raise ValueError(f"frontier: by must be 'top1' or 'loss', got {by!r}")
     L, spike_levels, rows, extra_t = _arguments(sim, spike_levels, rows, extra_t, energy_batches, levels, extra)
     ann = evaluate_ann(model, loader)
     points: list[FrontierPoint] = []
@@ -97,7 +102,9 @@ def frontier(model: nn.Module, sim, loader, spike_levels: list[int] | None = Non
             bits = bits_per_step(m)
             for t in rows:
                 top1 = table[t].top1
-                for e in helpful_extra_t(top1):
+                helpful = (helpful_extra_t(top1) if by == "top1" else
+                           helpful_extra_t([-v for v in table[t].loss], digits=4))
+                for e in helpful:
                     en = measure_energy(model, sim, loader, t, e, constants, energy_batches, first_layer,
                                         hardware=hardware)
                     tot, hw = en.totals.to_dict(), en.hardware

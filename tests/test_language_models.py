@@ -157,3 +157,20 @@ def test_hf_checkpoint_folder_as_pretrained(capsys, tmp_path):
                                                 "pretrained": str(tmp_path / "ckpt")})
     rc, err = run_cli(capsys, ["train", "-c", wrong])
     assert_user_error(rc, err, "train", "is a 'qwen2', not a 'llama'")
+
+
+def test_frontier_picks_extra_steps_by_perplexity_for_language_models():
+    from ann2snn.frontier import frontier, helpful_extra_t
+
+    loss = [1.30, 1.2101, 1.2100, 1.2100]  # the best loss first at e = 2 (to 1e-4 nats)
+    assert helpful_extra_t([-v for v in loss], digits=4) == [0, 2]
+    assert helpful_extra_t([50.0, 50.004, 50.001]) == [0]  # top-1 to 0.01: no extra step helps
+    torch.manual_seed(0)
+    ids = torch.randint(0, 256, (4, 8))
+    q = ann2snn.quantize(create_model("gpt", dim=16, num_heads=2, depth=1, context=8), levels=2,
+                         example_input=ids, calibrate=[ids])
+    sim = Simulator(ann2snn.convert(q, example_input=ids))
+    with pytest.raises(ValueError, match="by must be"):
+        frontier(q, sim, [(ids, ids)], by="perplexity")
+    res = frontier(q, sim, [(ids, ids)], spike_levels=[1], rows=[2], extra_t=2, energy_batches=1, by="loss")
+    assert res.points and all(p.loss is not None for p in res.points)

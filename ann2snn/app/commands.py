@@ -299,7 +299,7 @@ def cmd_frontier(args, overrides) -> int:
 
     job = prepare(args, overrides, "frontier", per_level=False, converted_only=True)
     res = frontier(job.model, job.sim, job.loader, job.spike_levels, job.rows, max(job.extra_t), args.energy_batches,
-                   args.constants, args.first_layer, hardware=hardware_model(args))
+                   args.constants, args.first_layer, hardware=hardware_model(args), by="loss" if job.tokens else "top1")
     if not _is_main():
         return 0
     write_frontier(job.out, res, meta={"checkpoint": str(job.checkpoint), "preset": job.cfg.preset,
