@@ -103,6 +103,23 @@ def _row(name: str, fr: dict) -> str:
             f"{1 / p['qnn_snn_ratio']:.2f}× | {p['spikes_per_synapse']:.3g} | {be} |")
 
 
+GOAL = 0.3  # issue 20: a point within WITHIN of its own QANN at <= 0.3x the fp32 ANN's energy (standard model)
+
+
+def _goal_line(results: dict) -> str:
+    """Which variants reach the goal, with their QANN's accuracy (what the cheaper point costs)."""
+    met = []
+    for name, fr in results.items():
+        p = best_point(fr)
+        if p is not None and p["e_snn_mj"] / p["e_ann_mj"] <= GOAL:
+            met.append(f"`{name}` ({p['e_snn_mj'] / p['e_ann_mj']:.2f}× at T = {p['steps']}, m = {p['spike_levels']}; "
+                       f"its QANN {fr['ann']['top1']:.2f} %)")
+    if not met:
+        return f"No variant has a point within {WITHIN} of its QANN at ≤ {GOAL}× the fp32 ANN's energy."
+    return (f"Within {WITHIN} of their own QANN at ≤ {GOAL}× the fp32 ANN's energy (standard model): " + "; ".join(met)
+            + ". Fewer levels send fewer spikes per activation; what that costs shows in the QANN column.")
+
+
 def _energy_images(results: dict) -> str:
     counts = sorted({fr.get("energy_images") for fr in results.values()} - {None})
     return " / ".join(map(str, counts)) or "?"
@@ -125,6 +142,7 @@ def markdown(results: dict, args) -> str:
              "E_SNN memory (mJ) | E_QNN (mJ) | E_SNN / E_QNN | spikes / synapse | break-even rate |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(name, fr) for name, fr in results.items()]
+    lines += ["", _goal_line(results)]
     lines += ["", "Per variant (trained in; frontier files in `runs/vit_spike_driven/<variant>/frontier/`):", ""]
     for name, fr in results.items():
         p = best_point(fr)
