@@ -202,16 +202,20 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"| {label} + {r['extra_t']} settle | {r['steps_per_token']} | {same} of {len(r['snn'])} "
                      f"({len(r['snn'][0])} new tokens each) | {[d for d in r['first_difference'] if d is not None] or '–'} "
                      f"| {r['seconds_per_token_snn'] * 1e3:.0f} | {r['seconds_per_token_qann'] * 1e3:.1f} |")
-    lines += ["", "Energy per token (standard model: fp32 E_MAC/E_AC against the fp32 ANN; memory model: against "
-              "the equal-bit QNN, `ann2snn/energy/hardware.py`):", "",
+    lines += ["", "Energy per scored token: one window's run divided by its "
+              f"{res['context']} tokens, all scored at once (standard model: fp32 E_MAC/E_AC against the fp32 ANN; "
+              "memory model: against the equal-bit QNN, `ann2snn/energy/hardware.py`). A generated token re-runs its "
+              f"whole window (no key/value cache): {res['context']}× these figures, the last column.", "",
               "| SNN setting | E_ANN (µJ) | E_SNN (µJ) | ANN/SNN | not spike-driven | memory: E_QNN (µJ) | "
-              "memory: E_SNN (µJ) | QNN/SNN | spikes per synapse | break-even rate |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "memory: E_SNN (µJ) | QNN/SNN | spikes per synapse | break-even rate | E_SNN per generated token (µJ) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, label in (("m1_tL", f"m = 1, t = {L}"), ("mL_t1", f"m = {L}, t = 1")):
         r = e[name]
         be = "none" if r["break_even_rate"] is None else f"{r['break_even_rate']:.3g}"
         lines.append(f"| {label} + settle | {r['e_ann_uj']:.4g} | {r['e_snn_uj']:.4g} | {r['ann_snn_ratio']:.2f}× | "
                      f"{100 * r['non_spike_share']:.0f} % | {r['e_qnn_uj']:.4g} | {r['e_snn_memory_uj']:.4g} | "
-                     f"{r['qnn_snn_ratio']:.2f}× | {r['spikes_per_synapse']:.3g} | {be} |")
+                     f"{r['qnn_snn_ratio']:.2f}× | {r['spikes_per_synapse']:.3g} | {be} | "
+                     f"{r['e_snn_uj'] * res['context']:.4g} |")
     lines += ["", "<!-- language-model:end -->", ""]
     return "\n".join(lines)
 

@@ -43,4 +43,4 @@ def test_the_benchmark_runs_and_writes_its_section(tmp_path, monkeypatch):
     assert res["fewest_m1"] is not None and res["fewest_mL"] is not None
     assert len(res["generation"]["m1_tL"]["snn"]) == 2
     md = results.read_text()
-    assert "language-model:start" in md and "Greedy generation" in md and "Energy per token" in md
+    assert "language-model:start" in md and "Greedy generation" in md and "Energy per scored token" in md

@@ -33,6 +33,7 @@ def test_the_embedded_corpus_is_english_text_of_known_size():
 
 
 def test_bytes_round_trip_and_windows():
+    assert encode("").numel() == 0 and decode(encode("")) == ""
     ids = encode("héllo wörld")
     assert decode(ids) == "héllo wörld"
     w = TokenWindows(ids, 4)
@@ -54,6 +55,9 @@ def test_text_folder_and_its_errors(tmp_path):
     (tmp_path / "short" / "s.txt").write_text("too short")
     with pytest.raises(DataError, match="too short"):
         build_text(Config(data="text", data_dir=str(tmp_path / "short"), context=8))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="too short"):
+        build_text(Config(data="text", data_dir=str(tmp_path / "empty.txt"), context=8))
 
 
 def _run(capsys, argv) -> tuple[int, str]:
@@ -72,7 +76,7 @@ def test_train_convert_table_generate_end_to_end(capsys, tmp_path):
     assert rc == 0, err
     rc, out = _run(capsys, ["convert", "-c", cfg, "--verify", "--json", tmp_path / "c.json"])
     assert rc == 0
-    assert "perplexity" in out and "energy/token" in out and "verify" in out and ": OK;" in out
+    assert "perplexity" in out and "energy per scored token" in out and "verify" in out and ": OK;" in out
     doc = json.loads((tmp_path / "c.json").read_text())
     ann_ppl = doc["ann"]["perplexity"]
     assert math.isclose(ann_ppl, math.exp(doc["ann"]["loss"]), rel_tol=1e-9)
@@ -85,19 +89,29 @@ def test_train_convert_table_generate_end_to_end(capsys, tmp_path):
     assert rc == 0
     md = (tmp_path / "lm" / "table-best_model-exact" / "table.md").read_text()
     assert "SNN perplexity" in md and "next-token top-1" in md
+    tj = json.loads((tmp_path / "lm" / "table-best_model-exact" / "table.json").read_text())
+    assert math.isclose(tj["rows"]["4"]["perplexity"][-1], math.exp(tj["rows"]["4"]["loss"][-1]))
     rc, out = _run(capsys, ["energy", "-c", cfg, "--max-batches", "1"])
     assert rc == 0 and "per token (16 per sample)" in out
     rc, _ = _run(capsys, ["frontier", "-c", cfg, "--spike-levels", "1,L", "--t", "1,4", "--extra-t", "0-2",
                           "--energy-batches", "1"])
     assert rc == 0
     front = (tmp_path / "lm" / "frontier-best_model-exact" / "frontier.md").read_text()
-    assert "QANN perplexity" in front and "E_SNN/token" in front
+    assert "QANN perplexity" in front and "E_SNN/token" in front and "of the QANN's perplexity" in front
+    assert "test windows" in front and "test images" not in front
     rc, out = _run(capsys, ["generate", "-c", cfg, "--prompt", "The ", "--test-prompts", "2", "--max-new-tokens", "4",
                             "--json", tmp_path / "g.json"])
     assert rc == 0 and "QANN:" in out and "SNN:" in out and "time per generated token" in out
     gen = json.loads((tmp_path / "g.json").read_text())
     assert sum(len(r["prompts"]) for r in gen["results"]) == 3
     assert all(len(seq) == 4 for r in gen["results"] for seq in r["snn"])
+    assert [t["prompt"] for t in gen["texts"]][0] == "The "  # in the order given, as text
+    lines = [ln for ln in out.splitlines() if ln.startswith("prompt ")]
+    assert lines[0] == "prompt 1: 'The '" and len(lines) == 3
+    rc, err = run_cli(capsys, ["generate", "-c", cfg, "--prompt", ""])
+    assert_user_error(rc, err, "generate", "--prompt is empty")
+    rc, err = run_cli(capsys, ["generate", "-c", cfg, "--prompt", "a", "--max-new-tokens", "0"])
+    assert rc == 2 and "must be between 1 and" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("overrides, command, words", [
@@ -106,6 +120,7 @@ def test_train_convert_table_generate_end_to_end(capsys, tmp_path):
     ({"data": "text"}, "train", ["data_dir"]),
     ({"mixup": 0.8}, "train", ["mixup"]),
     ({"context": 1}, "train", ["context (tokens per window) must be between 2"]),
+    ({"attn": "ssa"}, "train", ["attn applies to the `transformer` and `vit` models only"]),
 ])
 def test_language_model_mistakes_are_user_errors(capsys, tmp_path, overrides, command, words):
     cfg = write_yaml(tmp_path / "c.yml", {**LM, **overrides, "out_root": str(tmp_path)})
@@ -128,6 +143,12 @@ def test_generate_api_compares_qann_and_snn_greedy_tokens():
     assert res.identical == all(a == b for a, b in zip(res.qann, res.snn))
     with pytest.raises(ValueError, match="max_new_tokens"):
         ann2snn.generate(q, sim, ids[:1], max_new_tokens=0, t=4)
+    with pytest.raises(ValueError, match="converted for windows of 8 tokens"):
+        ann2snn.generate(q, sim, ids[:1], max_new_tokens=1, t=4, context=16)
+    with pytest.raises(ValueError, match="vocabulary"):
+        ann2snn.generate(q, sim, [[1, 300]], max_new_tokens=1, t=4)
+    with pytest.raises(TypeError, match="integer token ids"):
+        ann2snn.generate(q, sim, [1.5, 2.0], max_new_tokens=1, t=4)
 
 
 @pytest.mark.slow

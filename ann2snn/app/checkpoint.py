@@ -241,7 +241,8 @@ def check_compatible(ckpt_cfg: Config, cfg: Config, path: str | os.PathLike = "c
     if diffs:
         raise CheckpointError(
             f"Checkpoint {str(path)!r} was trained with a different model config ({'; '.join(diffs)}). "
-            "Use the config the checkpoint was trained with (drop -c to use the one stored in it), or "
+            "Use the config the checkpoint was trained with (drop -c and those overrides to use the one stored in "
+            "it), or "
             "pass the matching checkpoint.")
     mismatch = dataset_mismatch(ckpt_cfg, cfg, path) if warn_data else None
     if mismatch:

@@ -16,7 +16,8 @@ import threading
 from typing import Any, NoReturn
 
 from ann2snn.app.commands import cmd_convert, cmd_energy, cmd_frontier, cmd_generate, cmd_run, cmd_table, cmd_train
-from ann2snn.app.config import FIELD_NAMES, Config, ConfigError, check_steps, short_repr, unknown_key_message
+from ann2snn.app.config import (FIELD_NAMES, MAX_STEPS, Config, ConfigError, check_steps, short_repr,
+                                unknown_key_message)
 from ann2snn.app.outputs import os_error_message
 from ann2snn.progress import interrupted, note_interrupt
 
@@ -143,6 +144,17 @@ def _shown(value: Any) -> str:
     return repr(name) if isinstance(name, str) else short_repr(value)
 
 
+def _count(text: str) -> int:
+    """A count of at least 1 (prompts, tokens)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {short_repr(text)}") from None
+    if not 1 <= value <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_STEPS}, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -250,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sp)
     sp.add_argument("--checkpoint", help="checkpoint (default: the config's run, or the latest run)")
     sp.add_argument("--prompt", action="append", help="prompt text (repeatable); the model continues it")
-    sp.add_argument("--test-prompts", dest="test_prompts", type=_positive_int, default=0, metavar="K",
+    sp.add_argument("--test-prompts", dest="test_prompts", type=_count, default=0, metavar="K",
                     help="also continue the first half of each of the first K test windows")
-    sp.add_argument("--max-new-tokens", dest="max_new_tokens", type=_positive_int, default=32, metavar="N",
+    sp.add_argument("--max-new-tokens", dest="max_new_tokens", type=_count, default=32, metavar="N",
                     help="tokens to generate per prompt (default 32); the SNN runs t + extra_t steps for each")
     sp.add_argument("--json", help="also write the results to this JSON file")
     sp.set_defaults(func=cmd_generate)

@@ -309,9 +309,9 @@ def cmd_frontier(args, overrides) -> int:
 
 
 def _prompts(args, job) -> list:
-    """The prompts of ``generate`` as token-id tensors, grouped by length (each group one batch):
-    every ``--prompt`` text (UTF-8 bytes), and with ``--test-prompts K`` the first half-window of
-    each of the first K test windows."""
+    """The prompts of ``generate`` as (their places in the order given, token ids [B, n]), grouped
+    by length (each group one batch): every ``--prompt`` text (UTF-8 bytes), then with
+    ``--test-prompts K`` the first half-window of each of the first K test windows."""
     import torch
 
     from ann2snn.app.text import encode
@@ -329,13 +329,13 @@ def _prompts(args, job) -> list:
         raise ConfigError("generate needs a prompt: `--prompt TEXT` (repeatable) or `--test-prompts K` (the start of "
                           "K test windows).")
     groups: dict[int, list] = {}
-    for p in prompts:
-        groups.setdefault(len(p), []).append(p)
-    return [torch.stack(g) for g in groups.values()]
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append((i, p))
+    return [([i for i, _ in g], torch.stack([p for _, p in g])) for g in groups.values()]
 
 
 def cmd_generate(args, overrides) -> int:
-    from ann2snn.app.report import generation_lines, write_json
+    from ann2snn.app.report import generation_lines, generation_texts, write_json
     from ann2snn.generate import generate
 
     job = prepare(args, overrides, "generate", converted_only=True)
@@ -343,13 +343,16 @@ def cmd_generate(args, overrides) -> int:
         raise ConfigError(f"`ann2snn generate` continues text with a language model; {job.cfg.model} on "
                           f"{job.cfg.data} is an image model. Train one with `ann2snn train -c configs/gpt_python_docs.yml`.")
     cfg = job.cfg
+    groups = _prompts(args, job)
     results = [generate(job.model, job.sim, batch, args.max_new_tokens, cfg.t, cfg.extra_t, context=job.tokens)
-               for batch in _prompts(args, job)]
+               for _, batch in groups]
     if not _is_main():
         return 0
-    for line in generation_lines(results):
+    order = [places for places, _ in groups]
+    for line in generation_lines(results, order):
         print(line)
     doc = {"checkpoint": str(job.checkpoint), "preset": cfg.preset, "results": [r.to_dict() for r in results],
+           "prompt_places": order, "texts": generation_texts(results, order),
            "identical": all(r.identical for r in results)}
     write_json(job.out / f"generate_t{cfg.t}_e{cfg.extra_t}.json", doc)
     if args.json:

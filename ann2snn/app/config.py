@@ -194,6 +194,9 @@ class Config:
         _need(self.placement != "norm" or self.model == "vit",
               f"placement norm applies to the `vit` model only, not {short_repr(self.model)}; use qkv (after every "
               "activation) or synapses (every synapse reads spikes).")
+        _need(self.attn == "softmax" or not (self.model == "gpt" or self.model.startswith("hf:")),
+              f"attn applies to the `transformer` and `vit` models only; {short_repr(self.model)} has causal softmax "
+              "attention. Leave attn at softmax.")
         _need(self.model != "vit" or self.attn in VIT_ATTN_CHOICES,
               f"attn for the vit must be one of {VIT_ATTN_CHOICES}, got {short_repr(self.attn)}.")
         for key, value, by_model in (("norm", self.norm, NORM_CHOICES), ("mlp_act", self.mlp_act, MLP_ACT_CHOICES),

@@ -44,7 +44,10 @@ def budget_text(spike_levels: int) -> str:
 
 
 def perplexity(loss: float) -> float:
-    """exp(per-token cross-entropy in nats): a language model's perplexity (inf where it overflows)."""
+    """exp(per-token cross-entropy in nats): a language model's perplexity (inf where it overflows,
+    NaN for a NaN loss)."""
+    if math.isnan(loss):
+        return math.nan
     return math.exp(loss) if loss < 700 else math.inf
 
 
@@ -214,7 +217,13 @@ def write_table(out: Path, ann: Accuracy, table: Table, extra_t: list[int], meta
                                 f"{loss:.4f}"] + ([f"{perplexity(loss):.4f}"] if text else []))
 
     atomic_write_text(paths["csv"], _csv_text(rows))
-    payload = {"ann": ann.to_dict(), "rows": {str(t): row.to_dict() for t, row in sorted(table.items())},
+    rows_json = {str(t): row.to_dict() for t, row in sorted(table.items())}
+    ann_json = ann.to_dict()
+    if text:  # a language model: perplexities beside the losses
+        ann_json["perplexity"] = perplexity(ann.loss)
+        for row in rows_json.values():
+            row["perplexity"] = [perplexity(v) for v in row["loss"]]
+    payload = {"ann": ann_json, "rows": rows_json,
                "extras": extra_t, "spike_levels": m, "bits_per_step": bits_per_step(m), **(meta or {})}
     write_json(paths["json"], payload)
     if echo:
@@ -361,9 +370,10 @@ def summary_line(result: EnergyResult, tokens: int = 0) -> str:
         tok = per_token(result, tokens)
         memory = "" if hw is None else (f"; memory model: QNN {tok['e_qnn_mj'] * 1e3:.4g} µJ, SNN "
                                         f"{tok['e_snn_memory_mj'] * 1e3:.4g} µJ")
-        second += (f"energy/token ({tokens} per sample): ANN {tok['e_ann_mj'] * 1e3:.4g} µJ, SNN "
+        second += (f"energy per scored token (the {tokens} tokens of a window scored at once; a generated token "
+                   f"re-runs its window, the per-window figure): ANN {tok['e_ann_mj'] * 1e3:.4g} µJ, SNN "
                    f"{tok['e_snn_mj'] * 1e3:.4g} µJ{memory}; ")
-    unit = "sample" if tokens else "image"
+    unit = "window" if tokens else "image"
     return (f"energy/{unit} ({tot.constants.name}): ANN {tot.e_ann_mj:.4g} mJ, SNN {tot.e_snn_mj:.4g} mJ "
             f"(ANN/SNN {tot.ann_snn_ratio:.2f}x); mean firing rate {tot.mean_rate:.3f}; "
             f"{100 * tot.non_spike_share:.0f}% of E_SNN not spike-driven; " + second
@@ -404,6 +414,16 @@ def _perplexity_lines(res: Frontier, tokens: int) -> list[str]:
                f"{p.e_snn_memory_mj / tokens * 1e3:.4g} | {p.e_qnn_mj / tokens * 1e3:.4g}")
         lines.append(f"| {p.spike_levels} | {p.t} | {p.extra_t} | {p.steps} | {ppl:.4f} | {100 * (ppl / ref - 1):+.3f}% | "
                      f"{p.e_snn_mj / tokens * 1e3:.4g} | {p.e_ann_mj / tokens * 1e3:.4g} | {mem} |")
+    lines += ["", "Fewest total steps within 0.5 % / 0.1 % of the QANN's perplexity:", ""]
+    for m in res.spike_levels:
+        cells = []
+        for within in (0.5, 0.1):
+            ok = [p for p in res.points if p.spike_levels == m and p.loss is not None
+                  and perplexity(p.loss) <= ref * (1 + within / 100)]
+            p = min(ok, key=lambda q: (q.steps, q.e_snn_mj)) if ok else None
+            cells.append(f"within {within} %: " + ("not reached" if p is None else
+                         f"T = {p.steps} (t = {p.t} + {p.extra_t}), {p.e_snn_mj / tokens * 1e3:.4g} µJ per token"))
+        lines.append(f"- m = {m}: " + "; ".join(cells))
     return lines
 
 
@@ -435,7 +455,8 @@ def frontier_markdown(res: Frontier, tokens: int = 0) -> str:
                          f"T = {p.steps} (t = {p.t} + {p.extra_t}; {p.bit_steps:.1f} bit-steps, "
                          f"{p.e_snn_mj:.4g} mJ)"))
         lines.append(f"- m = {m}: " + "; ".join(cells))
-    if tokens:
+    if tokens:  # a language model: its samples are windows of tokens, scored at every position
+        lines = [ln.replace("test images", "test windows").replace("per image", "per window") for ln in lines]
         lines += _perplexity_lines(res, tokens)
     return "\n".join(lines) + "\n"
 
@@ -465,23 +486,37 @@ def write_frontier(out: str | Path, res: Frontier, meta: dict | None = None, ech
 
 # --------------------------------------------------------------------------------------------
 # generation (ann2snn.generate.generate's Generation results, one per prompt length)
-def generation_lines(results: list) -> list[str]:
-    """Each prompt with the QANN's and the SNN's greedy continuations (bytes shown as text), the
-    verdict (identical, or the first position where they differ) and the time per token."""
+def generation_texts(results: list, order: list[list[int]]) -> list[dict[str, Any]]:
+    """Every prompt of ``generate`` in the order given (``order``: each result's places), as text:
+    the prompt, the QANN's and the SNN's continuations, and ``first_difference`` (the index from 0
+    of the first generated token where they differ; None: identical)."""
     from ann2snn.app.text import decode
 
-    lines, same, total = [], 0, 0
-    for res in results:
-        for prompt, q, s, diff in zip(res.prompts, res.qann, res.snn, res.first_difference):
-            total += 1
-            same += diff is None
-            lines += [f"prompt {total}: {decode(prompt)!r}", f"  QANN: {decode(q)!r}", f"  SNN:  {decode(s)!r}",
-                      "  identical" if diff is None else f"  first differs at generated token {diff + 1}"]
-    first = results[0]
-    lines.append(f"{same} of {total} continuations identical to the QANN's ({len(first.qann[0])} new tokens each; "
-                 f"SNN t = {first.t} + {first.extra_t} steps per token, m = {first.spike_levels})")
-    for res in results:
-        lines.append(f"time per generated token (batch of {len(res.prompts)}): QANN {res.seconds_per_token_qann * 1e3:.1f} "
-                     f"ms, SNN {res.seconds_per_token_snn * 1e3:.1f} ms "
+    rows = []
+    for res, places in zip(results, order):
+        for place, prompt, q, s, diff in zip(places, res.prompts, res.qann, res.snn, res.first_difference):
+            rows.append((place, {"prompt": decode(prompt), "qann": decode(q), "snn": decode(s),
+                                 "first_difference": diff}))
+    return [row for _, row in sorted(rows, key=lambda r: r[0])]
+
+
+def generation_lines(results: list, order: list[list[int]]) -> list[str]:
+    """Each prompt (in the order given) with the QANN's and the SNN's greedy continuations (bytes
+    shown as text), the verdict (identical, or the first generated token, counted from 1, where
+    they differ) and the time per token of each batch of prompts."""
+    lines, texts = [], generation_texts(results, order)
+    for i, row in enumerate(texts, 1):
+        diff = row["first_difference"]
+        lines += [f"prompt {i}: {row['prompt']!r}", f"  QANN: {row['qann']!r}", f"  SNN:  {row['snn']!r}",
+                  "  identical" if diff is None else f"  first differs at generated token {diff + 1} (of "
+                  f"{len(results[0].qann[0])})"]
+    first, same = results[0], sum(row["first_difference"] is None for row in texts)
+    lines.append(f"{same} of {len(texts)} continuations identical to the QANN's ({len(first.qann[0])} new tokens each; "
+                 f"SNN t = {first.t} + {first.extra_t} steps per token, m = {first.spike_levels}; each token is a run "
+                 "of the whole window from rest)")
+    for res, places in zip(results, order):
+        which = ", ".join(str(p + 1) for p in places)
+        lines.append(f"time per generated token (prompts {which}, one batch): QANN "
+                     f"{res.seconds_per_token_qann * 1e3:.1f} ms, SNN {res.seconds_per_token_snn * 1e3:.1f} ms "
                      f"({res.seconds_per_token_snn / max(res.seconds_per_token_qann, 1e-12):.1f}x)")
     return lines

@@ -12,8 +12,8 @@ Registered sets:
   464 970 characters of English prose and code in Python 3.11, under the PSF License (Python
   Software Foundation License Version 2, as is all of CPython).  The topics are joined in sorted
   order, so the corpus depends only on the Python version, which the run log names.
-- ``text``: a UTF-8 (or any) text file, or every ``*.txt`` file of a folder in name order, given
-  as ``data_dir``.
+- ``text``: a UTF-8 (or any) text file, or every ``*.txt`` file of a folder and its subfolders in
+  path order, given as ``data_dir``.
 """
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ class TokenWindows(Dataset):
 def encode(text: str | bytes) -> torch.Tensor:
     """Text as byte ids (UTF-8 for a str)."""
     raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    if not raw:  # torch.frombuffer refuses an empty buffer
+        return torch.zeros(0, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
 
 

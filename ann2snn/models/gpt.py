@@ -52,7 +52,8 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim, self.fused_attn = num_heads, dim // num_heads, fused_attn
         if rotary and self.head_dim % 2:
-            raise ValueError(f"rotary position embeddings need an even head dimension, got {self.head_dim}")
+            raise ValueError(f"rotary position embeddings need an even head dimension (dim / num_heads), got "
+                             f"{dim} / {num_heads} = {self.head_dim}; choose num_heads so that it is even")
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
         self.register_buffer("causal", torch.ones(context, context, dtype=torch.bool).triu(1), persistent=False)
