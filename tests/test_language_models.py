@@ -195,3 +195,18 @@ def test_frontier_picks_extra_steps_by_perplexity_for_language_models():
         frontier(q, sim, [(ids, ids)], by="perplexity")
     res = frontier(q, sim, [(ids, ids)], spike_levels=[1], rows=[2], extra_t=2, energy_batches=1, by="loss")
     assert res.points and all(p.loss is not None for p in res.points)
+
+
+@pytest.mark.slow
+def test_the_language_model_example_runs_and_verifies():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "examples/language_model.py", "--quick"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(OK, settled after" in proc.stdout and "SNN t = 8: perplexity" in proc.stdout and "identical" in proc.stdout
