@@ -8,6 +8,8 @@ transformer costs (issue 20).  Fashion-MNIST, the ``vit_fashion_mnist`` size (di
   LayerNorm, on the softmax and on the attention output); LayerNorm, softmax and GELU kept;
 - ``spike_driven``: ``configs/vit_spike_driven.yml``: ``placement: synapses`` and no float
   operation left (``attn: ssa``, ``norm: batch``, ``mlp_act: relu``);
+- ``synapses_ssa``, ``synapses_batchnorm``: ``synapses`` with the softmax-free attention alone, and
+  with the LayerNorm-free BatchNorm alone;
 - ``spike_driven_l3``, ``spike_driven_l2``: the same with L = 3 and L = 2 levels: fewer spikes per
   activation, at the cost the QANN's accuracy shows.
 
@@ -41,6 +43,9 @@ VARIANTS = {
     "norm": ["-c", "configs/vit_fashion_mnist.yml", "--placement", "norm"],
     "synapses": ["-c", "configs/vit_fashion_mnist.yml", "--placement", "synapses"],
     "spike_driven": ["-c", "configs/vit_spike_driven.yml"],
+    # each float-free change alone, with every synapse reading spikes: softmax-free; LayerNorm-free
+    "synapses_ssa": ["-c", "configs/vit_fashion_mnist.yml", "--placement", "synapses", "--attn", "ssa"],
+    "synapses_batchnorm": ["-c", "configs/vit_fashion_mnist.yml", "--placement", "synapses", "--norm", "batch"],
     # fewer levels: fewer spikes per activation at T = 1 (m = L), at the QANN's own accuracy cost
     "spike_driven_l3": ["-c", "configs/vit_spike_driven.yml", "--l", "3"],
     "spike_driven_l2": ["-c", "configs/vit_spike_driven.yml", "--l", "2"],
