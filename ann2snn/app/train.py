@@ -35,7 +35,7 @@ from ann2snn.app.checkpoint import (FORMAT_VERSION, CheckpointError, atomic_save
                                 checkpoint_config, load_checkpoint, load_state, rng_state)
 from ann2snn.app.config import Config, ConfigError, resume_changes, resumed_config, save_config
 from ann2snn.app.pipeline import build_model, load_pretrained
-from ann2snn.metrics import evaluate_ann
+from ann2snn.metrics import evaluate_ann, per_target
 from ann2snn.simulate import logits_of
 from ann2snn.models import model_kind
 from ann2snn.progress import progress
@@ -96,15 +96,6 @@ def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float):
     return lam * x + (1 - lam) * x[perm], y[perm], lam
 
 
-def per_token(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A language model's [B, L, V] scores and [B, L] next-token targets as [B·L, V] and [B·L]
-    (next-token cross-entropy over every position); a classifier's as they are."""
-    out = logits_of(out)
-    if out.dim() > 2:
-        return out.flatten(0, -2), y.flatten()
-    return out, y
-
-
 def _train_one_epoch(model, loader, optimizer, scaler, device, use_amp, epoch, *, label_smoothing: float = 0.0,
                      mixup: float = 0.0, reset: bool = False) -> tuple[float, float]:
     model.train()
@@ -115,7 +106,8 @@ def _train_one_epoch(model, loader, optimizer, scaler, device, use_amp, epoch, *
         if mixup > 0:
             x, y_mix, lam = mixup_batch(x, y, mixup)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            out, y = per_token(model(x), y)
+            out, y = per_target(logits_of(model(x)).unsqueeze(0), y)  # a language model: every token
+            out = out[0]
             loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
             if y_mix is not None:
                 loss = lam * loss + (1 - lam) * F.cross_entropy(out, y_mix, label_smoothing=label_smoothing)
